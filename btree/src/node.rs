@@ -13,8 +13,8 @@
 
 use crate::error::Result;
 use crate::page::{
-    seal_run, PageHeader, PageId, PageView, BRANCH_ELEMENT_SIZE, FLAG_BRANCH, FLAG_LEAF,
-    LEAF_ELEMENT_SIZE, PAGE_HEADER_SIZE,
+    compare_keys, seal_run, PageHeader, PageId, PageView, BRANCH_ELEMENT_SIZE, FLAG_BRANCH,
+    FLAG_LEAF, LEAF_ELEMENT_SIZE, PAGE_HEADER_SIZE,
 };
 
 /// Where a child (or a root) lives: still on a page of the mmap, or already
@@ -137,7 +137,7 @@ impl Node {
     pub fn lower_bound(&self, key: &[u8]) -> (usize, bool) {
         match self
             .items
-            .binary_search_by(|it| self.buf[it.off..it.off + it.klen as usize].cmp(key))
+            .binary_search_by(|it| compare_keys(&self.buf[it.off..it.off + it.klen as usize], key))
         {
             Ok(i) => (i, true),
             Err(i) => (i, false),

@@ -43,6 +43,7 @@ pub const MAX_VALUE_SIZE: usize = 64 * 1024 * 1024;
 fn read_u16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
+#[inline]
 fn read_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
@@ -50,6 +51,25 @@ fn read_u64(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(a)
+}
+
+/// Byte-wise key order (the order of `[u8]::cmp`) without a memcmp call:
+/// keys are compared 8 bytes at a time as big-endian integers, which is
+/// what a lookup spends most of its time on.
+#[inline]
+pub fn compare_keys(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let (mut a, mut b) = (a, b);
+    while let (Some((x, ra)), Some((y, rb))) =
+        (a.split_first_chunk::<8>(), b.split_first_chunk::<8>())
+    {
+        let (x, y) = (u64::from_be_bytes(*x), u64::from_be_bytes(*y));
+        if x != y {
+            return x.cmp(&y);
+        }
+        a = ra;
+        b = rb;
+    }
+    a.cmp(b)
 }
 
 /// The common header at the start of every page run.
@@ -265,12 +285,36 @@ impl<'a> PageView<'a> {
         Ok(read_u64(e, 8))
     }
 
-    /// Leaf: index of the first key >= `key`, and whether it is equal.
+    /// Index of the first key >= `key`, and whether it is equal. This is
+    /// the hot loop of every lookup, so the element table is bounds-checked
+    /// once and each probe checks only its own key slice.
     pub fn lower_bound(&self, key: &[u8]) -> Result<(usize, bool)> {
+        let es = self.element_size();
+        let table = self
+            .data
+            .get(PAGE_HEADER_SIZE..PAGE_HEADER_SIZE + self.count * es)
+            .ok_or_else(|| {
+                corrupt(
+                    self.id,
+                    format!("{} elements do not fit the page", self.count),
+                )
+            })?;
         let (mut lo, mut hi) = (0usize, self.count);
         while lo < hi {
             let mid = (lo + hi) / 2;
-            match self.key(mid)?.cmp(key) {
+            let e = mid * es;
+            let off = read_u32(table, e) as usize;
+            let len = read_u32(table, e + 4) as usize;
+            let probe = match self.data.get(off..off.saturating_add(len)) {
+                Some(k) if off >= PAGE_HEADER_SIZE => k,
+                _ => {
+                    return Err(corrupt(
+                        self.id,
+                        format!("key of element {mid} lies outside the page"),
+                    ))
+                }
+            };
+            match compare_keys(probe, key) {
                 std::cmp::Ordering::Less => lo = mid + 1,
                 std::cmp::Ordering::Equal => return Ok((mid, true)),
                 std::cmp::Ordering::Greater => hi = mid,
