@@ -499,7 +499,9 @@ fn walk(db: &Db) -> (Stats, Vec<Problem>, Vec<String>) {
 
 impl Db {
     /// Checks the whole file (as of the latest commit) and reports every
-    /// inconsistency found. Never panics on a corrupt file.
+    /// inconsistency found. Never panics on a corrupt file. Waits for an
+    /// open write transaction to end (do not call it from the thread that
+    /// holds one), but writers may commit while the walk runs.
     pub fn check(&self) -> CheckReport {
         let (stats, problems, notes) = walk(self);
         CheckReport {
@@ -509,7 +511,8 @@ impl Db {
         }
     }
 
-    /// Pages by type, free space, and each bucket's shape and fill.
+    /// Pages by type, free space, and each bucket's shape and fill. Waits
+    /// for an open write transaction to end, as [`Db::check`] does.
     pub fn stats(&self) -> Stats {
         walk(self).0
     }
