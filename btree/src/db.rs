@@ -468,11 +468,6 @@ fn release_freed_pages(w: &mut Writer) {
     w.freelist.release(oldest_reader, w.durable_version);
 }
 
-/// Checks that `page_size` is acceptable; exported for tools.
-pub fn check_page_size(page_size: usize) -> Result<()> {
-    validate_page_size(page_size)
-}
-
 #[cfg(test)]
 mod tests {
     use super::grown_size;

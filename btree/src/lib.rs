@@ -54,6 +54,6 @@ mod tx;
 pub use check::{BucketStats, CheckReport, MetaSlot, PageKind, Problem, Stats};
 pub use compact::CompactStats;
 pub use cursor::{Cursor, Entry, Range};
-pub use db::{check_page_size, Db, Options};
+pub use db::{Db, Options};
 pub use error::{Error, Result};
 pub use tx::{Bucket, ReadTxn, WriteTxn};

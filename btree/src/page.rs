@@ -222,6 +222,19 @@ impl<'a> PageView<'a> {
         }
     }
 
+    /// Bytes this branch or leaf takes when written as a node (header,
+    /// elements, keys and values), read off the element table.
+    pub fn node_size(&self) -> Result<usize> {
+        let mut size = PAGE_HEADER_SIZE + self.count * self.element_size();
+        for i in 0..self.count {
+            size += self.key(i)?.len();
+            if self.is_leaf() {
+                size += self.value(i)?.len();
+            }
+        }
+        Ok(size)
+    }
+
     pub fn verify_checksum(&self) -> Result<()> {
         let stored = self.header().checksum;
         let actual = run_checksum(self.data);
