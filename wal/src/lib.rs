@@ -1,0 +1,368 @@
+//! # wal: the write-ahead log of kvserver
+//!
+//! A directory of segment files holding typed, checksummed records. The
+//! server acknowledges a write only after raft has made it durable here, so
+//! this log's fsync rate bounds the cluster's write rate; concurrent
+//! appends therefore share fsyncs (group commit, see [`writer`]).
+//!
+//! ## Invariants
+//! - **An append resolves only after its records are fdatasynced.** A
+//!   failed write or fdatasync stops the log: that append and every later
+//!   one fail, and nothing unsynced is ever reported durable.
+//! - **Recovery returns a prefix of what was appended.** Every record is
+//!   checksummed with a per-segment seed; each segment starts with a chain
+//!   record carrying the rolling checksum of everything before it, so a
+//!   segment cannot be dropped, swapped or reordered unnoticed.
+//! - **Only a torn tail is cut silently.** A damaged record followed by
+//!   intact records of a *later* write batch is corruption, reported with
+//!   its segment and offset (or cut by an explicit repair); a damaged record
+//!   with nothing of a later batch after it is the last batch cut short by
+//!   a crash, and is cut off (and zeroed) so appending continues after the
+//!   last good record.
+//! - The crate knows nothing of raft: entries are opaque bytes with an index
+//!   and a term; the raft glue lives in the server.
+//!
+//! `FORMAT.md` beside this crate describes the format.
+
+mod backend;
+mod error;
+mod record;
+mod recover;
+mod segment;
+pub mod writer;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::mpsc::{channel, Sender};
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+
+pub use error::{Error, Result};
+pub use record::{Chain, Frame, Record, MAX_PAYLOAD};
+pub use recover::{Recovered, Repair};
+pub use segment::{segment_file_name, SegmentEnd};
+
+use backend::PlainWriter;
+use record::{encode_frame, roll, segment_seed, FrameRef};
+use segment::{create_preallocated, list_segments, sync_dir};
+use writer::{Command, LogWriter, OpenSegment};
+
+/// How to open or create a log.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Size each segment is preallocated to. Default 64 MiB.
+    pub segment_size: u64,
+    /// Bytes of records one group commit gathers at most. Default 4 MiB.
+    pub max_batch_bytes: usize,
+    /// On open, cut the log at the first corrupt record (dropping it,
+    /// everything after it and every later segment) instead of failing.
+    pub repair: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            segment_size: 64 << 20,
+            max_batch_bytes: 4 << 20,
+            repair: false,
+        }
+    }
+}
+
+/// Which member and cluster a log belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metadata {
+    pub member_id: u64,
+    pub cluster_id: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HardState {
+    pub term: u64,
+    pub vote: u64,
+    pub commit: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub index: u64,
+    pub term: u64,
+    pub data: Vec<u8>,
+}
+
+/// The snapshot recovery starts from (index 0: the beginning).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapshotMarker {
+    pub index: u64,
+    pub term: u64,
+}
+
+/// An open log. Appends from any number of threads or tasks are group
+/// committed by one writer thread.
+pub struct Wal {
+    dir: PathBuf,
+    tx: Mutex<Option<Sender<Command>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Resolves once an append is durable (or has failed).
+pub struct Durable<T> {
+    rx: Option<oneshot::Receiver<Result<T>>>,
+}
+
+impl<T> Future for Durable<T> {
+    type Output = Result<T>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Poll::Ready(Err(Error::Stopped("the log is closed".into())));
+        };
+        match Pin::new(rx).poll(cx) {
+            Poll::Ready(Ok(r)) => Poll::Ready(r),
+            Poll::Ready(Err(_)) => {
+                Poll::Ready(Err(Error::Stopped("the writer thread ended".into())))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T> Durable<T> {
+    /// Waits on the current thread (outside an async runtime).
+    pub fn wait(self) -> Result<T> {
+        match self.rx {
+            None => Err(Error::Stopped("the log is closed".into())),
+            Some(rx) => rx
+                .blocking_recv()
+                .unwrap_or_else(|_| Err(Error::Stopped("the writer thread ended".into()))),
+        }
+    }
+}
+
+fn check_records(records: &[Record]) -> Result<()> {
+    for r in records {
+        let len = record::payload_len(r);
+        if len > MAX_PAYLOAD {
+            return Err(Error::RecordTooLarge {
+                len,
+                max: MAX_PAYLOAD,
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Wal {
+    /// Creates a new log in `dir` (created if missing; must hold no log).
+    pub fn create(dir: impl AsRef<Path>, metadata: Metadata, opts: Options) -> Result<Wal> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "create directory", e))?;
+        if !list_segments(&dir)?.0.is_empty() {
+            return Err(Error::AlreadyExists { dir });
+        }
+        let name = segment_file_name(0, 0);
+        let tmp = dir.join(format!("{name}.tmp"));
+        let path = dir.join(&name);
+        let file = create_preallocated(&tmp, opts.segment_size)?;
+        let meta_record = Record::Metadata {
+            member_id: metadata.member_id,
+            cluster_id: metadata.cluster_id,
+        };
+        let seed = segment_seed(0);
+        let mut buf = Vec::new();
+        let mut rolling = 0;
+        let chain = Chain {
+            seq: 0,
+            prev_rolling: 0,
+        };
+        rolling = roll(
+            rolling,
+            encode_frame(FrameRef::Chain(chain), seed, 0, 0, &mut buf),
+        );
+        let at = buf.len() as u64;
+        rolling = roll(
+            rolling,
+            encode_frame(FrameRef::Record(&meta_record), seed, 0, at, &mut buf),
+        );
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(&buf, 0)
+            .map_err(|e| Error::io(&tmp, "write", e))?;
+        file.sync_data()
+            .map_err(|e| Error::io(&tmp, "fdatasync", e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, "rename segment", e))?;
+        sync_dir(&dir)?;
+        let writer = LogWriter {
+            dir: dir.clone(),
+            opts,
+            segment: OpenSegment {
+                name: segment::SegmentName {
+                    seq: 0,
+                    first_index: 0,
+                    path: path.clone(),
+                },
+                writer: Box::new(PlainWriter(file)),
+                offset: buf.len() as u64,
+            },
+            segments: vec![segment::SegmentName {
+                seq: 0,
+                first_index: 0,
+                path,
+            }],
+            rolling,
+            metadata: meta_record,
+            hard_state: None,
+            last_index: 0,
+            prepared: None,
+        };
+        Ok(Wal::start(dir, writer))
+    }
+
+    /// Opens the log in `dir`, recovering from `snapshot`: validates every
+    /// record from the segment holding the snapshot on, and returns the
+    /// metadata, the latest hard state and the entries after the snapshot.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        snapshot: SnapshotMarker,
+        opts: Options,
+    ) -> Result<(Wal, Recovered)> {
+        let dir = dir.as_ref().to_path_buf();
+        let (recovered, resume) = recover::recover(&dir, snapshot, &opts)?;
+        let last = resume.segments[resume.segments.len() - 1].clone();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&last.path)
+            .map_err(|e| Error::io(&last.path, "open", e))?;
+        let writer = LogWriter {
+            dir: dir.clone(),
+            opts,
+            segment: OpenSegment {
+                name: last,
+                writer: Box::new(PlainWriter(file)),
+                offset: resume.offset,
+            },
+            segments: resume.segments,
+            rolling: resume.rolling,
+            metadata: resume.metadata,
+            hard_state: resume.hard_state,
+            last_index: resume.last_index,
+            prepared: None,
+        };
+        Ok((Wal::start(dir, writer), recovered))
+    }
+
+    fn start(dir: PathBuf, mut writer: LogWriter) -> Wal {
+        writer.prepare_next();
+        let (tx, rx) = channel();
+        let thread = std::thread::Builder::new()
+            .name("wal-writer".into())
+            .spawn(move || writer.run(rx))
+            .ok();
+        Wal {
+            dir,
+            tx: Mutex::new(Some(tx)),
+            thread,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn send(&self, cmd: Command) {
+        let guard = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = guard.as_ref() {
+            // A send fails only when the writer thread is gone; the caller's
+            // receiver then reports it.
+            let _ = tx.send(cmd);
+        }
+    }
+
+    /// Appends records; the future resolves once they are durable.
+    pub fn append(&self, records: Vec<Record>) -> Durable<()> {
+        let (done, rx) = oneshot::channel();
+        if let Err(e) = check_records(&records) {
+            let _ = done.send(Err(e));
+        } else {
+            self.send(Command::Append { records, done });
+        }
+        Durable { rx: Some(rx) }
+    }
+
+    /// Deletes the segments entirely below `index` (keeping the one that
+    /// holds it). Returns how many were deleted once the directory is
+    /// fsynced.
+    pub fn release_to(&self, index: u64) -> Durable<usize> {
+        let (done, rx) = oneshot::channel();
+        self.send(Command::Release { index, done });
+        Durable { rx: Some(rx) }
+    }
+
+    /// Stops the writer after the appends already submitted.
+    pub fn close(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One frame of a segment as [`dump`] found it.
+#[derive(Debug, Clone)]
+pub struct DumpedFrame {
+    pub offset: u64,
+    pub crc: u32,
+    pub frame: Frame,
+}
+
+/// One segment as [`dump`] found it: every intact frame with its position,
+/// and how the data ends (clean, a torn tail, or corruption, with offset).
+#[derive(Debug, Clone)]
+pub struct SegmentDump {
+    pub path: PathBuf,
+    pub seq: u64,
+    pub first_index: u64,
+    pub frames: Vec<DumpedFrame>,
+    pub end: SegmentEnd,
+}
+
+/// Walks every segment in `dir` without changing anything (for `kvtool wal
+/// dump`). A damaged frame ends its segment's list; `end` says where and
+/// whether it looks torn or corrupt.
+pub fn dump(dir: impl AsRef<Path>) -> Result<Vec<SegmentDump>> {
+    let (segs, _) = list_segments(dir.as_ref())?;
+    let mut out = Vec::new();
+    for s in segs {
+        let buf = std::fs::read(&s.path).map_err(|e| Error::io(&s.path, "read", e))?;
+        let sc = segment::scan(&buf, s.seq);
+        out.push(SegmentDump {
+            path: s.path,
+            seq: s.seq,
+            first_index: s.first_index,
+            frames: sc
+                .frames
+                .into_iter()
+                .map(|f| DumpedFrame {
+                    offset: f.offset,
+                    crc: f.crc,
+                    frame: f.frame,
+                })
+                .collect(),
+            end: sc.end,
+        });
+    }
+    Ok(out)
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

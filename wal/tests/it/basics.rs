@@ -1,0 +1,210 @@
+use std::sync::Arc;
+
+use wal::{HardState, Options, Record, SnapshotMarker, Wal};
+
+use crate::{entry, indexes, log_with, open, META};
+
+#[test]
+fn appends_from_many_threads_are_recovered_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Arc::new(Wal::create(dir.path(), META, Options::default()).unwrap());
+    // Indexes are handed out under a lock so the log order is the index order.
+    let next = Arc::new(std::sync::Mutex::new(0u64));
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let (w, next) = (w.clone(), next.clone());
+        handles.push(std::thread::spawn(move || {
+            for _ in 0..200 {
+                let durable = {
+                    let mut n = next.lock().unwrap();
+                    *n += 1;
+                    w.append(vec![
+                        entry(*n, 1),
+                        Record::HardState {
+                            term: 1,
+                            vote: 3,
+                            commit: *n,
+                        },
+                    ])
+                };
+                durable.wait().unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    Arc::try_unwrap(w).ok().unwrap().close();
+    let (_, rec) = open(dir.path()).unwrap();
+    assert_eq!(rec.metadata, META);
+    assert_eq!(indexes(&rec), (1..=1600).collect::<Vec<_>>());
+    assert_eq!(
+        rec.hard_state,
+        Some(HardState {
+            term: 1,
+            vote: 3,
+            commit: 1600
+        })
+    );
+    assert!(rec.entries[41].data.starts_with(b"entry 42 term 1."));
+    assert!(rec.torn_tail.is_none());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_async_api_resolves_once_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Wal::create(dir.path(), META, Options::default()).unwrap();
+    let futures: Vec<_> = (1..=50).map(|i| w.append(vec![entry(i, 2)])).collect();
+    for f in futures {
+        f.await.unwrap();
+    }
+    w.close();
+    let (_, rec) = open(dir.path()).unwrap();
+    assert_eq!(rec.entries.len(), 50);
+}
+
+#[test]
+fn later_entries_at_an_index_replace_the_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    log_with(dir.path(), 10, Options::default());
+    let (w, _) = open(dir.path()).unwrap();
+    // A new leader overwrote 6..8 in term 2.
+    w.append(vec![entry(6, 2), entry(7, 2), entry(8, 2)])
+        .wait()
+        .unwrap();
+    w.close();
+    let (_, rec) = open(dir.path()).unwrap();
+    assert_eq!(indexes(&rec), (1..=8).collect::<Vec<_>>());
+    assert!(rec.entries[..5].iter().all(|e| e.term == 1));
+    assert!(rec.entries[5..].iter().all(|e| e.term == 2));
+}
+
+fn small_segments() -> Options {
+    Options {
+        segment_size: 16 * 1024,
+        ..Options::default()
+    }
+}
+
+#[test]
+fn segments_roll_over_and_reopen_from_every_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Wal::create(dir.path(), META, small_segments()).unwrap();
+    for i in 1..=400u64 {
+        let mut recs = vec![entry(i, 1)];
+        if i % 50 == 0 {
+            recs.push(Record::Snapshot {
+                index: i,
+                term: 1,
+                conf_state: b"voters: 1".to_vec(),
+            });
+        }
+        w.append(recs).wait().unwrap();
+    }
+    w.close();
+    let segments = wal::dump(dir.path()).unwrap();
+    assert!(segments.len() >= 4, "{} segments", segments.len());
+    for s in &segments {
+        assert!(
+            matches!(s.end, wal::SegmentEnd::Clean { .. }),
+            "{:?}",
+            s.end
+        );
+        assert!(matches!(s.frames[0].frame, wal::Frame::Chain(c) if c.seq == s.seq));
+    }
+    for snap in (50..=400).step_by(50) {
+        let (w, rec) = Wal::open(
+            dir.path(),
+            SnapshotMarker {
+                index: snap,
+                term: 1,
+            },
+            small_segments(),
+        )
+        .unwrap();
+        assert_eq!(
+            indexes(&rec),
+            (snap + 1..=400).collect::<Vec<_>>(),
+            "from snapshot {snap}"
+        );
+        drop(w);
+    }
+    let err = Wal::open(
+        dir.path(),
+        SnapshotMarker { index: 51, term: 1 },
+        small_segments(),
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, wal::Error::SnapshotNotFound { .. }), "{err}");
+    let err = Wal::open(
+        dir.path(),
+        SnapshotMarker {
+            index: 100,
+            term: 7,
+        },
+        small_segments(),
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, wal::Error::SnapshotMismatch { .. }), "{err}");
+}
+
+#[test]
+fn releasing_deletes_segments_below_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Wal::create(dir.path(), META, small_segments()).unwrap();
+    for i in 1..=400u64 {
+        let mut recs = vec![entry(i, 1)];
+        if i == 300 {
+            recs.push(Record::Snapshot {
+                index: 300,
+                term: 1,
+                conf_state: Vec::new(),
+            });
+        }
+        w.append(recs).wait().unwrap();
+    }
+    let before = wal::dump(dir.path()).unwrap().len();
+    let removed = w.release_to(300).wait().unwrap();
+    assert!(removed > 0 && removed < before);
+    // More appends after the release still land and recover.
+    for i in 401..=450u64 {
+        w.append(vec![entry(i, 1)]).wait().unwrap();
+    }
+    w.close();
+    let after = wal::dump(dir.path()).unwrap();
+    assert_eq!(after[0].seq as usize, removed, "the oldest segments went");
+    assert!(after[0].first_index <= 300);
+    let (_, rec) = Wal::open(
+        dir.path(),
+        SnapshotMarker {
+            index: 300,
+            term: 1,
+        },
+        small_segments(),
+    )
+    .unwrap();
+    assert_eq!(indexes(&rec), (301..=450).collect::<Vec<_>>());
+    // Starting before the released segments is no longer possible.
+    assert!(matches!(
+        open(dir.path()),
+        Err(wal::Error::SnapshotNotFound { .. })
+    ));
+}
+
+#[test]
+fn reopen_after_a_roll_over_at_every_boundary() {
+    // Close the log right after each append of a run that rolls several
+    // times: every reopen must see exactly what was appended.
+    let dir = tempfile::tempdir().unwrap();
+    let w = Wal::create(dir.path(), META, small_segments()).unwrap();
+    w.close();
+    for i in 1..=200u64 {
+        let (w, rec) = Wal::open(dir.path(), SnapshotMarker::default(), small_segments()).unwrap();
+        assert_eq!(rec.entries.len() as u64, i - 1);
+        w.append(vec![entry(i, 1)]).wait().unwrap();
+        w.close();
+    }
+    assert!(wal::dump(dir.path()).unwrap().len() >= 3);
+}
