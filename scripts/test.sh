@@ -34,6 +34,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test"
 cargo test --workspace
 
+# The WAL suite runs once more on the plain pwrite+fdatasync backend (the
+# run above used io_uring wherever the kernel allows it).
+step "cargo test -p wal (plain backend)"
+WAL_TEST_BACKEND=plain cargo test -p wal --test it
+
 shared="$root/../shared"
 step "conformance suite (../shared/conformance)"
 if [ ! -d "$shared/conformance" ]; then

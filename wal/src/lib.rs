@@ -46,7 +46,7 @@ pub use record::{Chain, Frame, Record, MAX_PAYLOAD};
 pub use recover::{Recovered, Repair};
 pub use segment::{segment_file_name, SegmentEnd};
 
-use backend::PlainWriter;
+pub use backend::{Backend, Resolved, UringMode};
 use record::{encode_frame, roll, segment_seed, FrameRef};
 use segment::{create_preallocated, list_segments, sync_dir};
 use writer::{Command, LogWriter, OpenSegment};
@@ -61,6 +61,10 @@ pub struct Options {
     /// On open, cut the log at the first corrupt record (dropping it,
     /// everything after it and every later segment) instead of failing.
     pub repair: bool,
+    /// io_uring where the kernel allows it (the default), or forced.
+    pub backend: Backend,
+    /// How the io_uring backend makes a batch durable.
+    pub uring_mode: UringMode,
 }
 
 impl Default for Options {
@@ -69,6 +73,8 @@ impl Default for Options {
             segment_size: 64 << 20,
             max_batch_bytes: 4 << 20,
             repair: false,
+            backend: Backend::Auto,
+            uring_mode: UringMode::DsyncWrite,
         }
     }
 }
@@ -105,6 +111,8 @@ pub struct SnapshotMarker {
 /// committed by one writer thread.
 pub struct Wal {
     dir: PathBuf,
+    backend: Resolved,
+    counters: std::sync::Arc<writer::Counters>,
     tx: Mutex<Option<Sender<Command>>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -142,6 +150,14 @@ impl<T> Durable<T> {
     }
 }
 
+/// Chooses the backend and says which in one log line.
+fn resolve_backend(opts: &Options, dir: &Path) -> Result<Resolved> {
+    let b = backend::resolve(opts.backend, opts.uring_mode)
+        .map_err(|e| Error::io(dir, "io_uring probe", e))?;
+    tracing::info!("wal {}: writing with {b}", dir.display());
+    Ok(b)
+}
+
 fn check_records(records: &[Record]) -> Result<()> {
     for r in records {
         let len = record::payload_len(r);
@@ -166,6 +182,7 @@ impl Wal {
         let name = segment_file_name(0, 0);
         let tmp = dir.join(format!("{name}.tmp"));
         let path = dir.join(&name);
+        let backend = resolve_backend(&opts, &dir)?;
         let file = create_preallocated(&tmp, opts.segment_size)?;
         let meta_record = Record::Metadata {
             member_id: metadata.member_id,
@@ -187,23 +204,24 @@ impl Wal {
             rolling,
             encode_frame(FrameRef::Record(&meta_record), seed, 0, at, &mut buf),
         );
-        use std::os::unix::fs::FileExt;
-        file.write_all_at(&buf, 0)
-            .map_err(|e| Error::io(&tmp, "write", e))?;
-        file.sync_data()
-            .map_err(|e| Error::io(&tmp, "fdatasync", e))?;
+        let mut seg_writer = backend::open_writer(file, backend)
+            .map_err(|e| Error::io(&tmp, "io_uring setup", e))?;
+        seg_writer
+            .write_durable(&buf, 0)
+            .map_err(|e| Error::io(&tmp, "write and fdatasync", e))?;
         std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, "rename segment", e))?;
         sync_dir(&dir)?;
         let writer = LogWriter {
             dir: dir.clone(),
             opts,
+            backend,
             segment: OpenSegment {
                 name: segment::SegmentName {
                     seq: 0,
                     first_index: 0,
                     path: path.clone(),
                 },
-                writer: Box::new(PlainWriter(file)),
+                writer: seg_writer,
                 offset: buf.len() as u64,
             },
             segments: vec![segment::SegmentName {
@@ -216,6 +234,7 @@ impl Wal {
             hard_state: None,
             last_index: 0,
             prepared: None,
+            counters: Default::default(),
         };
         Ok(Wal::start(dir, writer))
     }
@@ -229,6 +248,7 @@ impl Wal {
         opts: Options,
     ) -> Result<(Wal, Recovered)> {
         let dir = dir.as_ref().to_path_buf();
+        let backend = resolve_backend(&opts, &dir)?;
         let (recovered, resume) = recover::recover(&dir, snapshot, &opts)?;
         let last = resume.segments[resume.segments.len() - 1].clone();
         let file = std::fs::OpenOptions::new()
@@ -239,9 +259,11 @@ impl Wal {
         let writer = LogWriter {
             dir: dir.clone(),
             opts,
+            backend,
             segment: OpenSegment {
                 name: last,
-                writer: Box::new(PlainWriter(file)),
+                writer: backend::open_writer(file, backend)
+                    .map_err(|e| Error::io(&dir, "io_uring setup", e))?,
                 offset: resume.offset,
             },
             segments: resume.segments,
@@ -250,11 +272,14 @@ impl Wal {
             hard_state: resume.hard_state,
             last_index: resume.last_index,
             prepared: None,
+            counters: Default::default(),
         };
         Ok((Wal::start(dir, writer), recovered))
     }
 
     fn start(dir: PathBuf, mut writer: LogWriter) -> Wal {
+        let backend = writer.backend;
+        let counters = writer.counters.clone();
         writer.prepare_next();
         let (tx, rx) = channel();
         let thread = std::thread::Builder::new()
@@ -263,6 +288,8 @@ impl Wal {
             .ok();
         Wal {
             dir,
+            backend,
+            counters,
             tx: Mutex::new(Some(tx)),
             thread,
         }
@@ -270,6 +297,21 @@ impl Wal {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// (batches written, records made durable) since the log was opened;
+    /// each batch is one fdatasync.
+    pub fn counters(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.counters.batches.load(Relaxed),
+            self.counters.records.load(Relaxed),
+        )
+    }
+
+    /// The backend this log writes with.
+    pub fn backend(&self) -> Resolved {
+        self.backend
     }
 
     fn send(&self, cmd: Command) {

@@ -149,7 +149,18 @@ fn a_second_open_gets_database_is_locked() {
         Err(Error::Locked(_))
     ));
     drop(db);
-    let r1 = Db::open_with(&path, ro.clone()).unwrap();
+    // Another test of this binary may be spawning a process: between its
+    // fork and exec the child briefly shares every open file description,
+    // and with it this file's lock. Wait that out (bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let r1 = loop {
+        match Db::open_with(&path, ro.clone()) {
+            Err(Error::Locked(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            other => break other.unwrap(),
+        }
+    };
     let _r2 = Db::open_with(&path, ro).unwrap();
     assert!(matches!(r1.begin_write(), Err(Error::ReadOnly)));
     assert!(matches!(Db::open(&path), Err(Error::Locked(_))));

@@ -1,3 +1,4 @@
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use wal::{Metadata, Options, Wal};
@@ -30,19 +31,17 @@ fn a_directory_of_other_files_has_no_segments() {
 #[test]
 fn creating_over_an_existing_log_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    Wal::create(dir.path(), META, Options::default())
+    Wal::create(dir.path(), META, crate::opts())
         .unwrap()
         .close();
-    let err = Wal::create(dir.path(), META, Options::default())
-        .err()
-        .unwrap();
+    let err = Wal::create(dir.path(), META, crate::opts()).err().unwrap();
     assert!(matches!(err, wal::Error::AlreadyExists { .. }), "{err}");
 }
 
 fn rolled_log(dir: &Path, meta: Metadata) {
     let opts = Options {
         segment_size: 8 * 1024,
-        ..Options::default()
+        ..crate::opts()
     };
     let w = Wal::create(dir, meta, opts).unwrap();
     for i in 1..=150 {
@@ -80,31 +79,45 @@ fn a_segment_from_another_log_breaks_the_chain() {
 
 #[test]
 fn a_segment_of_another_cluster_is_refused() {
-    // Same chain, different metadata: rewrite a later segment's metadata
-    // record as another cluster would have written it.
+    // Rewrite the metadata record of the second segment as another
+    // cluster's member would have written it, with a valid checksum: the
+    // chain still holds up to that record, the metadata does not.
     let a = tempfile::tempdir().unwrap();
     rolled_log(a.path(), META);
-    let b = tempfile::tempdir().unwrap();
-    rolled_log(
-        b.path(),
-        Metadata {
-            member_id: 0x11,
-            cluster_id: 0x23,
-        },
-    );
-    let sa = wal::dump(a.path()).unwrap();
-    // Opening B from its own start works; mixing its first segment into A
-    // does not.
-    let sb = wal::dump(b.path()).unwrap();
-    std::fs::copy(&sb[0].path, &sa[0].path).unwrap();
+    let seg = &wal::dump(a.path()).unwrap()[1];
+    let meta = &seg.frames[1];
+    assert!(matches!(
+        meta.frame,
+        wal::Frame::Record(wal::Record::Metadata { .. })
+    ));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&seg.path)
+        .unwrap();
+    let mut frame = [0u8; 32];
+    f.read_exact_at(&mut frame, meta.offset).unwrap();
+    frame[24..32].copy_from_slice(&0x23u64.to_le_bytes());
+    let seed = crc32fast::hash(&seg.seq.to_le_bytes());
+    let mut h = crc32fast::Hasher::new_with_initial(seed);
+    h.update(&frame[..12]);
+    h.update(&frame[16..32]);
+    frame[12..16].copy_from_slice(&h.finalize().to_le_bytes());
+    f.write_all_at(&frame, meta.offset).unwrap();
+    drop(f);
     let err = open(a.path()).err().unwrap();
-    assert!(
-        matches!(
-            err,
-            wal::Error::ClusterMismatch { .. } | wal::Error::ChainBroken { .. }
-        ),
-        "{err}"
-    );
+    match &err {
+        wal::Error::ClusterMismatch {
+            segment,
+            cluster,
+            found_cluster,
+            ..
+        } => {
+            assert_eq!(segment, &seg.path);
+            assert_eq!((*cluster, *found_cluster), (0x22, 0x23));
+        }
+        other => panic!("{other}"),
+    }
 }
 
 #[test]
@@ -123,7 +136,7 @@ fn a_missing_segment_is_reported() {
 #[test]
 fn an_oversized_record_is_refused_without_stopping_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let w = Wal::create(dir.path(), META, Options::default()).unwrap();
+    let w = Wal::create(dir.path(), META, crate::opts()).unwrap();
     let big = wal::Record::Entry {
         index: 1,
         term: 1,

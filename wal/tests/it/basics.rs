@@ -7,7 +7,7 @@ use crate::{entry, indexes, log_with, open, META};
 #[test]
 fn appends_from_many_threads_are_recovered_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let w = Arc::new(Wal::create(dir.path(), META, Options::default()).unwrap());
+    let w = Arc::new(Wal::create(dir.path(), META, crate::opts()).unwrap());
     // Indexes are handed out under a lock so the log order is the index order.
     let next = Arc::new(std::sync::Mutex::new(0u64));
     let mut handles = Vec::new();
@@ -34,6 +34,14 @@ fn appends_from_many_threads_are_recovered_in_order() {
     for h in handles {
         h.join().unwrap();
     }
+    // Group commit: appends waiting during an fdatasync share the next one.
+    let (batches, records) = w.counters();
+    eprintln!("{records} records in {batches} batches");
+    assert_eq!(records, 3200);
+    assert!(
+        batches * 4 <= records * 3,
+        "{records} records took {batches} fdatasyncs"
+    );
     Arc::try_unwrap(w).ok().unwrap().close();
     let (_, rec) = open(dir.path()).unwrap();
     assert_eq!(rec.metadata, META);
@@ -53,7 +61,7 @@ fn appends_from_many_threads_are_recovered_in_order() {
 #[tokio::test(flavor = "current_thread")]
 async fn the_async_api_resolves_once_durable() {
     let dir = tempfile::tempdir().unwrap();
-    let w = Wal::create(dir.path(), META, Options::default()).unwrap();
+    let w = Wal::create(dir.path(), META, crate::opts()).unwrap();
     let futures: Vec<_> = (1..=50).map(|i| w.append(vec![entry(i, 2)])).collect();
     for f in futures {
         f.await.unwrap();
@@ -64,9 +72,21 @@ async fn the_async_api_resolves_once_durable() {
 }
 
 #[test]
+fn the_backend_asked_for_is_the_one_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Wal::create(dir.path(), META, crate::opts()).unwrap();
+    eprintln!("backend: {}", w.backend());
+    match std::env::var("WAL_TEST_BACKEND").as_deref() {
+        Ok("plain") => assert_eq!(w.backend(), wal::Resolved::Plain),
+        Ok("io_uring") => assert!(matches!(w.backend(), wal::Resolved::IoUring(_))),
+        _ => {}
+    }
+}
+
+#[test]
 fn later_entries_at_an_index_replace_the_tail() {
     let dir = tempfile::tempdir().unwrap();
-    log_with(dir.path(), 10, Options::default());
+    log_with(dir.path(), 10, crate::opts());
     let (w, _) = open(dir.path()).unwrap();
     // A new leader overwrote 6..8 in term 2.
     w.append(vec![entry(6, 2), entry(7, 2), entry(8, 2)])
@@ -82,7 +102,7 @@ fn later_entries_at_an_index_replace_the_tail() {
 fn small_segments() -> Options {
     Options {
         segment_size: 16 * 1024,
-        ..Options::default()
+        ..crate::opts()
     }
 }
 

@@ -21,7 +21,7 @@ fn crash_child() {
     };
     let small = Options {
         segment_size: 64 * 1024,
-        ..Options::default()
+        ..crate::opts()
     };
     let (w, start) = match Wal::open(&dir, wal::SnapshotMarker::default(), small.clone()) {
         Ok((w, rec)) => (w, rec.entries.last().map_or(0, |e| e.index)),

@@ -9,6 +9,21 @@ use std::path::Path;
 
 use wal::{Metadata, Options, Record, SnapshotMarker, Wal};
 
+/// Options for every test log: the backend comes from `WAL_TEST_BACKEND`
+/// (`plain`, `io_uring`, or unset for the default probe), so the whole
+/// suite runs once per backend (scripts/test.sh does both).
+pub fn opts() -> Options {
+    let backend = match std::env::var("WAL_TEST_BACKEND").as_deref() {
+        Ok("plain") => wal::Backend::Plain,
+        Ok("io_uring") => wal::Backend::IoUring,
+        _ => wal::Backend::Auto,
+    };
+    Options {
+        backend,
+        ..Options::default()
+    }
+}
+
 pub const META: Metadata = Metadata {
     member_id: 0x11,
     cluster_id: 0x22,
@@ -31,7 +46,7 @@ pub fn log_with(dir: &Path, n: u64, opts: Options) {
 }
 
 pub fn open(dir: &Path) -> wal::Result<(Wal, wal::Recovered)> {
-    Wal::open(dir, SnapshotMarker::default(), Options::default())
+    Wal::open(dir, SnapshotMarker::default(), opts())
 }
 
 pub fn indexes(r: &wal::Recovered) -> Vec<u64> {

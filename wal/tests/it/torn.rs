@@ -12,7 +12,7 @@ use crate::{entry, indexes, log_with, open};
 fn small() -> Options {
     Options {
         segment_size: 64 * 1024,
-        ..Options::default()
+        ..crate::opts()
     }
 }
 
@@ -122,7 +122,7 @@ fn corruption_in_the_middle_is_reported_and_repair_cuts_there() {
     assert!(err.to_string().contains(&format!("offset {off}")), "{err}");
     let opts = Options {
         repair: true,
-        ..Options::default()
+        ..crate::opts()
     };
     let (w, rec) = Wal::open(base.path(), SnapshotMarker::default(), opts).unwrap();
     assert_eq!(indexes(&rec), (1..=7).collect::<Vec<_>>());

@@ -1,0 +1,268 @@
+//! WAL appends of 256-byte records with 1, 16 and 256 concurrent writers,
+//! on every backend, beside the raw rate of 4 KiB write + fdatasync on the
+//! same disk, in the same run.
+//!
+//! Criterion measures appends per second. After it, a fixed-length run of
+//! each configuration prints appends/s, fdatasyncs/s and p50/p99 latency
+//! (criterion has no notion of per-append latency or fsync counts), and the
+//! ratio of appends/s to the raw fsync rate.
+//!
+//! `WAL_BENCH_SECS=N` sets the length of those runs (default 3).
+
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use wal::{Backend, Metadata, Options, Record, UringMode, Wal};
+
+const RECORD: usize = 256;
+const WRITERS: [usize; 3] = [1, 16, 256];
+
+fn configs() -> Vec<(&'static str, Options)> {
+    let o = |backend, uring_mode| Options {
+        backend,
+        uring_mode,
+        ..Options::default()
+    };
+    vec![
+        ("plain", o(Backend::Plain, UringMode::WriteThenFdatasync)),
+        (
+            "uring-dsync-write",
+            o(Backend::IoUring, UringMode::DsyncWrite),
+        ),
+        (
+            "uring-linked-fsync",
+            o(Backend::IoUring, UringMode::LinkedFsync),
+        ),
+        (
+            "uring-write+fdatasync",
+            o(Backend::IoUring, UringMode::WriteThenFdatasync),
+        ),
+    ]
+}
+
+fn record(i: u64) -> Record {
+    // 256 bytes on disk: 16 header + 16 index/term + 224 data.
+    Record::Entry {
+        index: i,
+        term: 1,
+        data: vec![0xab; RECORD - 32],
+    }
+}
+
+/// Runs `total` appends split over `writers` threads; returns the elapsed
+/// time and every append's latency.
+fn run_appends(
+    w: &Arc<Wal>,
+    writers: usize,
+    per_writer: u64,
+    stop: Option<Duration>,
+) -> (Duration, Vec<Duration>) {
+    let barrier = Arc::new(Barrier::new(writers + 1));
+    let done = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..writers)
+        .map(|t| {
+            let (w, barrier, done) = (w.clone(), barrier.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut lat = Vec::with_capacity(per_writer.min(1 << 16) as usize);
+                barrier.wait();
+                for i in 0..per_writer {
+                    if done.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let t0 = Instant::now();
+                    w.append(vec![record(t as u64 * per_writer + i)])
+                        .wait()
+                        .expect("append");
+                    lat.push(t0.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    if let Some(limit) = stop {
+        std::thread::sleep(limit);
+        done.store(true, Ordering::Relaxed);
+    }
+    let mut lat = Vec::new();
+    for h in handles {
+        lat.extend(h.join().expect("writer"));
+    }
+    (start.elapsed(), lat)
+}
+
+/// The same load from async tasks on a two-thread tokio runtime, as the
+/// server issues it: waking a task costs far less than waking a thread.
+fn run_appends_async(
+    w: &Arc<Wal>,
+    writers: usize,
+    per_writer: u64,
+    stop: Option<Duration>,
+) -> (Duration, Vec<Duration>) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let done = Arc::new(AtomicBool::new(false));
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..writers)
+            .map(|t| {
+                let (w, done) = (w.clone(), done.clone());
+                tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    for i in 0..per_writer {
+                        if done.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let t0 = Instant::now();
+                        w.append(vec![record(t as u64 * per_writer + i)])
+                            .await
+                            .expect("append");
+                        lat.push(t0.elapsed());
+                    }
+                    lat
+                })
+            })
+            .collect();
+        if let Some(limit) = stop {
+            tokio::time::sleep(limit).await;
+            done.store(true, Ordering::Relaxed);
+        }
+        let mut lat = Vec::new();
+        for t in tasks {
+            lat.extend(t.await.expect("task"));
+        }
+        (start.elapsed(), lat)
+    })
+}
+
+fn open_log(opts: &Options) -> (tempfile::TempDir, Arc<Wal>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = Wal::create(
+        dir.path(),
+        Metadata {
+            member_id: 1,
+            cluster_id: 1,
+        },
+        opts.clone(),
+    )
+    .expect("create");
+    (dir, Arc::new(w))
+}
+
+/// 4 KiB pwrite + fdatasync into a preallocated file, `n` times.
+fn raw_fsync(n: u64) -> Duration {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(dir.path().join("raw"))
+        .expect("open");
+    f.set_len(64 << 20).expect("size");
+    f.sync_all().expect("sync");
+    let page = [0x5au8; 4096];
+    let start = Instant::now();
+    for i in 0..n {
+        f.write_all_at(&page, (i % 16_000) * 4096).expect("write");
+        f.sync_data().expect("fdatasync");
+    }
+    start.elapsed()
+}
+
+/// Whether this kernel lets io_uring run (containers often do not).
+fn uring_available() -> bool {
+    open_log(&Options::default()).1.backend() != wal::Resolved::Plain
+}
+
+/// The configurations this machine can run.
+fn runnable() -> Vec<(&'static str, Options)> {
+    let uring = uring_available();
+    if !uring {
+        println!("io_uring unavailable: measuring the plain backend only");
+    }
+    configs()
+        .into_iter()
+        .filter(|(_, o)| uring || o.backend != Backend::IoUring)
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("wal_append");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("raw_4k_write_fdatasync", |b| b.iter_custom(raw_fsync));
+    for (name, opts) in runnable() {
+        let (_dir, w) = open_log(&opts);
+        for writers in WRITERS {
+            g.bench_function(BenchmarkId::new(format!("{name}/threads"), writers), |b| {
+                b.iter_custom(|iters| {
+                    run_appends(&w, writers, iters.div_ceil(writers as u64), None).0
+                })
+            });
+            g.bench_function(BenchmarkId::new(format!("{name}/tasks"), writers), |b| {
+                b.iter_custom(|iters| {
+                    run_appends_async(&w, writers, iters.div_ceil(writers as u64), None).0
+                })
+            });
+        }
+    }
+    g.finish();
+    summary();
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Fixed-length runs reporting what criterion cannot: fsyncs and latency.
+fn summary() {
+    let secs: u64 = std::env::var("WAL_BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let n = 20_000;
+    let raw_rate = n as f64 / raw_fsync(n).as_secs_f64();
+    println!("\nraw 4 KiB write+fdatasync: {raw_rate:.0}/s");
+    println!(
+        "{:<24} {:<8} {:>7} {:>12} {:>12} {:>10} {:>10} {:>9}",
+        "backend", "writers", "count", "appends/s", "fsyncs/s", "p50", "p99", "x raw"
+    );
+    for (name, opts) in runnable() {
+        for (kind, writers) in WRITERS.iter().flat_map(|&w| [("threads", w), ("tasks", w)]) {
+            let (_dir, w) = open_log(&opts);
+            let limit = Some(Duration::from_secs(secs));
+            let (took, mut lat) = if kind == "threads" {
+                run_appends(&w, writers, u64::MAX, limit)
+            } else {
+                run_appends_async(&w, writers, u64::MAX, limit)
+            };
+            let (batches, _) = w.counters();
+            lat.sort_unstable();
+            let rate = lat.len() as f64 / took.as_secs_f64();
+            println!(
+                "{name:<24} {kind:<8} {writers:>7} {rate:>12.0} {:>12.0} {:>10.1?} {:>10.1?} {:>9.1}",
+                batches as f64 / took.as_secs_f64(),
+                percentile(&lat, 0.5),
+                percentile(&lat, 0.99),
+                rate / raw_rate,
+            );
+        }
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)).sample_size(10);
+    targets = bench
+}
+criterion_main!(benches);
