@@ -79,12 +79,93 @@ pub fn resolve(want: Backend, mode: UringMode) -> io::Result<Resolved> {
     }
 }
 
-/// A writer for `file` on the resolved backend.
-pub fn open_writer(file: File, backend: Resolved) -> io::Result<Box<dyn SegmentWriter>> {
-    Ok(match backend {
+/// A writer for `file` on the resolved backend, whose next write goes to
+/// `offset`. With `direct`, the file is switched to O_DIRECT where the
+/// filesystem allows it and writes are made whole aligned blocks.
+pub fn open_writer(
+    file: File,
+    backend: Resolved,
+    offset: u64,
+    direct: bool,
+) -> io::Result<Box<dyn SegmentWriter>> {
+    let direct = direct && set_direct(&file);
+    let tail = if direct {
+        read_tail(&file, offset)?
+    } else {
+        Vec::new()
+    };
+    let inner: Box<dyn SegmentWriter> = match backend {
         Resolved::Plain => Box::new(PlainWriter(file)),
         Resolved::IoUring(mode) => Box::new(uring::UringWriter::new(file, mode)?),
+    };
+    Ok(if direct {
+        Box::new(BlockWriter { inner, tail })
+    } else {
+        inner
     })
+}
+
+/// Alignment of O_DIRECT writes (offset, length and buffer address).
+pub const BLOCK: usize = 4096;
+
+/// Turns on O_DIRECT; false where the filesystem refuses it (tmpfs).
+fn set_direct(file: &File) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl with F_GETFL/F_SETFL only reads and sets the status
+    // flags of a descriptor that `file` owns for the duration of the call.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_DIRECT) == 0
+    }
+}
+
+/// The bytes of the block holding `offset`, from its start up to `offset`.
+fn read_tail(file: &File, offset: u64) -> io::Result<Vec<u8>> {
+    let start = offset - offset % BLOCK as u64;
+    let mut tail = vec![0u8; (offset - start) as usize];
+    if !tail.is_empty() {
+        // A buffered read through a second descriptor: the O_DIRECT one
+        // would need an aligned buffer, and the kernel keeps the two
+        // coherent.
+        let path = format!(
+            "/proc/self/fd/{}",
+            std::os::unix::io::AsRawFd::as_raw_fd(file)
+        );
+        std::fs::File::open(path)?.read_exact_at(&mut tail, start)?;
+    }
+    Ok(tail)
+}
+
+/// Makes every write whole, aligned blocks, as O_DIRECT requires: a write
+/// at `offset` starts at the beginning of `offset`'s block, carrying the
+/// bytes already written there (kept in `tail`) again, and is padded with
+/// zeros to the end of its last block (the segment is zeros past the data
+/// anyway). Rewriting those bytes with the same content is safe as long
+/// as the device writes a sector atomically, which every disk does.
+struct BlockWriter {
+    inner: Box<dyn SegmentWriter>,
+    tail: Vec<u8>,
+}
+
+impl SegmentWriter for BlockWriter {
+    fn write_durable(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let start = offset - self.tail.len() as u64;
+        if start % BLOCK as u64 != 0 {
+            return Err(io::Error::other(format!("unaligned write at {offset}")));
+        }
+        let len = self.tail.len() + buf.len();
+        let padded = len.div_ceil(BLOCK) * BLOCK;
+        let mut storage = vec![0u8; padded + BLOCK];
+        let shift = storage.as_ptr().align_offset(BLOCK);
+        let aligned = &mut storage[shift..shift + padded];
+        aligned[..self.tail.len()].copy_from_slice(&self.tail);
+        aligned[self.tail.len()..len].copy_from_slice(buf);
+        self.inner.write_durable(aligned, start)?;
+        let last_block = len - len % BLOCK;
+        self.tail = aligned[last_block..len].to_vec();
+        Ok(())
+    }
 }
 
 #[cfg(target_os = "linux")]
@@ -291,10 +372,33 @@ mod tests {
                 .write(true)
                 .open(&path)
                 .unwrap();
-            let mut w = open_writer(file, b).unwrap();
-            w.write_durable(b"hello", 0).unwrap();
-            w.write_durable(b"world", 5).unwrap();
-            assert_eq!(std::fs::read(&path).unwrap(), b"helloworld", "{b}");
+            for direct in [false, true] {
+                let file = file.try_clone().unwrap();
+                file.set_len(0).unwrap();
+                let mut w = open_writer(file, b, 0, direct).unwrap();
+                w.write_durable(b"hello", 0).unwrap();
+                w.write_durable(b"world", 5).unwrap();
+                let big = vec![7u8; 5000];
+                w.write_durable(&big, 10).unwrap();
+                let got = std::fs::read(&path).unwrap();
+                assert_eq!(&got[..10], b"helloworld", "{b} direct {direct}");
+                assert_eq!(&got[10..5010], &big[..], "{b} direct {direct}");
+                assert!(got[5010..].iter().all(|&x| x == 0));
+                // A writer resuming mid-block carries the block's head along.
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .unwrap();
+                let mut w = open_writer(file, b, 5010, direct).unwrap();
+                w.write_durable(b"tail", 5010).unwrap();
+                let got = std::fs::read(&path).unwrap();
+                assert_eq!(
+                    &got[4096..5014],
+                    &[&big[4086..], &b"tail"[..]].concat()[..],
+                    "{b} direct {direct}"
+                );
+            }
         }
     }
 }

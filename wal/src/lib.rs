@@ -65,6 +65,10 @@ pub struct Options {
     pub backend: Backend,
     /// How the io_uring backend makes a batch durable.
     pub uring_mode: UringMode,
+    /// Write segments with O_DIRECT in whole 4 KiB blocks where the
+    /// filesystem allows it (faster to make durable on the disks measured;
+    /// see BENCHMARKS.md). Default true.
+    pub direct_io: bool,
 }
 
 impl Default for Options {
@@ -75,6 +79,7 @@ impl Default for Options {
             repair: false,
             backend: Backend::Auto,
             uring_mode: UringMode::DsyncWrite,
+            direct_io: true,
         }
     }
 }
@@ -204,7 +209,7 @@ impl Wal {
             rolling,
             encode_frame(FrameRef::Record(&meta_record), seed, 0, at, &mut buf),
         );
-        let mut seg_writer = backend::open_writer(file, backend)
+        let mut seg_writer = backend::open_writer(file, backend, 0, opts.direct_io)
             .map_err(|e| Error::io(&tmp, "io_uring setup", e))?;
         seg_writer
             .write_durable(&buf, 0)
@@ -250,6 +255,7 @@ impl Wal {
         let dir = dir.as_ref().to_path_buf();
         let backend = resolve_backend(&opts, &dir)?;
         let (recovered, resume) = recover::recover(&dir, snapshot, &opts)?;
+        let direct_io = opts.direct_io;
         let last = resume.segments[resume.segments.len() - 1].clone();
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -262,7 +268,7 @@ impl Wal {
             backend,
             segment: OpenSegment {
                 name: last,
-                writer: backend::open_writer(file, backend)
+                writer: backend::open_writer(file, backend, resume.offset, direct_io)
                     .map_err(|e| Error::io(&dir, "io_uring setup", e))?,
                 offset: resume.offset,
             },

@@ -269,7 +269,7 @@ impl LogWriter {
         self.segments.push(name.clone());
         self.segment = OpenSegment {
             name,
-            writer: open_writer(file, self.backend)
+            writer: open_writer(file, self.backend, 0, self.opts.direct_io)
                 .map_err(|e| Error::io(&self.dir, "io_uring setup", e))?,
             offset: 0,
         };
