@@ -151,7 +151,7 @@ struct BlockWriter {
 impl SegmentWriter for BlockWriter {
     fn write_durable(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
         let start = offset - self.tail.len() as u64;
-        if start % BLOCK as u64 != 0 {
+        if !start.is_multiple_of(BLOCK as u64) {
             return Err(io::Error::other(format!("unaligned write at {offset}")));
         }
         let len = self.tail.len() + buf.len();
