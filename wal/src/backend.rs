@@ -195,7 +195,10 @@ mod uring {
     }
 
     pub struct UringWriter {
-        ring: IoUring,
+        /// Set up by the first write, on the writer thread, so the ring can
+        /// be single-issuer (the kernel then skips cross-thread locking and
+        /// runs completions only when this thread waits for them).
+        ring: Option<IoUring>,
         file: File,
         mode: UringMode,
     }
@@ -203,28 +206,46 @@ mod uring {
     impl UringWriter {
         pub fn new(file: File, mode: UringMode) -> io::Result<UringWriter> {
             Ok(UringWriter {
-                ring: IoUring::new(8)?,
+                ring: None,
                 file,
                 mode,
             })
         }
 
+        fn ring(&mut self) -> io::Result<&mut IoUring> {
+            if self.ring.is_none() {
+                let tuned = IoUring::builder()
+                    .setup_single_issuer()
+                    .setup_defer_taskrun()
+                    .build(8);
+                self.ring = Some(match tuned {
+                    Ok(r) => r,
+                    // Kernels before 6.1 lack these flags.
+                    Err(_) => IoUring::new(8)?,
+                });
+            }
+            self.ring
+                .as_mut()
+                .ok_or_else(|| io::Error::other("io_uring ring missing"))
+        }
+
         /// Submits `entries` and waits for all of them; returns each result
         /// in submission order (by user data).
         fn run(&mut self, entries: &[squeue::Entry]) -> io::Result<Vec<i32>> {
+            let ring = self.ring()?;
             for e in entries {
                 // SAFETY: every buffer an entry points at is borrowed by the
                 // caller for the whole of this call, and this call waits
                 // below for every submitted entry to complete, so the kernel
                 // never touches a buffer after it is released.
-                unsafe { self.ring.submission().push(e) }
+                unsafe { ring.submission().push(e) }
                     .map_err(|_| io::Error::other("io_uring submission queue full"))?;
             }
-            self.ring.submit_and_wait(entries.len())?;
+            ring.submit_and_wait(entries.len())?;
             let mut results = vec![0i32; entries.len()];
             let mut seen = 0;
             while seen < entries.len() {
-                let next = self.ring.completion().next();
+                let next = ring.completion().next();
                 match next {
                     Some(cqe) => {
                         let slot = cqe.user_data() as usize;
@@ -234,7 +255,7 @@ mod uring {
                         seen += 1;
                     }
                     None => {
-                        self.ring.submit_and_wait(entries.len() - seen)?;
+                        ring.submit_and_wait(entries.len() - seen)?;
                     }
                 }
             }

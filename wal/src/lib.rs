@@ -209,13 +209,18 @@ impl Wal {
             rolling,
             encode_frame(FrameRef::Record(&meta_record), seed, 0, at, &mut buf),
         );
-        let mut seg_writer = backend::open_writer(file, backend, 0, opts.direct_io)
-            .map_err(|e| Error::io(&tmp, "io_uring setup", e))?;
-        seg_writer
-            .write_durable(&buf, 0)
-            .map_err(|e| Error::io(&tmp, "write and fdatasync", e))?;
+        // The first frames are written here with a plain write: an io_uring
+        // ring belongs to the writer thread that will use it.
+        {
+            use std::os::unix::fs::FileExt;
+            file.write_all_at(&buf, 0)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| Error::io(&tmp, "write and fdatasync", e))?;
+        }
         std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, "rename segment", e))?;
         sync_dir(&dir)?;
+        let seg_writer = backend::open_writer(file, backend, buf.len() as u64, opts.direct_io)
+            .map_err(|e| Error::io(&path, "io_uring setup", e))?;
         let writer = LogWriter {
             dir: dir.clone(),
             opts,
