@@ -1,0 +1,27 @@
+//! # mvcc: etcd's revisioned key space
+//!
+//! Every change to the key space gets a new store revision; history stays
+//! readable until compacted; watches stream changes in revision order;
+//! leases expire keys. This crate implements that model on the `btree`
+//! crate, independent of raft and gRPC: the server applies committed raft
+//! entries to it.
+//!
+//! Built so far (issue 4 is in progress):
+//! - [`revision`]: revisions and their `key`-bucket encoding (etcd's);
+//! - [`kv`]: the stored record, etcd's `mvccpb.KeyValue` in protobuf;
+//! - [`index`]: the in-memory key index (lives of each key, reads at any
+//!   revision, compaction).
+//!
+//! ## Invariants
+//! - A revision's key sorts in revision order, so a B+tree scan of the
+//!   `key` bucket is a walk through history.
+//! - The index answers for every revision at or above the compacted one
+//!   exactly as it did before compaction.
+
+pub mod index;
+pub mod kv;
+pub mod revision;
+
+pub use index::{KeyAt, KeyIndex, NotLive, RangeEnd};
+pub use kv::KeyValue;
+pub use revision::Revision;

@@ -1,0 +1,3 @@
+//! Integration tests of the mvcc crate, one binary with a module per area.
+
+mod index_model;
