@@ -206,6 +206,22 @@ impl KeyIndex {
         }
     }
 
+    /// Records a put found when rebuilding the index from storage: like
+    /// [`KeyIndex::put`], except that a key not live yet starts its life
+    /// with the creation revision and version its record carries (the
+    /// revisions before it may have been compacted away).
+    pub fn restore(&mut self, key: &[u8], created: Revision, modified: Revision, version: i64) {
+        let h = self.keys.entry(key.to_vec()).or_default();
+        if h.is_live() {
+            h.put(modified);
+            return;
+        }
+        let g = h.current();
+        g.created = created;
+        g.version = version;
+        g.revs.push(modified);
+    }
+
     /// Records the deletion of a live `key` at `rev`.
     pub fn tombstone(&mut self, key: &[u8], rev: Revision) -> Result<(), NotLive> {
         self.keys.get_mut(key).ok_or(NotLive)?.tombstone(rev)
@@ -371,6 +387,18 @@ mod tests {
                 .collect();
             assert_eq!(kept, expected, "kept at {c}");
         }
+    }
+
+    #[test]
+    fn a_restored_key_keeps_the_creation_and_version_of_its_record() {
+        let mut ix = KeyIndex::new();
+        // After a compaction the B+tree holds only foo's revision 10, which
+        // was its third put since creation at revision 4.
+        ix.restore(b"foo", r(4), r(10), 3);
+        ix.restore(b"foo", r(4), r(12), 4);
+        let k = ix.get(b"foo", 12).unwrap();
+        assert_eq!((k.created.main, k.version), (4, 4));
+        assert_eq!(ix.get(b"foo", 10).unwrap().version, 3);
     }
 
     #[test]

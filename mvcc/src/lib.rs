@@ -10,7 +10,13 @@
 //! - [`revision`]: revisions and their `key`-bucket encoding (etcd's);
 //! - [`kv`]: the stored record, etcd's `mvccpb.KeyValue` in protobuf;
 //! - [`index`]: the in-memory key index (lives of each key, reads at any
-//!   revision, compaction).
+//!   revision, compaction);
+//! - [`store`]: the key space on the B+tree: ranges at a revision, puts,
+//!   deletes, compaction, the consistent index, and the index rebuilt on
+//!   open.
+//!
+//! Still to come: transactions, sorting and filters on ranges, hashes,
+//! watches and leases.
 //!
 //! ## Invariants
 //! - A revision's key sorts in revision order, so a B+tree scan of the
@@ -21,7 +27,11 @@
 pub mod index;
 pub mod kv;
 pub mod revision;
+pub mod store;
 
 pub use index::{KeyAt, KeyIndex, NotLive, RangeEnd};
 pub use kv::KeyValue;
 pub use revision::Revision;
+pub use store::{
+    Apply, DeleteResult, Error, PutRequest, PutResult, RangeRequest, RangeResult, Result, Store,
+};

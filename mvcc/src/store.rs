@@ -1,0 +1,474 @@
+//! The revisioned key space on the B+tree: ranges at any revision, puts
+//! and deletes that each make a new revision, compaction, and the consistent
+//! index that makes applying a raft entry twice a no-op.
+//!
+//! ## Reads and writes
+//! Writes arrive from one apply loop. Each batch of applied operations is
+//! one B+tree write transaction ([`Apply`]), committed without fdatasync:
+//! readers see it at once, and the WAL holds everything not yet durable in
+//! the B+tree. [`Store::sync`] makes it durable (the server calls it
+//! periodically and before releasing WAL segments). A crash loses only
+//! batches after the last sync, and the consistent index stored with them
+//! tells the server which WAL entries to apply again.
+//!
+//! The key index is updated as operations are applied; a read only ever
+//! looks at revisions up to the *published* revision, which moves forward
+//! after the batch's B+tree commit, so no reader sees half a batch.
+
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use btree::{Db, WriteTxn};
+use prost::Message;
+
+use crate::index::{KeyIndex, RangeEnd};
+use crate::kv::KeyValue;
+use crate::revision::Revision;
+
+/// Bucket of every revision's record, keyed by encoded revision.
+pub const KEY_BUCKET: &[u8] = b"key";
+/// Bucket of the store's own state.
+pub const META_BUCKET: &[u8] = b"meta";
+const CONSISTENT_INDEX: &[u8] = b"consistent_index";
+const COMPACTED_REVISION: &[u8] = b"finishedCompactRev";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("mvcc: required revision is a future revision")]
+    FutureRevision,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("storage: {0}")]
+    Storage(#[from] btree::Error),
+    #[error("corrupt record at revision {rev}: {reason}")]
+    Corrupt { rev: Revision, reason: String },
+    #[error("an apply batch was abandoned part-way; reopen the store")]
+    Poisoned,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A read of a key or a range at a revision.
+#[derive(Debug, Clone, Default)]
+pub struct RangeRequest {
+    pub key: Vec<u8>,
+    /// etcd's `range_end`: empty for one key, `"\0"` for every key from
+    /// `key` on, else the end (excluded).
+    pub range_end: Vec<u8>,
+    /// 0: no limit.
+    pub limit: i64,
+    /// 0 or less: the current revision.
+    pub revision: i64,
+    pub keys_only: bool,
+    pub count_only: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangeResult {
+    pub kvs: Vec<KeyValue>,
+    /// Keys in the range before the limit.
+    pub count: i64,
+    pub more: bool,
+    /// The store's current revision when the read ran.
+    pub revision: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PutRequest {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub lease: i64,
+    pub prev_kv: bool,
+    pub ignore_value: bool,
+    pub ignore_lease: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutResult {
+    pub revision: i64,
+    pub prev_kv: Option<KeyValue>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeleteResult {
+    pub revision: i64,
+    pub deleted: i64,
+    pub prev_kvs: Vec<KeyValue>,
+}
+
+struct Shared {
+    index: KeyIndex,
+    /// The newest revision readers may see.
+    current: i64,
+    compacted: i64,
+    consistent_index: u64,
+    poisoned: bool,
+}
+
+/// The key space.
+pub struct Store {
+    db: Db,
+    shared: RwLock<Shared>,
+}
+
+fn decode(rev: Revision, bytes: &[u8]) -> Result<KeyValue> {
+    KeyValue::decode(bytes).map_err(|e| Error::Corrupt {
+        rev,
+        reason: e.to_string(),
+    })
+}
+
+fn be_u64(v: Option<&[u8]>) -> u64 {
+    v.and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+impl Store {
+    /// Opens (or creates) the store in the B+tree file at `path` and
+    /// rebuilds the key index from the `key` bucket.
+    pub fn open(path: impl AsRef<std::path::Path>) -> Result<Store> {
+        let db = Db::open(path)?;
+        {
+            let mut tx = db.begin_write()?;
+            tx.create_bucket_if_missing(KEY_BUCKET)?;
+            tx.create_bucket_if_missing(META_BUCKET)?;
+            tx.commit()?;
+        }
+        let mut index = KeyIndex::new();
+        let mut current = 0;
+        let (consistent_index, compacted) = {
+            let rx = db.begin_read();
+            let keys = rx.open_bucket(KEY_BUCKET)?;
+            for item in keys.range(b"", None) {
+                let (k, v) = item?;
+                let Some((rev, tombstone)) = Revision::from_key(k) else {
+                    return Err(Error::Corrupt {
+                        rev: Revision::default(),
+                        reason: format!(
+                            "key bucket holds a key that is not a revision ({} bytes)",
+                            k.len()
+                        ),
+                    });
+                };
+                let kv = decode(rev, v)?;
+                if tombstone {
+                    index.tombstone(&kv.key, rev).map_err(|e| Error::Corrupt {
+                        rev,
+                        reason: e.to_string(),
+                    })?;
+                } else {
+                    index.restore(
+                        &kv.key,
+                        Revision::new(kv.create_revision, 0),
+                        rev,
+                        kv.version,
+                    );
+                }
+                current = rev.main;
+            }
+            let meta = rx.open_bucket(META_BUCKET)?;
+            (
+                be_u64(meta.get(CONSISTENT_INDEX)?),
+                be_u64(meta.get(COMPACTED_REVISION)?) as i64,
+            )
+        };
+        Ok(Store {
+            db,
+            shared: RwLock::new(Shared {
+                index,
+                current: current.max(compacted),
+                compacted,
+                consistent_index,
+                poisoned: false,
+            }),
+        })
+    }
+
+    fn read_shared(&self) -> RwLockReadGuard<'_, Shared> {
+        self.shared.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_shared(&self) -> RwLockWriteGuard<'_, Shared> {
+        self.shared.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn current_revision(&self) -> i64 {
+        self.read_shared().current
+    }
+
+    pub fn compacted_revision(&self) -> i64 {
+        self.read_shared().compacted
+    }
+
+    /// The raft index of the last applied entry.
+    pub fn consistent_index(&self) -> u64 {
+        self.read_shared().consistent_index
+    }
+
+    /// Makes every applied batch durable.
+    pub fn sync(&self) -> Result<()> {
+        Ok(self.db.sync()?)
+    }
+
+    /// Reads a key or range at a revision.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResult> {
+        let end = RangeEnd::from_etcd(&req.range_end);
+        let (current, rows, total, rx) = {
+            let s = self.read_shared();
+            let at = if req.revision <= 0 {
+                s.current
+            } else {
+                req.revision
+            };
+            if at > s.current {
+                return Err(Error::FutureRevision);
+            }
+            if at < s.compacted {
+                return Err(Error::Compacted);
+            }
+            let limit = if req.count_only {
+                1
+            } else {
+                req.limit.max(0) as usize
+            };
+            let (rows, total) = s.index.range(&req.key, &end, at, limit);
+            let rows: Vec<Revision> = rows.into_iter().map(|(_, k)| k.modified).collect();
+            // Taken under the lock: compaction cannot remove these revisions
+            // from this snapshot.
+            (s.current, rows, total, self.db.begin_read())
+        };
+        let mut out = RangeResult {
+            count: total as i64,
+            revision: current,
+            ..RangeResult::default()
+        };
+        if req.count_only {
+            return Ok(out);
+        }
+        let keys = rx.open_bucket(KEY_BUCKET)?;
+        for rev in rows {
+            let bytes = keys
+                .get(&rev.to_key(false))?
+                .ok_or_else(|| Error::Corrupt {
+                    rev,
+                    reason: "the index names a revision the key bucket does not hold".into(),
+                })?;
+            let mut kv = decode(rev, bytes)?;
+            if req.keys_only {
+                kv.value.clear();
+            }
+            out.kvs.push(kv);
+        }
+        out.more = (out.kvs.len() as i64) < out.count;
+        Ok(out)
+    }
+
+    /// Starts a batch of writes (one B+tree transaction).
+    pub fn apply(&self) -> Result<Apply<'_>> {
+        let s = self.read_shared();
+        if s.poisoned {
+            return Err(Error::Poisoned);
+        }
+        let next = s.current;
+        drop(s);
+        Ok(Apply {
+            store: self,
+            tx: Some(self.db.begin_write()?),
+            rev: next,
+            changed: false,
+            compact_to: None,
+        })
+    }
+}
+
+/// A batch of applied operations: one B+tree write transaction, made
+/// visible by [`Apply::commit`].
+pub struct Apply<'s> {
+    store: &'s Store,
+    tx: Option<WriteTxn<'s>>,
+    /// The newest revision this batch has used.
+    rev: i64,
+    /// Whether the shared index has been changed (a batch dropped after
+    /// that poisons the store: the index would name missing revisions).
+    changed: bool,
+    compact_to: Option<i64>,
+}
+
+impl<'s> Apply<'s> {
+    fn tx(&mut self) -> &mut WriteTxn<'s> {
+        // Present from creation until commit consumes the batch.
+        self.tx.as_mut().expect("apply batch used after commit")
+    }
+
+    fn read_kv(&mut self, rev: Revision) -> Result<KeyValue> {
+        let bytes = self
+            .tx()
+            .get(KEY_BUCKET, &rev.to_key(false))?
+            .map(<[u8]>::to_vec);
+        match bytes {
+            Some(b) => decode(rev, &b),
+            None => Err(Error::Corrupt {
+                rev,
+                reason: "the index names a revision the key bucket does not hold".into(),
+            }),
+        }
+    }
+
+    /// Puts a key at a new revision.
+    pub fn put(&mut self, req: &PutRequest) -> Result<PutResult> {
+        let main = self.rev + 1;
+        let prev = self.store.read_shared().index.get(&req.key, main);
+        let prev_kv = match prev {
+            Some(p) => Some(self.read_kv(p.modified)?),
+            None => None,
+        };
+        if (req.ignore_value || req.ignore_lease) && prev_kv.is_none() {
+            return Err(Error::KeyNotFound);
+        }
+        let rev = Revision::new(main, 0);
+        let kv = KeyValue {
+            key: req.key.clone(),
+            create_revision: prev.map_or(main, |p| p.created.main),
+            mod_revision: main,
+            version: prev.map_or(1, |p| p.version + 1),
+            value: match (&prev_kv, req.ignore_value) {
+                (Some(p), true) => p.value.clone(),
+                _ => req.value.clone(),
+            },
+            lease: match (&prev_kv, req.ignore_lease) {
+                (Some(p), true) => p.lease,
+                _ => req.lease,
+            },
+        };
+        self.tx()
+            .put(KEY_BUCKET, &rev.to_key(false), &kv.encode_to_vec())?;
+        self.changed = true;
+        self.store.write_shared().index.put(&req.key, rev);
+        self.rev = main;
+        Ok(PutResult {
+            revision: main,
+            prev_kv: if req.prev_kv { prev_kv } else { None },
+        })
+    }
+
+    /// Deletes every live key in the range at one new revision (none is
+    /// used when nothing is deleted).
+    pub fn delete_range(
+        &mut self,
+        key: &[u8],
+        range_end: &[u8],
+        prev_kv: bool,
+    ) -> Result<DeleteResult> {
+        let end = RangeEnd::from_etcd(range_end);
+        let main = self.rev + 1;
+        let live: Vec<(Vec<u8>, Revision)> = {
+            let s = self.store.read_shared();
+            s.index
+                .live_keys(key, &end)
+                .into_iter()
+                .filter_map(|k| s.index.get(&k, main).map(|at| (k, at.modified)))
+                .collect()
+        };
+        let mut out = DeleteResult {
+            revision: if live.is_empty() { self.rev } else { main },
+            ..DeleteResult::default()
+        };
+        for (sub, (k, modified)) in live.into_iter().enumerate() {
+            if prev_kv {
+                let kv = self.read_kv(modified)?;
+                out.prev_kvs.push(kv);
+            }
+            let rev = Revision::new(main, sub as i64);
+            let tomb = KeyValue {
+                key: k.clone(),
+                ..KeyValue::default()
+            };
+            self.tx()
+                .put(KEY_BUCKET, &rev.to_key(true), &tomb.encode_to_vec())?;
+            self.changed = true;
+            self.store
+                .write_shared()
+                .index
+                .tombstone(&k, rev)
+                .map_err(|e| Error::Corrupt {
+                    rev,
+                    reason: e.to_string(),
+                })?;
+            out.deleted += 1;
+            self.rev = main;
+        }
+        Ok(out)
+    }
+
+    /// Compacts history at `rev`: every revision no read at `rev` or later
+    /// can see is removed from the index and the B+tree, and reads below
+    /// `rev` fail with [`Error::Compacted`] from the commit on.
+    pub fn compact(&mut self, rev: i64) -> Result<()> {
+        let (current, compacted) = {
+            let s = self.store.read_shared();
+            (s.current.max(self.rev), s.compacted)
+        };
+        if rev > current {
+            return Err(Error::FutureRevision);
+        }
+        if rev <= compacted {
+            return Err(Error::Compacted);
+        }
+        self.compact_to = Some(rev);
+        Ok(())
+    }
+
+    /// Commits the batch (without fdatasync) with the raft index of its last
+    /// entry, then publishes its revisions to readers.
+    pub fn commit(mut self, consistent_index: u64) -> Result<()> {
+        let mut tx = self.tx.take().expect("apply batch used after commit");
+        tx.put(
+            META_BUCKET,
+            CONSISTENT_INDEX,
+            &consistent_index.to_be_bytes(),
+        )?;
+        if let Some(c) = self.compact_to {
+            // The index forgets history below `c` and reads below `c`
+            // start failing in the same instant; snapshots taken before
+            // still hold every record until this commit lands.
+            let kept = {
+                let mut s = self.store.write_shared();
+                s.compacted = c;
+                s.index.compact(c)
+            };
+            self.changed = true;
+            tx.put(META_BUCKET, COMPACTED_REVISION, &(c as u64).to_be_bytes())?;
+            // Remove every record at or below `c` that is not kept.
+            let doomed: Vec<Vec<u8>> = {
+                let end = Revision::new(c + 1, 0).to_key(false);
+                let mut v = Vec::new();
+                for item in tx.range(KEY_BUCKET, b"", Some(&end))? {
+                    let (k, _) = item?;
+                    match Revision::from_key(k) {
+                        Some((r, false)) if kept.contains(&r) => {}
+                        _ => v.push(k.to_vec()),
+                    }
+                }
+                v
+            };
+            for k in doomed {
+                tx.delete(KEY_BUCKET, &k)?;
+            }
+        }
+        tx.commit_nosync()?;
+        let mut s = self.store.write_shared();
+        s.current = s.current.max(self.rev);
+        s.consistent_index = consistent_index;
+        self.changed = false;
+        Ok(())
+    }
+}
+
+impl Drop for Apply<'_> {
+    fn drop(&mut self) {
+        if self.changed {
+            self.store.write_shared().poisoned = true;
+        }
+    }
+}
