@@ -15,8 +15,7 @@
 //!   deletes, compaction, the consistent index, and the index rebuilt on
 //!   open.
 //!
-//! Still to come: transactions, sorting and filters on ranges, hashes,
-//! watches and leases.
+//! Still to come: transactions, hashes, watches and leases.
 //!
 //! ## Invariants
 //! - A revision's key sorts in revision order, so a B+tree scan of the
@@ -33,5 +32,6 @@ pub use index::{KeyAt, KeyIndex, NotLive, RangeEnd};
 pub use kv::KeyValue;
 pub use revision::Revision;
 pub use store::{
-    Apply, DeleteResult, Error, PutRequest, PutResult, RangeRequest, RangeResult, Result, Store,
+    Apply, DeleteResult, Error, PutRequest, PutResult, RangeRequest, RangeResult, Result,
+    SortOrder, SortTarget, Store,
 };

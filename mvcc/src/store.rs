@@ -49,7 +49,29 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// A read of a key or a range at a revision.
+/// Order of a range's results (etcd's `RangeRequest.SortOrder`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SortOrder {
+    /// Key order (etcd sorts ascending when a target other than the key is
+    /// given).
+    #[default]
+    None,
+    Ascend,
+    Descend,
+}
+
+/// What a range is sorted by (etcd's `RangeRequest.SortTarget`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SortTarget {
+    #[default]
+    Key,
+    Version,
+    Create,
+    Mod,
+    Value,
+}
+
+/// A read of a key or a range at a revision, with etcd's options.
 #[derive(Debug, Clone, Default)]
 pub struct RangeRequest {
     pub key: Vec<u8>,
@@ -62,6 +84,72 @@ pub struct RangeRequest {
     pub revision: i64,
     pub keys_only: bool,
     pub count_only: bool,
+    pub sort_order: SortOrder,
+    pub sort_target: SortTarget,
+    /// Bounds on the results' revisions (0: no bound).
+    pub min_mod_revision: i64,
+    pub max_mod_revision: i64,
+    pub min_create_revision: i64,
+    pub max_create_revision: i64,
+}
+
+impl RangeRequest {
+    fn has_filters(&self) -> bool {
+        self.min_mod_revision != 0
+            || self.max_mod_revision != 0
+            || self.min_create_revision != 0
+            || self.max_create_revision != 0
+    }
+
+    fn keeps(&self, kv: &KeyValue) -> bool {
+        let within = |v: i64, min: i64, max: i64| (min == 0 || v >= min) && (max == 0 || v <= max);
+        within(
+            kv.mod_revision,
+            self.min_mod_revision,
+            self.max_mod_revision,
+        ) && within(
+            kv.create_revision,
+            self.min_create_revision,
+            self.max_create_revision,
+        )
+    }
+}
+
+/// Sorts, filters and limits a range the way etcd's apply layer does:
+/// with sorting or filters everything in range is read first; `more` means
+/// results beyond the limit were dropped; `count` stays the number of keys
+/// in the range (before filters and the limit).
+fn finish_range(req: &RangeRequest, mut kvs: Vec<KeyValue>) -> (Vec<KeyValue>, bool) {
+    if req.has_filters() {
+        kvs.retain(|kv| req.keeps(kv));
+    }
+    let order = match (req.sort_order, req.sort_target) {
+        (SortOrder::None, SortTarget::Key) => SortOrder::None,
+        (SortOrder::None, _) => SortOrder::Ascend,
+        (o, _) => o,
+    };
+    if order != SortOrder::None {
+        kvs.sort_by(|a, b| {
+            let ord = match req.sort_target {
+                SortTarget::Key => a.key.cmp(&b.key),
+                SortTarget::Version => a.version.cmp(&b.version),
+                SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                SortTarget::Value => a.value.cmp(&b.value),
+            };
+            if order == SortOrder::Descend {
+                ord.reverse()
+            } else {
+                ord
+            }
+        });
+    }
+    let mut more = false;
+    if req.limit > 0 && kvs.len() > req.limit as usize {
+        kvs.truncate(req.limit as usize);
+        more = true;
+    }
+    (kvs, more)
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -227,10 +315,14 @@ impl Store {
             if at < s.compacted {
                 return Err(Error::Compacted);
             }
+            // With sorting or filters everything is read and cut afterwards;
+            // otherwise one more than the limit, to know about `more`.
             let limit = if req.count_only {
                 1
+            } else if req.sort_order != SortOrder::None || req.has_filters() || req.limit <= 0 {
+                0
             } else {
-                req.limit.max(0) as usize
+                req.limit as usize + 1
             };
             let (rows, total) = s.index.range(&req.key, &end, at, limit);
             let rows: Vec<Revision> = rows.into_iter().map(|(_, k)| k.modified).collect();
@@ -247,6 +339,7 @@ impl Store {
             return Ok(out);
         }
         let keys = rx.open_bucket(KEY_BUCKET)?;
+        let mut kvs = Vec::with_capacity(rows.len());
         for rev in rows {
             let bytes = keys
                 .get(&rev.to_key(false))?
@@ -254,13 +347,16 @@ impl Store {
                     rev,
                     reason: "the index names a revision the key bucket does not hold".into(),
                 })?;
-            let mut kv = decode(rev, bytes)?;
-            if req.keys_only {
+            kvs.push(decode(rev, bytes)?);
+        }
+        let (mut kvs, more) = finish_range(req, kvs);
+        if req.keys_only {
+            for kv in &mut kvs {
                 kv.value.clear();
             }
-            out.kvs.push(kv);
         }
-        out.more = (out.kvs.len() as i64) < out.count;
+        out.kvs = kvs;
+        out.more = more;
         Ok(out)
     }
 

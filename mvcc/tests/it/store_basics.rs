@@ -209,3 +209,83 @@ fn an_abandoned_batch_poisons_the_store() {
     assert_eq!(s.current_revision(), 0);
     assert_eq!(get(&s, "k", 0).unwrap(), None);
 }
+
+#[test]
+fn ranges_sort_filter_and_limit_as_etcd_does() {
+    use mvcc::{SortOrder, SortTarget};
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path().join("kv.db")).unwrap();
+    put(&s, "a", "3"); // rev 1
+    put(&s, "b", "1"); // rev 2
+    put(&s, "c", "2"); // rev 3
+    put(&s, "a", "4"); // rev 4: a has version 2
+    let q = |f: &dyn Fn(&mut RangeRequest)| {
+        let mut r = RangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"\0".to_vec(),
+            ..Default::default()
+        };
+        f(&mut r);
+        let res = s.range(&r).unwrap();
+        (
+            res.kvs
+                .iter()
+                .map(|kv| String::from_utf8(kv.key.clone()).unwrap())
+                .collect::<Vec<_>>()
+                .join(""),
+            res.count,
+            res.more,
+        )
+    };
+    assert_eq!(q(&|_| {}), ("abc".into(), 3, false));
+    assert_eq!(q(&|r| r.limit = 2), ("ab".into(), 3, true));
+    assert_eq!(q(&|r| r.limit = 3), ("abc".into(), 3, false));
+    assert_eq!(
+        q(&|r| r.sort_order = SortOrder::Descend),
+        ("cba".into(), 3, false)
+    );
+    assert_eq!(
+        q(&|r| r.sort_target = SortTarget::Value),
+        ("bca".into(), 3, false)
+    );
+    assert_eq!(
+        q(&|r| {
+            r.sort_target = SortTarget::Mod;
+            r.sort_order = SortOrder::Descend;
+            r.limit = 1
+        }),
+        ("a".into(), 3, true)
+    );
+    assert_eq!(
+        q(&|r| {
+            r.sort_target = SortTarget::Create;
+            r.sort_order = SortOrder::Ascend
+        }),
+        ("abc".into(), 3, false)
+    );
+    assert_eq!(
+        q(&|r| {
+            r.sort_target = SortTarget::Version;
+            r.sort_order = SortOrder::Descend;
+            r.limit = 1
+        }),
+        ("a".into(), 3, true)
+    );
+    assert_eq!(q(&|r| r.min_mod_revision = 3), ("ac".into(), 3, false));
+    assert_eq!(q(&|r| r.max_create_revision = 2), ("ab".into(), 3, false));
+    assert_eq!(
+        q(&|r| {
+            r.min_create_revision = 2;
+            r.max_mod_revision = 2
+        }),
+        ("b".into(), 3, false)
+    );
+    let ko = s
+        .range(&RangeRequest {
+            key: b"a".to_vec(),
+            keys_only: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(ko.kvs[0].value.is_empty());
+}
