@@ -15,7 +15,10 @@
 //!   deletes, compaction, the consistent index, and the index rebuilt on
 //!   open.
 //!
-//! Still to come: transactions, hashes, watches and leases.
+//! - [`txn`]: transactions (compares, nested branches, one revision, the
+//!   duplicate-key check).
+//!
+//! Still to come: bounded-batch compaction, hashes, watches and leases.
 //!
 //! ## Invariants
 //! - A revision's key sorts in revision order, so a B+tree scan of the
@@ -27,6 +30,7 @@ pub mod index;
 pub mod kv;
 pub mod revision;
 pub mod store;
+pub mod txn;
 
 pub use index::{KeyAt, KeyIndex, NotLive, RangeEnd};
 pub use kv::KeyValue;
@@ -34,4 +38,7 @@ pub use revision::Revision;
 pub use store::{
     Apply, DeleteResult, Error, PutRequest, PutResult, RangeRequest, RangeResult, Result,
     SortOrder, SortTarget, Store,
+};
+pub use txn::{
+    Compare, CompareResult, CompareTarget, RequestOp, ResponseOp, TxnRequest, TxnResult,
 };

@@ -23,6 +23,9 @@ use prost::Message;
 use crate::index::{KeyIndex, RangeEnd};
 use crate::kv::KeyValue;
 use crate::revision::Revision;
+use crate::txn::{
+    check_txn_keys, Compare, CompareTarget, RequestOp, ResponseOp, TxnRequest, TxnResult,
+};
 
 /// Bucket of every revision's record, keyed by encoded revision.
 pub const KEY_BUCKET: &[u8] = b"key";
@@ -39,6 +42,8 @@ pub enum Error {
     FutureRevision,
     #[error("etcdserver: key not found")]
     KeyNotFound,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
     #[error("storage: {0}")]
     Storage(#[from] btree::Error),
     #[error("corrupt record at revision {rev}: {reason}")]
@@ -378,6 +383,15 @@ impl Store {
     }
 }
 
+/// The revision an operation writes at: every change of one operation
+/// (a put, a delete of several keys, a whole transaction) shares `main`
+/// and takes the next `sub`.
+#[derive(Debug, Clone, Copy)]
+struct OpRev {
+    main: i64,
+    sub: i64,
+}
+
 /// A batch of applied operations: one B+tree write transaction, made
 /// visible by [`Apply::commit`].
 pub struct Apply<'s> {
@@ -413,7 +427,131 @@ impl<'s> Apply<'s> {
 
     /// Puts a key at a new revision.
     pub fn put(&mut self, req: &PutRequest) -> Result<PutResult> {
-        let main = self.rev + 1;
+        let mut op = self.begin_op();
+        let r = self.put_in(req, &mut op);
+        self.end_op(op);
+        r
+    }
+
+    /// Deletes every live key in the range at one new revision (none is
+    /// used when nothing is deleted).
+    pub fn delete_range(
+        &mut self,
+        key: &[u8],
+        range_end: &[u8],
+        prev_kv: bool,
+    ) -> Result<DeleteResult> {
+        let mut op = self.begin_op();
+        let r = self.delete_in(key, range_end, prev_kv, &mut op);
+        self.end_op(op);
+        r
+    }
+
+    /// Runs a transaction: if every compare holds, the success ops, else
+    /// the failure ops, all at one revision (none when nothing is written).
+    /// Reads inside see the transaction's own earlier writes.
+    pub fn txn(&mut self, req: &TxnRequest) -> Result<TxnResult> {
+        check_txn_keys(req)?;
+        let mut op = self.begin_op();
+        // As etcd does: every compare on the path (nested ones included) is
+        // decided on the state before the transaction, and the ops on that
+        // path are checked before any of them runs, so a failing op never
+        // leaves half a transaction behind.
+        let mut path = Vec::new();
+        self.txn_path(req, &op, &mut path)?;
+        self.check_path(req, &op, &mut path.iter().copied())?;
+        let r = self.txn_in(req, &mut op, &mut path.into_iter());
+        self.end_op(op);
+        r
+    }
+
+    /// The branch each transaction on the path takes, in execution order.
+    fn txn_path(&mut self, req: &TxnRequest, op: &OpRev, path: &mut Vec<bool>) -> Result<()> {
+        let mut succeeded = true;
+        for c in &req.compare {
+            if !self.compare_holds(c, op)? {
+                succeeded = false;
+                break;
+            }
+        }
+        path.push(succeeded);
+        for r in if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        } {
+            if let RequestOp::Txn(t) = r {
+                self.txn_path(t, op, path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails as the ops on the path would, before any of them runs.
+    fn check_path(
+        &mut self,
+        req: &TxnRequest,
+        op: &OpRev,
+        path: &mut impl Iterator<Item = bool>,
+    ) -> Result<()> {
+        let succeeded = path.next().unwrap_or(false);
+        for r in if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        } {
+            match r {
+                RequestOp::Put(p)
+                    if (p.ignore_value || p.ignore_lease)
+                        && self
+                            .store
+                            .read_shared()
+                            .index
+                            .get(&p.key, self.visible(op))
+                            .is_none() =>
+                {
+                    return Err(Error::KeyNotFound);
+                }
+                RequestOp::Range(q) => {
+                    let current = self.visible(op);
+                    if q.revision > current {
+                        return Err(Error::FutureRevision);
+                    }
+                    if q.revision > 0 && q.revision < self.store.read_shared().compacted {
+                        return Err(Error::Compacted);
+                    }
+                }
+                RequestOp::Txn(t) => self.check_path(t, op, path)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn begin_op(&self) -> OpRev {
+        OpRev {
+            main: self.rev + 1,
+            sub: 0,
+        }
+    }
+
+    fn end_op(&mut self, op: OpRev) {
+        if op.sub > 0 {
+            self.rev = op.main;
+        }
+    }
+
+    /// The revision reads inside the current operation see.
+    fn visible(&self, op: &OpRev) -> i64 {
+        if op.sub > 0 {
+            op.main
+        } else {
+            self.rev
+        }
+    }
+
+    fn put_in(&mut self, req: &PutRequest, op: &mut OpRev) -> Result<PutResult> {
+        let main = op.main;
         let prev = self.store.read_shared().index.get(&req.key, main);
         let prev_kv = match prev {
             Some(p) => Some(self.read_kv(p.modified)?),
@@ -422,7 +560,7 @@ impl<'s> Apply<'s> {
         if (req.ignore_value || req.ignore_lease) && prev_kv.is_none() {
             return Err(Error::KeyNotFound);
         }
-        let rev = Revision::new(main, 0);
+        let rev = Revision::new(main, op.sub);
         let kv = KeyValue {
             key: req.key.clone(),
             create_revision: prev.map_or(main, |p| p.created.main),
@@ -441,23 +579,22 @@ impl<'s> Apply<'s> {
             .put(KEY_BUCKET, &rev.to_key(false), &kv.encode_to_vec())?;
         self.changed = true;
         self.store.write_shared().index.put(&req.key, rev);
-        self.rev = main;
+        op.sub += 1;
         Ok(PutResult {
             revision: main,
             prev_kv: if req.prev_kv { prev_kv } else { None },
         })
     }
 
-    /// Deletes every live key in the range at one new revision (none is
-    /// used when nothing is deleted).
-    pub fn delete_range(
+    fn delete_in(
         &mut self,
         key: &[u8],
         range_end: &[u8],
         prev_kv: bool,
+        op: &mut OpRev,
     ) -> Result<DeleteResult> {
         let end = RangeEnd::from_etcd(range_end);
-        let main = self.rev + 1;
+        let main = op.main;
         let live: Vec<(Vec<u8>, Revision)> = {
             let s = self.store.read_shared();
             s.index
@@ -466,16 +603,13 @@ impl<'s> Apply<'s> {
                 .filter_map(|k| s.index.get(&k, main).map(|at| (k, at.modified)))
                 .collect()
         };
-        let mut out = DeleteResult {
-            revision: if live.is_empty() { self.rev } else { main },
-            ..DeleteResult::default()
-        };
-        for (sub, (k, modified)) in live.into_iter().enumerate() {
+        let mut out = DeleteResult::default();
+        for (k, modified) in live {
             if prev_kv {
                 let kv = self.read_kv(modified)?;
                 out.prev_kvs.push(kv);
             }
-            let rev = Revision::new(main, sub as i64);
+            let rev = Revision::new(main, op.sub);
             let tomb = KeyValue {
                 key: k.clone(),
                 ..KeyValue::default()
@@ -491,10 +625,108 @@ impl<'s> Apply<'s> {
                     rev,
                     reason: e.to_string(),
                 })?;
+            op.sub += 1;
             out.deleted += 1;
-            self.rev = main;
         }
+        out.revision = self.visible(op);
         Ok(out)
+    }
+
+    /// A range read inside a batch, through its own write transaction.
+    fn range_in(&mut self, req: &RangeRequest, op: &OpRev) -> Result<RangeResult> {
+        let current = self.visible(op);
+        let at = if req.revision <= 0 {
+            current
+        } else {
+            req.revision
+        };
+        if at > current {
+            return Err(Error::FutureRevision);
+        }
+        let (rows, total) = {
+            let s = self.store.read_shared();
+            if at < s.compacted {
+                return Err(Error::Compacted);
+            }
+            let (rows, total) =
+                s.index
+                    .range(&req.key, &RangeEnd::from_etcd(&req.range_end), at, 0);
+            let rows: Vec<Revision> = rows.into_iter().map(|(_, k)| k.modified).collect();
+            (rows, total)
+        };
+        let mut out = RangeResult {
+            count: total as i64,
+            revision: current,
+            ..RangeResult::default()
+        };
+        if req.count_only {
+            return Ok(out);
+        }
+        let mut kvs = Vec::with_capacity(rows.len());
+        for rev in rows {
+            kvs.push(self.read_kv(rev)?);
+        }
+        let (mut kvs, more) = finish_range(req, kvs);
+        if req.keys_only {
+            for kv in &mut kvs {
+                kv.value.clear();
+            }
+        }
+        out.kvs = kvs;
+        out.more = more;
+        Ok(out)
+    }
+
+    fn compare_holds(&mut self, c: &Compare, op: &OpRev) -> Result<bool> {
+        let req = RangeRequest {
+            key: c.key.clone(),
+            range_end: c.range_end.clone(),
+            ..RangeRequest::default()
+        };
+        let kvs = self.range_in(&req, op)?.kvs;
+        if kvs.is_empty() {
+            // A value compare on a missing key always fails (an empty value
+            // and no value look the same); the others compare against a
+            // key whose fields are all zero.
+            if matches!(c.target, CompareTarget::Value(_)) {
+                return Ok(false);
+            }
+            return Ok(c.holds_for(&KeyValue::default()));
+        }
+        Ok(kvs.iter().all(|kv| c.holds_for(kv)))
+    }
+
+    fn txn_in(
+        &mut self,
+        req: &TxnRequest,
+        op: &mut OpRev,
+        path: &mut impl Iterator<Item = bool>,
+    ) -> Result<TxnResult> {
+        let succeeded = path.next().unwrap_or(false);
+        let ops = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        let mut responses = Vec::with_capacity(ops.len());
+        for r in ops {
+            responses.push(match r {
+                RequestOp::Range(q) => ResponseOp::Range(self.range_in(q, op)?),
+                RequestOp::Put(p) => ResponseOp::Put(self.put_in(p, op)?),
+                RequestOp::DeleteRange {
+                    key,
+                    range_end,
+                    prev_kv,
+                } => ResponseOp::DeleteRange(self.delete_in(key, range_end, *prev_kv, op)?),
+                RequestOp::Txn(t) => ResponseOp::Txn(self.txn_in(t, op, path)?),
+            });
+        }
+        let revision = self.visible(op);
+        Ok(TxnResult {
+            succeeded,
+            responses,
+            revision,
+        })
     }
 
     /// Compacts history at `rev`: every revision no read at `rev` or later

@@ -289,3 +289,159 @@ fn ranges_sort_filter_and_limit_as_etcd_does() {
         .unwrap();
     assert!(ko.kvs[0].value.is_empty());
 }
+
+#[test]
+fn transactions_write_at_one_revision_and_see_their_own_writes() {
+    use mvcc::{
+        Compare, CompareResult as R, CompareTarget as T, RequestOp, ResponseOp, TxnRequest,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path().join("kv.db")).unwrap();
+    put(&s, "k", "v1"); // rev 1
+    put(&s, "old", "x"); // rev 2
+    let cmp = |key: &str, result, target| Compare {
+        key: key.into(),
+        range_end: Vec::new(),
+        result,
+        target,
+    };
+    let p = |k: &str, v: &str| {
+        RequestOp::Put(PutRequest {
+            key: k.into(),
+            value: v.into(),
+            ..Default::default()
+        })
+    };
+    let read = |k: &str| {
+        RequestOp::Range(RangeRequest {
+            key: k.into(),
+            ..Default::default()
+        })
+    };
+
+    let t = TxnRequest {
+        compare: vec![
+            cmp("k", R::Equal, T::Value(b"v1".to_vec())),
+            cmp("missing", R::Equal, T::Version(0)),
+        ],
+        success: vec![
+            p("k", "v2"),
+            p("other", "o"),
+            read("k"),
+            RequestOp::DeleteRange {
+                key: b"old".to_vec(),
+                range_end: Vec::new(),
+                prev_kv: true,
+            },
+        ],
+        failure: vec![p("k", "never")],
+    };
+    let mut a = s.apply().unwrap();
+    let r = a.txn(&t).unwrap();
+    a.commit(2).unwrap();
+    assert!(r.succeeded);
+    assert_eq!(r.revision, 3, "the whole transaction is one revision");
+    match &r.responses[2] {
+        ResponseOp::Range(rr) => {
+            assert_eq!(rr.kvs[0].value, b"v2", "reads see the txn's own writes")
+        }
+        other => panic!("{other:?}"),
+    }
+    match &r.responses[3] {
+        ResponseOp::DeleteRange(d) => {
+            assert_eq!((d.deleted, d.prev_kvs[0].value.as_slice()), (1, &b"x"[..]))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.current_revision(), 3);
+    assert_eq!(get(&s, "old", 0).unwrap(), None);
+    assert_eq!(get(&s, "k", 0).unwrap(), Some(("v2".into(), 1, 3, 2)));
+    assert_eq!(get(&s, "other", 0).unwrap(), Some(("o".into(), 3, 3, 1)));
+
+    // A value compare on a missing key fails; the failure branch runs.
+    let t = TxnRequest {
+        compare: vec![cmp("missing", R::Equal, T::Value(Vec::new()))],
+        success: vec![p("x", "1")],
+        failure: vec![read("other")],
+    };
+    let mut a = s.apply().unwrap();
+    let r = a.txn(&t).unwrap();
+    a.commit(3).unwrap();
+    assert!(!r.succeeded);
+    assert_eq!(r.revision, 3, "a read-only branch makes no revision");
+
+    // Nested transactions share the outer revision.
+    let inner = TxnRequest {
+        compare: vec![cmp("other", R::Greater, T::Version(0))],
+        success: vec![p("n1", "a")],
+        failure: vec![],
+    };
+    let t = TxnRequest {
+        compare: vec![],
+        success: vec![p("n0", "b"), RequestOp::Txn(inner)],
+        failure: vec![],
+    };
+    let mut a = s.apply().unwrap();
+    let r = a.txn(&t).unwrap();
+    a.commit(4).unwrap();
+    assert_eq!(r.revision, 4);
+    assert_eq!(get(&s, "n1", 0).unwrap(), Some(("a".into(), 4, 4, 1)));
+
+    // Writing a key twice is refused before anything runs.
+    let t = TxnRequest {
+        compare: vec![],
+        success: vec![p("d", "1"), p("d", "2")],
+        failure: vec![],
+    };
+    let mut a = s.apply().unwrap();
+    assert!(matches!(a.txn(&t), Err(Error::DuplicateKey)));
+    a.commit(5).unwrap();
+    assert_eq!(s.current_revision(), 4);
+}
+
+#[test]
+fn a_transaction_that_would_fail_part_way_changes_nothing() {
+    use mvcc::{Compare, CompareResult as R, CompareTarget as T, RequestOp, TxnRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path().join("kv.db")).unwrap();
+    put(&s, "a", "1");
+    let p = |k: &str, ignore_value| {
+        RequestOp::Put(PutRequest {
+            key: k.into(),
+            value: b"v".to_vec(),
+            ignore_value,
+            ..Default::default()
+        })
+    };
+    // The second put needs an existing key: the whole txn fails up front.
+    let t = TxnRequest {
+        compare: vec![],
+        success: vec![p("b", false), p("missing", true)],
+        failure: vec![],
+    };
+    let mut a = s.apply().unwrap();
+    assert!(matches!(a.txn(&t), Err(Error::KeyNotFound)));
+    a.commit(2).unwrap();
+    assert_eq!(s.current_revision(), 1);
+    assert_eq!(get(&s, "b", 0).unwrap(), None);
+    // Nested compares are decided before the outer writes run.
+    let inner = TxnRequest {
+        compare: vec![Compare {
+            key: b"a".to_vec(),
+            range_end: Vec::new(),
+            result: R::Equal,
+            target: T::Version(1),
+        }],
+        success: vec![p("inner-saw-old", false)],
+        failure: vec![p("inner-saw-new", false)],
+    };
+    let t = TxnRequest {
+        compare: vec![],
+        success: vec![p("a", false), RequestOp::Txn(inner)],
+        failure: vec![],
+    };
+    let mut a = s.apply().unwrap();
+    a.txn(&t).unwrap();
+    a.commit(3).unwrap();
+    assert!(get(&s, "inner-saw-old", 0).unwrap().is_some());
+}
