@@ -299,6 +299,64 @@ impl Store {
         self.read_shared().consistent_index
     }
 
+    /// etcd's HashKV: a crc32 (Castagnoli) of the `key` bucket's records up
+    /// to `rev` (0: the current revision), counting at or below the
+    /// compacted revision only the records a compaction there keeps, so
+    /// the value is the same before and after the compaction runs and on
+    /// every member holding the same history. Returns (hash, current
+    /// revision, compacted revision).
+    pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64)> {
+        let (current, compacted, keep, rx) = {
+            let s = self.read_shared();
+            if rev > 0 && rev <= s.compacted {
+                return Err(Error::Compacted);
+            }
+            if rev > s.current {
+                return Err(Error::FutureRevision);
+            }
+            (
+                s.current,
+                s.compacted,
+                s.index.kept_at(s.compacted),
+                self.db.begin_read(),
+            )
+        };
+        let upto = if rev <= 0 { current } else { rev };
+        let mut h = crc32c::crc32c(KEY_BUCKET);
+        let end = Revision::new(upto + 1, 0).to_key(false);
+        for item in rx.open_bucket(KEY_BUCKET)?.range(b"", Some(&end)) {
+            let (k, v) = item?;
+            if let Some((r, tombstone)) = Revision::from_key(k) {
+                if r.main <= compacted && !keep.is_empty() && (tombstone || !keep.contains(&r)) {
+                    continue;
+                }
+            }
+            h = crc32c::crc32c_append(h, k);
+            h = crc32c::crc32c_append(h, v);
+        }
+        Ok((h, current, compacted))
+    }
+
+    /// etcd's Hash: a crc32 (Castagnoli) of every bucket's name, keys and
+    /// values, leaving out what differs between members holding the same
+    /// data (the consistent index).
+    pub fn hash(&self) -> Result<u32> {
+        let rx = self.db.begin_read();
+        let mut h = 0u32;
+        for (name, _) in rx.buckets()? {
+            h = crc32c::crc32c_append(h, &name);
+            for item in rx.open_bucket(&name)?.range(b"", None) {
+                let (k, v) = item?;
+                if name == META_BUCKET && k == CONSISTENT_INDEX {
+                    continue;
+                }
+                h = crc32c::crc32c_append(h, k);
+                h = crc32c::crc32c_append(h, v);
+            }
+        }
+        Ok(h)
+    }
+
     /// Makes every applied batch durable.
     pub fn sync(&self) -> Result<()> {
         Ok(self.db.sync()?)
