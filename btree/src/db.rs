@@ -380,6 +380,7 @@ impl Db {
             Ok(txid) => {
                 w.durable_txid = txid;
                 w.durable_version = snap.version;
+                w.freelist.made_durable();
                 Ok(())
             }
             Err(e) => {

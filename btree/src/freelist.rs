@@ -9,6 +9,12 @@
 //! Rule (b) is what keeps a power cut after a commit without fdatasync
 //! from finding the last durable tree overwritten.
 //!
+//! Rule (b) protects only pages the last durable meta can reach. A page
+//! allocated after that meta (by a commit without fdatasync) is not in the
+//! durable tree, so when it is freed again it waits for rule (a) alone.
+//! Without that, a writer committing thousands of times between syncs would
+//! never reuse a page until the next sync.
+//!
 //! Freelist pages themselves are never read by transactions (only by open
 //! and by `check`, which holds the writer lock while it reads them), so a
 //! replaced freelist run waits for rule (b) alone. Without that, a reader
@@ -25,6 +31,11 @@ pub struct Freelist {
     pending: BTreeMap<u64, Vec<PageId>>,
     /// Replaced freelist runs, by the version that replaced them.
     pending_freelist: BTreeMap<u64, Vec<PageId>>,
+    /// Pages freed that the durable meta cannot reach: they wait for
+    /// readers only.
+    pending_readers: BTreeMap<u64, Vec<PageId>>,
+    /// Pages allocated since the last durable meta.
+    fresh: BTreeSet<PageId>,
     /// Every id in `pending` and `pending_freelist`, kept sorted so that writing the freelist at
     /// each commit is a merge, not a sort.
     pending_ids: BTreeSet<PageId>,
@@ -36,6 +47,18 @@ impl Freelist {
             free: ids.into_iter().collect(),
             ..Freelist::default()
         }
+    }
+
+    /// Records that `n` pages from `id` were just allocated (from the free
+    /// set or past the high-water mark), so they are not in the durable tree.
+    pub fn mark_fresh(&mut self, id: PageId, n: u64) {
+        self.fresh.extend(id..id + n);
+    }
+
+    /// A meta describing every commit so far is durable: nothing allocated
+    /// before now is fresh any more.
+    pub fn made_durable(&mut self) {
+        self.fresh.clear();
     }
 
     /// Allocates `n` contiguous free pages, returning the first id.
@@ -71,19 +94,34 @@ impl Freelist {
     /// Records that the commit producing `version` no longer uses `pages`
     /// pages starting at `id`.
     pub fn free_run(&mut self, version: u64, id: PageId, pages: u64) {
-        Self::add(&mut self.pending, &mut self.pending_ids, version, id, pages);
+        for p in id..id + pages {
+            let map = if self.fresh.remove(&p) {
+                &mut self.pending_readers
+            } else {
+                &mut self.pending
+            };
+            Self::add(map, &mut self.pending_ids, version, p, 1);
+        }
     }
 
     /// Records that the commit producing `version` replaced the freelist run
     /// of `pages` pages at `id`.
+    /// A run written after the durable meta is reachable from no durable
+    /// meta and read by no transaction, so it is free at once.
     pub fn free_freelist_run(&mut self, version: u64, id: PageId, pages: u64) {
-        Self::add(
-            &mut self.pending_freelist,
-            &mut self.pending_ids,
-            version,
-            id,
-            pages,
-        );
+        for p in id..id + pages {
+            if self.fresh.remove(&p) {
+                self.free.insert(p);
+            } else {
+                Self::add(
+                    &mut self.pending_freelist,
+                    &mut self.pending_ids,
+                    version,
+                    p,
+                    1,
+                );
+            }
+        }
     }
 
     fn add(
@@ -110,6 +148,12 @@ impl Freelist {
         Self::release_from(
             &mut self.pending_freelist,
             durable,
+            &mut self.pending_ids,
+            &mut self.free,
+        );
+        Self::release_from(
+            &mut self.pending_readers,
+            oldest_reader,
             &mut self.pending_ids,
             &mut self.free,
         );
@@ -200,6 +244,35 @@ mod tests {
         assert_eq!(f.free_count(), 2);
         assert_eq!(f.pending_count(), 1);
         assert_eq!(f.persisted_ids(), vec![10, 11, 20]);
+    }
+
+    #[test]
+    fn pages_born_after_the_durable_meta_wait_only_for_readers() {
+        let mut f = Freelist::default();
+        f.mark_fresh(50, 2);
+        f.free_run(7, 50, 1);
+        f.free_run(7, 60, 1);
+        f.release(7, 1);
+        assert_eq!(f.persisted_ids(), vec![50, 60]);
+        assert_eq!(
+            f.allocate(1),
+            Some(50),
+            "the fresh page is reusable before any sync"
+        );
+        assert_eq!(f.allocate(1), None, "the durable tree's page is not");
+        f.made_durable();
+        f.free_run(8, 51, 1);
+        f.release(8, 7);
+        assert_eq!(
+            f.allocate(1),
+            Some(60),
+            "durable at 7 releases what 7 freed"
+        );
+        assert_eq!(
+            f.allocate(1),
+            None,
+            "after a sync, 51 may be in the durable tree"
+        );
     }
 
     #[test]

@@ -457,11 +457,15 @@ impl<'db> WriteTxn<'db> {
 }
 
 fn allocate(freelist: &mut crate::freelist::Freelist, high_water: &mut u64, pages: u64) -> PageId {
-    if let Some(id) = freelist.allocate(pages as usize) {
-        return id;
-    }
-    let id = *high_water;
-    *high_water += pages;
+    let id = match freelist.allocate(pages as usize) {
+        Some(id) => id,
+        None => {
+            let id = *high_water;
+            *high_water += pages;
+            id
+        }
+    };
+    freelist.mark_fresh(id, pages);
     id
 }
 

@@ -1,0 +1,150 @@
+//! The MVCC layer alone: put, range (1 key and 1000 keys), txn, and how
+//! long rebuilding the key index takes when a store of 1M keys opens (the
+//! server's restart time).
+//!
+//! `MVCC_BENCH_KEYS=N` sets the size of the rebuilt store (default 1M).
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use mvcc::{
+    Compare, CompareResult, CompareTarget, PutRequest, RangeRequest, RequestOp, Store, TxnRequest,
+};
+
+fn key(i: u64) -> Vec<u8> {
+    format!("/registry/pods/default/pod-{i:08}").into_bytes()
+}
+
+/// Loads `n` keys, `batch` puts per apply batch.
+fn load(store: &Store, n: u64, batch: u64) {
+    let mut index = store.consistent_index();
+    let mut i = 0;
+    while i < n {
+        let mut a = store.apply().expect("apply");
+        for _ in 0..batch.min(n - i) {
+            a.put(&PutRequest {
+                key: key(i),
+                value: vec![0x5a; 256],
+                ..Default::default()
+            })
+            .expect("put");
+            i += 1;
+        }
+        index += 1;
+        a.commit(index).expect("commit");
+    }
+    store.sync().expect("sync");
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path().join("kv.db")).expect("open");
+    load(&store, 10_000, 1000);
+
+    let mut g = c.benchmark_group("mvcc");
+    g.throughput(Throughput::Elements(100));
+    let mut n = 0u64;
+    g.bench_function("put_100_per_batch", |b| {
+        b.iter(|| {
+            let mut a = store.apply().expect("apply");
+            for _ in 0..100 {
+                n += 1;
+                a.put(&PutRequest {
+                    key: key(n % 10_000),
+                    value: vec![1; 256],
+                    ..Default::default()
+                })
+                .expect("put");
+            }
+            a.commit(n).expect("commit");
+        })
+    });
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("range_1_key", |b| {
+        b.iter(|| {
+            n += 7919;
+            let r = store
+                .range(&RangeRequest {
+                    key: key(n % 10_000),
+                    ..Default::default()
+                })
+                .expect("range");
+            assert_eq!(r.kvs.len(), 1);
+        })
+    });
+    g.bench_function("range_1000_keys", |b| {
+        b.iter(|| {
+            n += 7919;
+            let start = n % 9_000;
+            let r = store
+                .range(&RangeRequest {
+                    key: key(start),
+                    range_end: key(start + 1000),
+                    ..Default::default()
+                })
+                .expect("range");
+            assert_eq!(r.kvs.len(), 1000);
+        })
+    });
+    g.bench_function("txn_compare_and_put", |b| {
+        b.iter(|| {
+            n += 1;
+            let k = key(n % 10_000);
+            let t = TxnRequest {
+                compare: vec![Compare {
+                    key: k.clone(),
+                    range_end: Vec::new(),
+                    result: CompareResult::Greater,
+                    target: CompareTarget::Version(0),
+                }],
+                success: vec![RequestOp::Put(PutRequest {
+                    key: k,
+                    value: vec![2; 256],
+                    ..Default::default()
+                })],
+                failure: vec![],
+            };
+            let mut a = store.apply().expect("apply");
+            assert!(a.txn(&t).expect("txn").succeeded);
+            a.commit(n).expect("commit");
+        })
+    });
+    g.finish();
+
+    // Restart: open a store of many keys, rebuilding the index.
+    let keys: u64 = std::env::var("MVCC_BENCH_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let big = tempfile::tempdir().expect("tempdir");
+    let path = big.path().join("big.db");
+    {
+        let s = Store::open(&path).expect("open");
+        let t = Instant::now();
+        load(&s, keys, 10_000);
+        println!("loaded {keys} keys in {:.1?}", t.elapsed());
+    }
+    let mut g = c.benchmark_group("mvcc_restart");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(keys));
+    g.bench_function(format!("open_and_rebuild_index_{keys}_keys"), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                let s = Store::open(&path).expect("open");
+                total += t.elapsed();
+                assert_eq!(s.current_revision(), keys as i64);
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    targets = bench
+}
+criterion_main!(benches);
