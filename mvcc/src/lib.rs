@@ -18,7 +18,10 @@
 //! - [`txn`]: transactions (compares, nested branches, one revision, the
 //!   duplicate-key check).
 //!
-//! Still to come: bounded-batch compaction, hashes, watches and leases.
+//! - [`lease`]: leases (grant, revoke deleting attached keys in one
+//!   revision, attach and detach on put, keep-alive, expiry, persistence).
+//!
+//! Still to come: watches, and compaction in bounded batches.
 //!
 //! ## Invariants
 //! - A revision's key sorts in revision order, so a B+tree scan of the
@@ -28,6 +31,7 @@
 
 pub mod index;
 pub mod kv;
+pub mod lease;
 pub mod revision;
 pub mod store;
 pub mod txn;

@@ -22,6 +22,7 @@ use prost::Message;
 
 use crate::index::{KeyIndex, RangeEnd};
 use crate::kv::KeyValue;
+use crate::lease::{LeaseRecord, Lessor, MAX_TTL};
 use crate::revision::Revision;
 use crate::txn::{
     check_txn_keys, Compare, CompareTarget, RequestOp, ResponseOp, TxnRequest, TxnResult,
@@ -31,6 +32,8 @@ use crate::txn::{
 pub const KEY_BUCKET: &[u8] = b"key";
 /// Bucket of the store's own state.
 pub const META_BUCKET: &[u8] = b"meta";
+/// Bucket of leases, keyed by lease ID (8 bytes big-endian).
+pub const LEASE_BUCKET: &[u8] = b"lease";
 const CONSISTENT_INDEX: &[u8] = b"consistent_index";
 const COMPACTED_REVISION: &[u8] = b"finishedCompactRev";
 
@@ -44,6 +47,12 @@ pub enum Error {
     KeyNotFound,
     #[error("etcdserver: duplicate key given in txn request")]
     DuplicateKey,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("storage: {0}")]
     Storage(#[from] btree::Error),
     #[error("corrupt record at revision {rev}: {reason}")]
@@ -192,6 +201,7 @@ pub struct DeleteResult {
 
 struct Shared {
     index: KeyIndex,
+    lessor: Lessor,
     /// The newest revision readers may see.
     current: i64,
     compacted: i64,
@@ -226,9 +236,13 @@ impl Store {
             let mut tx = db.begin_write()?;
             tx.create_bucket_if_missing(KEY_BUCKET)?;
             tx.create_bucket_if_missing(META_BUCKET)?;
+            tx.create_bucket_if_missing(LEASE_BUCKET)?;
             tx.commit()?;
         }
         let mut index = KeyIndex::new();
+        let mut lessor = Lessor::default();
+        // The lease of each live key's latest record.
+        let mut key_leases: std::collections::HashMap<Vec<u8>, i64> = Default::default();
         let mut current = 0;
         let (consistent_index, compacted) = {
             let rx = db.begin_read();
@@ -246,11 +260,13 @@ impl Store {
                 };
                 let kv = decode(rev, v)?;
                 if tombstone {
+                    key_leases.remove(&kv.key);
                     index.tombstone(&kv.key, rev).map_err(|e| Error::Corrupt {
                         rev,
                         reason: e.to_string(),
                     })?;
                 } else {
+                    key_leases.insert(kv.key.clone(), kv.lease);
                     index.restore(
                         &kv.key,
                         Revision::new(kv.create_revision, 0),
@@ -259,6 +275,22 @@ impl Store {
                     );
                 }
                 current = rev.main;
+            }
+            // Leases come back with a full TTL from now, as after a leader
+            // change in etcd.
+            let now = std::time::Instant::now();
+            for item in rx.open_bucket(LEASE_BUCKET)?.range(b"", None) {
+                let (_, v) = item?;
+                let rec = LeaseRecord::decode(v).map_err(|e| Error::Corrupt {
+                    rev: Revision::default(),
+                    reason: format!("lease record: {e}"),
+                })?;
+                lessor.insert(rec.id, rec.ttl, now);
+            }
+            for (k, lease) in &key_leases {
+                if *lease != 0 {
+                    lessor.attach(k, *lease);
+                }
             }
             let meta = rx.open_bucket(META_BUCKET)?;
             (
@@ -270,6 +302,7 @@ impl Store {
             db,
             shared: RwLock::new(Shared {
                 index,
+                lessor,
                 current: current.max(compacted),
                 compacted,
                 consistent_index,
@@ -355,6 +388,35 @@ impl Store {
             }
         }
         Ok(h)
+    }
+
+    /// Renews a lease for its full TTL (keep-alive); returns the TTL.
+    pub fn lease_renew(&self, id: i64) -> Result<i64> {
+        self.write_shared()
+            .lessor
+            .renew(id, std::time::Instant::now())
+            .ok_or(Error::LeaseNotFound)
+    }
+
+    /// (granted TTL, seconds remaining, attached keys) of a lease.
+    pub fn lease_time_to_live(&self, id: i64) -> Result<(i64, i64, Vec<Vec<u8>>)> {
+        let s = self.read_shared();
+        let l = s.lessor.get(id).ok_or(Error::LeaseNotFound)?;
+        Ok((
+            l.ttl,
+            l.remaining(std::time::Instant::now()),
+            l.keys.iter().cloned().collect(),
+        ))
+    }
+
+    /// Every lease ID.
+    pub fn leases(&self) -> Vec<i64> {
+        self.read_shared().lessor.ids()
+    }
+
+    /// Leases expired at `now`; the leader proposes their revocation.
+    pub fn expired_leases(&self, now: std::time::Instant) -> Vec<i64> {
+        self.read_shared().lessor.expired(now)
     }
 
     /// Makes every applied batch durable.
@@ -570,6 +632,13 @@ impl<'s> Apply<'s> {
                 {
                     return Err(Error::KeyNotFound);
                 }
+                RequestOp::Put(p)
+                    if !p.ignore_lease
+                        && p.lease != 0
+                        && !self.store.read_shared().lessor.contains(p.lease) =>
+                {
+                    return Err(Error::LeaseNotFound);
+                }
                 RequestOp::Range(q) => {
                     let current = self.visible(op);
                     if q.revision > current {
@@ -618,6 +687,12 @@ impl<'s> Apply<'s> {
         if (req.ignore_value || req.ignore_lease) && prev_kv.is_none() {
             return Err(Error::KeyNotFound);
         }
+        if !req.ignore_lease
+            && req.lease != 0
+            && !self.store.read_shared().lessor.contains(req.lease)
+        {
+            return Err(Error::LeaseNotFound);
+        }
         let rev = Revision::new(main, op.sub);
         let kv = KeyValue {
             key: req.key.clone(),
@@ -636,7 +711,11 @@ impl<'s> Apply<'s> {
         self.tx()
             .put(KEY_BUCKET, &rev.to_key(false), &kv.encode_to_vec())?;
         self.changed = true;
-        self.store.write_shared().index.put(&req.key, rev);
+        {
+            let mut s = self.store.write_shared();
+            s.index.put(&req.key, rev);
+            s.lessor.attach(&req.key, kv.lease);
+        }
         op.sub += 1;
         Ok(PutResult {
             revision: main,
@@ -675,14 +754,14 @@ impl<'s> Apply<'s> {
             self.tx()
                 .put(KEY_BUCKET, &rev.to_key(true), &tomb.encode_to_vec())?;
             self.changed = true;
-            self.store
-                .write_shared()
-                .index
-                .tombstone(&k, rev)
-                .map_err(|e| Error::Corrupt {
+            {
+                let mut s = self.store.write_shared();
+                s.lessor.attach(&k, 0);
+                s.index.tombstone(&k, rev).map_err(|e| Error::Corrupt {
                     rev,
                     reason: e.to_string(),
                 })?;
+            }
             op.sub += 1;
             out.deleted += 1;
         }
@@ -785,6 +864,57 @@ impl<'s> Apply<'s> {
             responses,
             revision,
         })
+    }
+
+    /// Grants lease `id` (chosen by the server, positive) for `ttl` seconds
+    /// (raised to the minimum TTL). Returns the TTL granted.
+    pub fn lease_grant(&mut self, id: i64, ttl: i64) -> Result<i64> {
+        if ttl > MAX_TTL {
+            return Err(Error::LeaseTtlTooLarge);
+        }
+        if id <= 0 {
+            return Err(Error::LeaseNotFound);
+        }
+        if self.store.read_shared().lessor.contains(id) {
+            return Err(Error::LeaseExists);
+        }
+        let ttl = Lessor::effective_ttl(ttl);
+        let rec = LeaseRecord {
+            id,
+            ttl,
+            remaining_ttl: 0,
+        };
+        self.tx()
+            .put(LEASE_BUCKET, &id.to_be_bytes(), &rec.encode_to_vec())?;
+        self.changed = true;
+        self.store
+            .write_shared()
+            .lessor
+            .insert(id, ttl, std::time::Instant::now());
+        Ok(ttl)
+    }
+
+    /// Revokes lease `id`: deletes every key attached to it in one new
+    /// revision, and the lease. Returns the store revision after it.
+    pub fn lease_revoke(&mut self, id: i64) -> Result<i64> {
+        let keys = match self.store.read_shared().lessor.get(id) {
+            Some(l) => l.keys.clone(),
+            None => return Err(Error::LeaseNotFound),
+        };
+        let mut op = self.begin_op();
+        let mut result = Ok(());
+        for k in &keys {
+            if let Err(e) = self.delete_in(k, b"", false, &mut op) {
+                result = Err(e);
+                break;
+            }
+        }
+        self.end_op(op);
+        result?;
+        self.tx().delete(LEASE_BUCKET, &id.to_be_bytes())?;
+        self.changed = true;
+        self.store.write_shared().lessor.remove(id);
+        Ok(self.rev)
     }
 
     /// Compacts history at `rev`: every revision no read at `rev` or later

@@ -141,6 +141,7 @@ fn ignore_value_and_lease_need_an_existing_key() {
         })
         .unwrap_err();
     assert_eq!(err.to_string(), "etcdserver: key not found");
+    a.lease_grant(7, 60).unwrap();
     a.put(&PutRequest {
         key: b"k".to_vec(),
         value: b"v".to_vec(),
@@ -496,4 +497,73 @@ fn hashes_agree_between_stores_with_the_same_history() {
     ap.commit(101).unwrap();
     assert_ne!(a.hash().unwrap(), b.hash().unwrap());
     assert_ne!(a.hash_kv(0).unwrap().0, b.hash_kv(0).unwrap().0);
+}
+
+#[test]
+fn leases_attach_keys_and_revoking_deletes_them_in_one_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let s = Store::open(&path).unwrap();
+    let mut a = s.apply().unwrap();
+    assert_eq!(
+        a.lease_grant(7, 1).unwrap(),
+        mvcc::lease::MIN_TTL,
+        "TTLs are raised to the minimum"
+    );
+    assert!(matches!(a.lease_grant(7, 10), Err(Error::LeaseExists)));
+    assert!(matches!(
+        a.lease_grant(8, mvcc::lease::MAX_TTL + 1),
+        Err(Error::LeaseTtlTooLarge)
+    ));
+    let lp = |k: &str, lease| PutRequest {
+        key: k.into(),
+        value: b"v".to_vec(),
+        lease,
+        ..Default::default()
+    };
+    a.put(&lp("a", 7)).unwrap();
+    a.put(&lp("b", 7)).unwrap();
+    a.put(&lp("c", 7)).unwrap();
+    let err = a.put(&lp("d", 99)).unwrap_err();
+    assert_eq!(err.to_string(), "etcdserver: requested lease not found");
+    a.put(&lp("c", 0)).unwrap(); // overwrite without a lease detaches
+    a.commit(1).unwrap();
+    let (granted, remaining, keys) = s.lease_time_to_live(7).unwrap();
+    assert_eq!((granted, keys), (2, vec![b"a".to_vec(), b"b".to_vec()]));
+    assert!((1..=2).contains(&remaining));
+    assert_eq!(s.leases(), vec![7]);
+    assert!(s.expired_leases(std::time::Instant::now()).is_empty());
+    let later = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    assert_eq!(s.expired_leases(later), vec![7]);
+    assert_eq!(s.lease_renew(7).unwrap(), 2);
+    assert!(matches!(s.lease_renew(8), Err(Error::LeaseNotFound)));
+
+    // A restart restores the lease and its keys.
+    s.sync().unwrap();
+    drop(s);
+    let s = Store::open(&path).unwrap();
+    assert_eq!(
+        s.lease_time_to_live(7).unwrap().2,
+        vec![b"a".to_vec(), b"b".to_vec()]
+    );
+
+    let before = s.current_revision();
+    let mut a = s.apply().unwrap();
+    assert_eq!(
+        a.lease_revoke(7).unwrap(),
+        before + 1,
+        "both keys go in one revision"
+    );
+    assert!(matches!(a.lease_revoke(7), Err(Error::LeaseNotFound)));
+    a.commit(2).unwrap();
+    assert_eq!(get(&s, "a", 0).unwrap(), None);
+    assert_eq!(get(&s, "b", 0).unwrap(), None);
+    assert!(get(&s, "c", 0).unwrap().is_some());
+    assert!(s.leases().is_empty());
+    s.sync().unwrap();
+    drop(s);
+    assert!(
+        Store::open(&path).unwrap().leases().is_empty(),
+        "the revoke is durable"
+    );
 }

@@ -1,0 +1,135 @@
+//! Leases: TTLs that keys attach to. When a lease expires or is revoked,
+//! every key attached to it is deleted in one revision.
+//!
+//! The lessor keeps, per lease, its granted TTL, its expiry instant and the
+//! keys attached to it. Grants and revocations are applied operations
+//! (they go through raft and are stored in the `lease` bucket); renewals
+//! (keep-alive) and expiry checks are the leader's business and touch only
+//! memory, as in etcd. Time is passed in, so expiry is testable.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+/// etcd's `leasepb.Lease`, the record stored per lease in the `lease`
+/// bucket (keyed by the lease ID, 8 bytes big-endian).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct LeaseRecord {
+    #[prost(int64, tag = "1")]
+    pub id: i64,
+    #[prost(int64, tag = "2")]
+    pub ttl: i64,
+    #[prost(int64, tag = "3")]
+    pub remaining_ttl: i64,
+}
+
+/// The smallest TTL granted (etcd's default with its default election
+/// timeout: 1.5 s, rounded up).
+pub const MIN_TTL: i64 = 2;
+/// The largest TTL accepted (etcd's `MaxLeaseTTL`).
+pub const MAX_TTL: i64 = 9_000_000_000;
+
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub id: i64,
+    /// Seconds granted.
+    pub ttl: i64,
+    pub expiry: Instant,
+    pub keys: BTreeSet<Vec<u8>>,
+}
+
+impl Lease {
+    /// Whole seconds left, rounded up (0 once expired).
+    pub fn remaining(&self, now: Instant) -> i64 {
+        let left = self.expiry.saturating_duration_since(now);
+        left.as_secs() as i64 + i64::from(left.subsec_nanos() > 0)
+    }
+}
+
+/// Every lease, and which lease each key is attached to.
+#[derive(Debug, Default)]
+pub struct Lessor {
+    leases: BTreeMap<i64, Lease>,
+    key_lease: HashMap<Vec<u8>, i64>,
+}
+
+impl Lessor {
+    pub fn get(&self, id: i64) -> Option<&Lease> {
+        self.leases.get(&id)
+    }
+
+    pub fn contains(&self, id: i64) -> bool {
+        self.leases.contains_key(&id)
+    }
+
+    /// IDs of every lease, in order.
+    pub fn ids(&self) -> Vec<i64> {
+        self.leases.keys().copied().collect()
+    }
+
+    /// The TTL a grant of `ttl` seconds actually gets.
+    pub fn effective_ttl(ttl: i64) -> i64 {
+        ttl.max(MIN_TTL)
+    }
+
+    pub(crate) fn insert(&mut self, id: i64, ttl: i64, now: Instant) {
+        let ttl = Self::effective_ttl(ttl);
+        let keys = self.leases.remove(&id).map(|l| l.keys).unwrap_or_default();
+        self.leases.insert(
+            id,
+            Lease {
+                id,
+                ttl,
+                expiry: now + Duration::from_secs(ttl as u64),
+                keys,
+            },
+        );
+    }
+
+    /// Removes a lease; returns the keys attached to it.
+    pub(crate) fn remove(&mut self, id: i64) -> Option<BTreeSet<Vec<u8>>> {
+        let lease = self.leases.remove(&id)?;
+        for k in &lease.keys {
+            self.key_lease.remove(k);
+        }
+        Some(lease.keys)
+    }
+
+    /// Attaches `key` to `lease` (0: to none), detaching it from any other.
+    pub(crate) fn attach(&mut self, key: &[u8], lease: i64) {
+        if let Some(old) = self.key_lease.remove(key) {
+            if let Some(l) = self.leases.get_mut(&old) {
+                l.keys.remove(key);
+            }
+        }
+        if lease != 0 {
+            if let Some(l) = self.leases.get_mut(&lease) {
+                l.keys.insert(key.to_vec());
+                self.key_lease.insert(key.to_vec(), lease);
+            }
+        }
+    }
+
+    /// Renews a lease for its full TTL; returns the TTL.
+    pub fn renew(&mut self, id: i64, now: Instant) -> Option<i64> {
+        let l = self.leases.get_mut(&id)?;
+        l.expiry = now + Duration::from_secs(l.ttl as u64);
+        Some(l.ttl)
+    }
+
+    /// Leases whose time is up: the leader proposes their revocation.
+    pub fn expired(&self, now: Instant) -> Vec<i64> {
+        self.leases
+            .values()
+            .filter(|l| l.expiry <= now)
+            .map(|l| l.id)
+            .collect()
+    }
+
+    /// Gives every lease a full TTL from `now` (after a restart or a
+    /// leader change, as etcd does).
+    pub fn refresh_all(&mut self, now: Instant) {
+        for l in self.leases.values_mut() {
+            l.expiry = now + Duration::from_secs(l.ttl as u64);
+        }
+    }
+}
