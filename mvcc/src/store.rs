@@ -36,6 +36,7 @@ pub const META_BUCKET: &[u8] = b"meta";
 pub const LEASE_BUCKET: &[u8] = b"lease";
 const CONSISTENT_INDEX: &[u8] = b"consistent_index";
 const COMPACTED_REVISION: &[u8] = b"finishedCompactRev";
+const SCHEDULED_COMPACTION: &[u8] = b"scheduledCompactRev";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -207,6 +208,17 @@ struct Shared {
     compacted: i64,
     consistent_index: u64,
     poisoned: bool,
+    /// Records a compaction still has to remove from the B+tree.
+    pending_compaction: Option<PendingCompaction>,
+}
+
+/// The physical half of a compaction, done in bounded steps.
+struct PendingCompaction {
+    rev: i64,
+    /// The records at or below `rev` that stay.
+    kept: std::collections::HashSet<Revision>,
+    /// Where the next step resumes in the `key` bucket.
+    next_key: Vec<u8>,
 }
 
 /// The key space.
@@ -244,7 +256,7 @@ impl Store {
         // The lease of each live key's latest record.
         let mut key_leases: std::collections::HashMap<Vec<u8>, i64> = Default::default();
         let mut current = 0;
-        let (consistent_index, compacted) = {
+        let (consistent_index, finished, scheduled) = {
             let rx = db.begin_read();
             let keys = rx.open_bucket(KEY_BUCKET)?;
             for item in keys.range(b"", None) {
@@ -296,7 +308,24 @@ impl Store {
             (
                 be_u64(meta.get(CONSISTENT_INDEX)?),
                 be_u64(meta.get(COMPACTED_REVISION)?) as i64,
+                be_u64(meta.get(SCHEDULED_COMPACTION)?) as i64,
             )
+        };
+        // A compaction scheduled but not finished before a crash: the index
+        // was rebuilt from every record, so compact it again and let the
+        // physical steps run to the end.
+        let (compacted, pending_compaction) = if scheduled > finished {
+            let kept = index.compact(scheduled);
+            (
+                scheduled,
+                Some(PendingCompaction {
+                    rev: scheduled,
+                    kept,
+                    next_key: Vec::new(),
+                }),
+            )
+        } else {
+            (finished, None)
         };
         Ok(Store {
             db,
@@ -307,6 +336,7 @@ impl Store {
                 compacted,
                 consistent_index,
                 poisoned: false,
+                pending_compaction,
             }),
         })
     }
@@ -417,6 +447,59 @@ impl Store {
     /// Leases expired at `now`; the leader proposes their revocation.
     pub fn expired_leases(&self, now: std::time::Instant) -> Vec<i64> {
         self.read_shared().lessor.expired(now)
+    }
+
+    /// Removes up to `max_records` records of a pending compaction from the
+    /// B+tree in one transaction, so a large compaction never holds the
+    /// writer for long; the server calls it between apply batches. Returns
+    /// true when no compaction work is left.
+    pub fn compact_step(&self, max_records: usize) -> Result<bool> {
+        let (rev, kept, start) = match &self.read_shared().pending_compaction {
+            None => return Ok(true),
+            Some(p) => (p.rev, p.kept.clone(), p.next_key.clone()),
+        };
+        let mut tx = self.db.begin_write()?;
+        let end = Revision::new(rev + 1, 0).to_key(false);
+        let mut doomed = Vec::new();
+        let mut next = None;
+        for item in tx.range(KEY_BUCKET, &start, Some(&end))? {
+            let (k, _) = item?;
+            if doomed.len() == max_records.max(1) {
+                next = Some(k.to_vec());
+                break;
+            }
+            match Revision::from_key(k) {
+                Some((r, false)) if kept.contains(&r) => {}
+                _ => doomed.push(k.to_vec()),
+            }
+        }
+        for k in &doomed {
+            tx.delete(KEY_BUCKET, k)?;
+        }
+        let done = next.is_none();
+        if done {
+            tx.put(META_BUCKET, COMPACTED_REVISION, &(rev as u64).to_be_bytes())?;
+        }
+        tx.commit_nosync()?;
+        let mut s = self.write_shared();
+        // A newer compaction scheduled meanwhile starts its own pass.
+        if s.pending_compaction.as_ref().is_some_and(|p| p.rev == rev) {
+            match next {
+                Some(k) => {
+                    if let Some(p) = s.pending_compaction.as_mut() {
+                        p.next_key = k;
+                    }
+                }
+                None => s.pending_compaction = None,
+            }
+        }
+        Ok(s.pending_compaction.is_none())
+    }
+
+    /// Runs every pending compaction step.
+    pub fn finish_compaction(&self) -> Result<()> {
+        while !self.compact_step(10_000)? {}
+        Ok(())
     }
 
     /// Makes every applied batch durable.
@@ -954,23 +1037,15 @@ impl<'s> Apply<'s> {
                 s.index.compact(c)
             };
             self.changed = true;
-            tx.put(META_BUCKET, COMPACTED_REVISION, &(c as u64).to_be_bytes())?;
-            // Remove every record at or below `c` that is not kept.
-            let doomed: Vec<Vec<u8>> = {
-                let end = Revision::new(c + 1, 0).to_key(false);
-                let mut v = Vec::new();
-                for item in tx.range(KEY_BUCKET, b"", Some(&end))? {
-                    let (k, _) = item?;
-                    match Revision::from_key(k) {
-                        Some((r, false)) if kept.contains(&r) => {}
-                        _ => v.push(k.to_vec()),
-                    }
-                }
-                v
-            };
-            for k in doomed {
-                tx.delete(KEY_BUCKET, &k)?;
-            }
+            // The records themselves go in bounded steps
+            // (`Store::compact_step`); a crash before the last one resumes
+            // from `scheduledCompactRev` on open.
+            tx.put(META_BUCKET, SCHEDULED_COMPACTION, &(c as u64).to_be_bytes())?;
+            self.store.write_shared().pending_compaction = Some(PendingCompaction {
+                rev: c,
+                kept,
+                next_key: Vec::new(),
+            });
         }
         tx.commit_nosync()?;
         let mut s = self.store.write_shared();
