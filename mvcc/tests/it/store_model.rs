@@ -30,7 +30,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    // 256 cases by default; PROPTEST_CASES=N runs more.
 
     #[test]
     fn reads_at_every_revision_match_the_model(ops in proptest::collection::vec(op(), 1..80), seed in any::<u64>()) {
