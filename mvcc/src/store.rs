@@ -130,7 +130,8 @@ impl RangeRequest {
     }
 }
 
-/// Sorts, filters and limits a range the way etcd's apply layer does:
+/// Sorts, filters, limits (and strips values for `keys_only` from) a range
+/// the way etcd's apply layer does:
 /// with sorting or filters everything in range is read first; `more` means
 /// results beyond the limit were dropped; `count` stays the number of keys
 /// in the range (before filters and the limit).
@@ -163,6 +164,11 @@ fn finish_range(req: &RangeRequest, mut kvs: Vec<KeyValue>) -> (Vec<KeyValue>, b
     if req.limit > 0 && kvs.len() > req.limit as usize {
         kvs.truncate(req.limit as usize);
         more = true;
+    }
+    if req.keys_only {
+        for kv in &mut kvs {
+            kv.value.clear();
+        }
     }
     (kvs, more)
 }
@@ -562,14 +568,7 @@ impl Store {
                 })?;
             kvs.push(decode(rev, bytes)?);
         }
-        let (mut kvs, more) = finish_range(req, kvs);
-        if req.keys_only {
-            for kv in &mut kvs {
-                kv.value.clear();
-            }
-        }
-        out.kvs = kvs;
-        out.more = more;
+        (out.kvs, out.more) = finish_range(req, kvs);
         Ok(out)
     }
 
@@ -891,14 +890,7 @@ impl<'s> Apply<'s> {
         for rev in rows {
             kvs.push(self.read_kv(rev)?);
         }
-        let (mut kvs, more) = finish_range(req, kvs);
-        if req.keys_only {
-            for kv in &mut kvs {
-                kv.value.clear();
-            }
-        }
-        out.kvs = kvs;
-        out.more = more;
+        (out.kvs, out.more) = finish_range(req, kvs);
         Ok(out)
     }
 
