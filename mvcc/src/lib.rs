@@ -21,7 +21,9 @@
 //! - [`lease`]: leases (grant, revoke deleting attached keys in one
 //!   revision, attach and detach on put, keep-alive, expiry, persistence).
 //!
-//! Still to come: watches, and compaction in bounded batches.
+//! - history replay for watches ([`Store::events_since`]).
+//!
+//! Still to come: live watches (synced / unsynced / victim sets).
 //!
 //! ## Invariants
 //! - A revision's key sorts in revision order, so a B+tree scan of the
@@ -40,8 +42,8 @@ pub use index::{KeyAt, KeyIndex, NotLive, RangeEnd};
 pub use kv::KeyValue;
 pub use revision::Revision;
 pub use store::{
-    Apply, DeleteResult, Error, PutRequest, PutResult, RangeRequest, RangeResult, Result,
-    SortOrder, SortTarget, Store,
+    Apply, DeleteResult, Error, Event, EventKind, PutRequest, PutResult, RangeRequest, RangeResult,
+    Result, SortOrder, SortTarget, Store,
 };
 pub use txn::{
     Compare, CompareResult, CompareTarget, RequestOp, ResponseOp, TxnRequest, TxnResult,

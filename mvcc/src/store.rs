@@ -183,6 +183,23 @@ pub struct RangeResult {
     pub revision: i64,
 }
 
+/// One change to one key, as a watch reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    /// The key after the change (for a delete: the key, with `mod_revision`
+    /// the deleting revision and nothing else).
+    pub kv: KeyValue,
+    /// The key before the change, when asked for and still readable.
+    pub prev_kv: Option<KeyValue>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct PutRequest {
     pub key: Vec<u8>,
@@ -458,6 +475,75 @@ impl Store {
     /// Leases expired at `now`; the leader proposes their revocation.
     pub fn expired_leases(&self, now: std::time::Instant) -> Vec<i64> {
         self.read_shared().lessor.expired(now)
+    }
+
+    /// Every change to keys in the range from revision `start` on, in
+    /// revision order, read from the B+tree (a watch's history replay), at
+    /// most `limit` of them (0: all). Fails with [`Error::Compacted`] when
+    /// `start` is at or below the compacted revision (a watch then gets a
+    /// compacted response), except for `start` of 0 or 1 in a never
+    /// compacted store.
+    pub fn events_since(
+        &self,
+        start: i64,
+        key: &[u8],
+        range_end: &[u8],
+        prev_kv: bool,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        let end = RangeEnd::from_etcd(range_end);
+        let in_range = |k: &[u8]| match &end {
+            RangeEnd::Single => k == key,
+            RangeEnd::ToEnd => k >= key,
+            RangeEnd::Until(e) => k >= key && k < e.as_slice(),
+        };
+        let rx = {
+            let s = self.read_shared();
+            if s.compacted > 0 && start <= s.compacted {
+                return Err(Error::Compacted);
+            }
+            self.db.begin_read()
+        };
+        let bucket = rx.open_bucket(KEY_BUCKET)?;
+        let from = Revision::new(start.max(1), 0).to_key(false);
+        let mut events = Vec::new();
+        for item in bucket.range(&from, None) {
+            let (k, v) = item?;
+            let Some((rev, tombstone)) = Revision::from_key(k) else {
+                continue;
+            };
+            let mut kv = decode(rev, v)?;
+            if !in_range(&kv.key) {
+                continue;
+            }
+            let prev = if prev_kv {
+                let before = self.read_shared().index.get(&kv.key, rev.main - 1);
+                match before {
+                    Some(b) => match bucket.get(&b.modified.to_key(false))? {
+                        Some(bytes) => Some(decode(b.modified, bytes)?),
+                        None => None,
+                    },
+                    None => None,
+                }
+            } else {
+                None
+            };
+            let kind = if tombstone {
+                kv.mod_revision = rev.main;
+                EventKind::Delete
+            } else {
+                EventKind::Put
+            };
+            events.push(Event {
+                kind,
+                kv,
+                prev_kv: prev,
+            });
+            if limit != 0 && events.len() == limit {
+                break;
+            }
+        }
+        Ok(events)
     }
 
     /// Removes up to `max_records` records of a pending compaction from the

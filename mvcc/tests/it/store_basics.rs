@@ -610,3 +610,50 @@ fn compaction_removes_records_in_bounded_steps_and_resumes_after_a_crash() {
     assert_eq!(s.compacted_revision(), 250);
     assert_eq!(get(&s, "k9", 250).unwrap().unwrap().0, "v249");
 }
+
+#[test]
+fn history_replay_lists_every_change_in_revision_order() {
+    use mvcc::EventKind;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path().join("kv.db")).unwrap();
+    put(&s, "/a/1", "x"); // 1
+    put(&s, "/b/1", "y"); // 2
+    put(&s, "/a/2", "z"); // 3
+    put(&s, "/a/1", "x2"); // 4
+    let mut a = s.apply().unwrap();
+    a.delete_range(b"/a/", b"/a0", false).unwrap(); // 5: /a/1 and /a/2
+    a.commit(5).unwrap();
+    let evs = s.events_since(2, b"/a/", b"/a0", true, 0).unwrap();
+    let summary: Vec<(EventKind, String, i64, Option<String>)> = evs
+        .iter()
+        .map(|e| {
+            (
+                e.kind,
+                String::from_utf8(e.kv.key.clone()).unwrap(),
+                e.kv.mod_revision,
+                e.prev_kv
+                    .as_ref()
+                    .map(|p| String::from_utf8(p.value.clone()).unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (EventKind::Put, "/a/2".into(), 3, None),
+            (EventKind::Put, "/a/1".into(), 4, Some("x".into())),
+            (EventKind::Delete, "/a/1".into(), 5, Some("x2".into())),
+            (EventKind::Delete, "/a/2".into(), 5, Some("z".into())),
+        ]
+    );
+    assert_eq!(s.events_since(1, b"/b/1", b"", false, 0).unwrap().len(), 1);
+    assert_eq!(s.events_since(1, b"/", b"\0", false, 2).unwrap().len(), 2);
+    let mut a = s.apply().unwrap();
+    a.compact(3).unwrap();
+    a.commit(6).unwrap();
+    assert!(matches!(
+        s.events_since(3, b"/", b"\0", false, 0),
+        Err(Error::Compacted)
+    ));
+    assert_eq!(s.events_since(4, b"/", b"\0", false, 0).unwrap().len(), 3);
+}
