@@ -58,6 +58,15 @@ pub enum RangeEnd {
 }
 
 impl RangeEnd {
+    /// Whether `k` lies in the range that starts at `start`.
+    pub fn contains(&self, start: &[u8], k: &[u8]) -> bool {
+        match self {
+            RangeEnd::Single => k == start,
+            RangeEnd::ToEnd => k >= start,
+            RangeEnd::Until(e) => k >= start && k < e.as_slice(),
+        }
+    }
+
     /// etcd's encoding: empty is a single key, `"\0"` is "to the end".
     pub fn from_etcd(range_end: &[u8]) -> RangeEnd {
         match range_end {

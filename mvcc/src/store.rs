@@ -492,11 +492,6 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Event>> {
         let end = RangeEnd::from_etcd(range_end);
-        let in_range = |k: &[u8]| match &end {
-            RangeEnd::Single => k == key,
-            RangeEnd::ToEnd => k >= key,
-            RangeEnd::Until(e) => k >= key && k < e.as_slice(),
-        };
         let rx = {
             let s = self.read_shared();
             if s.compacted > 0 && start <= s.compacted {
@@ -513,7 +508,7 @@ impl Store {
                 continue;
             };
             let mut kv = decode(rev, v)?;
-            if !in_range(&kv.key) {
+            if !end.contains(key, &kv.key) {
                 continue;
             }
             let prev = if prev_kv {
