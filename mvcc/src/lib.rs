@@ -6,7 +6,7 @@
 //! crate, independent of raft and gRPC: the server applies committed raft
 //! entries to it.
 //!
-//! Built so far (issue 4 is in progress):
+//! Modules:
 //! - [`revision`]: revisions and their `key`-bucket encoding (etcd's);
 //! - [`kv`]: the stored record, etcd's `mvccpb.KeyValue` in protobuf;
 //! - [`index`]: the in-memory key index (lives of each key, reads at any
@@ -21,9 +21,9 @@
 //! - [`lease`]: leases (grant, revoke deleting attached keys in one
 //!   revision, attach and detach on put, keep-alive, expiry, persistence).
 //!
-//! - history replay for watches ([`Store::events_since`]).
-//!
-//! Still to come: live watches (synced / unsynced / victim sets).
+//! - [`watch`]: watches from now or from the past, with no gap and no
+//!   duplicate, that never let a slow consumer hold up writes (synced /
+//!   unsynced / victim sets, as in etcd).
 //!
 //! ## Invariants
 //! - A revision's key sorts in revision order, so a B+tree scan of the
@@ -37,14 +37,16 @@ pub mod lease;
 pub mod revision;
 pub mod store;
 pub mod txn;
+pub mod watch;
 
 pub use index::{KeyAt, KeyIndex, NotLive, RangeEnd};
 pub use kv::KeyValue;
 pub use revision::Revision;
 pub use store::{
-    Apply, DeleteResult, Error, Event, EventKind, PutRequest, PutResult, RangeRequest, RangeResult,
-    Result, SortOrder, SortTarget, Store,
+    spawn_watch_syncer, Apply, DeleteResult, Error, Event, EventKind, PutRequest, PutResult,
+    RangeRequest, RangeResult, Result, SortOrder, SortTarget, Store, WatchStream, WatchSyncer,
 };
 pub use txn::{
     Compare, CompareResult, CompareTarget, RequestOp, ResponseOp, TxnRequest, TxnResult,
 };
+pub use watch::{WatchError, WatchRequest, WatchResponse};

@@ -15,7 +15,7 @@
 //! looks at revisions up to the *published* revision, which moves forward
 //! after the batch's B+tree commit, so no reader sees half a batch.
 
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use btree::{Db, WriteTxn};
 use prost::Message;
@@ -27,6 +27,7 @@ use crate::revision::Revision;
 use crate::txn::{
     check_txn_keys, Compare, CompareTarget, RequestOp, ResponseOp, TxnRequest, TxnResult,
 };
+use crate::watch::{Hub, ReplayJob, WatchError, WatchRequest, WatchResponse};
 
 /// Bucket of every revision's record, keyed by encoded revision.
 pub const KEY_BUCKET: &[u8] = b"key";
@@ -248,6 +249,7 @@ struct PendingCompaction {
 pub struct Store {
     db: Db,
     shared: RwLock<Shared>,
+    hub: Arc<Hub>,
 }
 
 fn decode(rev: Revision, bytes: &[u8]) -> Result<KeyValue> {
@@ -355,12 +357,14 @@ impl Store {
         } else {
             (finished, None)
         };
+        let current = current.max(compacted);
         Ok(Store {
             db,
+            hub: Arc::new(Hub::new(current)),
             shared: RwLock::new(Shared {
                 index,
                 lessor,
-                current: current.max(compacted),
+                current,
                 compacted,
                 consistent_index,
                 poisoned: false,
@@ -479,10 +483,9 @@ impl Store {
 
     /// Every change to keys in the range from revision `start` on, in
     /// revision order, read from the B+tree (a watch's history replay), at
-    /// most `limit` of them (0: all). Fails with [`Error::Compacted`] when
-    /// `start` is at or below the compacted revision (a watch then gets a
-    /// compacted response), except for `start` of 0 or 1 in a never
-    /// compacted store.
+    /// most `limit` of them (0: all) but never part of a revision. Fails
+    /// with [`Error::Compacted`] when `start` is below the compacted
+    /// revision (a watch then gets a compacted response), as etcd does.
     pub fn events_since(
         &self,
         start: i64,
@@ -492,21 +495,45 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Event>> {
         let end = RangeEnd::from_etcd(range_end);
-        let rx = {
+        Ok(self.history(start, key, &end, prev_kv, limit)?.0)
+    }
+
+    /// History of a range from `start` to the current revision, at most
+    /// `limit` events (0: all) rounded up to a whole revision. Returns the
+    /// events and the revision through which they are complete.
+    fn history(
+        &self,
+        start: i64,
+        key: &[u8],
+        end: &RangeEnd,
+        prev_kv: bool,
+        limit: usize,
+    ) -> Result<(Vec<Event>, i64)> {
+        let (upto, rx) = {
             let s = self.read_shared();
-            if s.compacted > 0 && start <= s.compacted {
+            if s.compacted > 0 && start < s.compacted {
                 return Err(Error::Compacted);
             }
-            self.db.begin_read()
+            // Taken under the lock: the snapshot holds every record up to
+            // `upto`, and compaction cannot take them away from it.
+            (s.current, self.db.begin_read())
         };
         let bucket = rx.open_bucket(KEY_BUCKET)?;
         let from = Revision::new(start.max(1), 0).to_key(false);
-        let mut events = Vec::new();
-        for item in bucket.range(&from, None) {
+        let to = Revision::new(upto + 1, 0).to_key(false);
+        let mut events: Vec<Event> = Vec::new();
+        for item in bucket.range(&from, Some(&to)) {
             let (k, v) = item?;
             let Some((rev, tombstone)) = Revision::from_key(k) else {
                 continue;
             };
+            if limit != 0
+                && events.len() >= limit
+                && events.last().is_some_and(|e| e.kv.mod_revision < rev.main)
+            {
+                let reached = rev.main - 1;
+                return Ok((events, reached));
+            }
             let mut kv = decode(rev, v)?;
             if !end.contains(key, &kv.key) {
                 continue;
@@ -534,11 +561,58 @@ impl Store {
                 kv,
                 prev_kv: prev,
             });
-            if limit != 0 && events.len() == limit {
-                break;
+        }
+        Ok((events, upto))
+    }
+
+    /// Opens a watch stream: one channel of responses (holding at most
+    /// `capacity` of them) for any number of watchers. Watchers starting in
+    /// the past, and slow ones, need the syncer
+    /// ([`Store::sync_watchers`], or [`spawn_watch_syncer`]).
+    pub fn watch_stream(
+        &self,
+        capacity: usize,
+    ) -> (WatchStream, tokio::sync::mpsc::Receiver<WatchResponse>) {
+        let (id, rx) = self.hub.open_stream(capacity);
+        (
+            WatchStream {
+                hub: self.hub.clone(),
+                id,
+            },
+            rx,
+        )
+    }
+
+    /// One round of the syncer: resends parked responses of slow watchers
+    /// and replays history to up to `max_watchers` watchers that are
+    /// behind, at most `max_events` events each. Returns true when some
+    /// watcher is still behind.
+    pub fn sync_watchers(&self, max_watchers: usize, max_events: usize) -> Result<bool> {
+        self.hub.lock().retry_victims();
+        let jobs: Vec<ReplayJob> = self.hub.lock().replay_jobs(max_watchers);
+        for job in &jobs {
+            match self.history(job.next_rev, &job.key, &job.end, job.prev_kv, max_events) {
+                Ok((events, reached)) => self.hub.lock().finish_replay(job, &events, reached),
+                Err(Error::Compacted) => {
+                    let compacted = self.compacted_revision();
+                    self.hub.lock().compacted(job, compacted);
+                }
+                Err(e) => return Err(e),
             }
         }
-        Ok(events)
+        let (_, unsynced, victims) = self.hub.watcher_count();
+        Ok(unsynced + victims > 0)
+    }
+
+    /// Sends a progress notification to every caught-up watcher that
+    /// asked for them (the server calls this periodically).
+    pub fn notify_watch_progress(&self) {
+        self.hub.lock().notify_progress();
+    }
+
+    /// Watchers (synced, unsynced, victims).
+    pub fn watcher_count(&self) -> (usize, usize, usize) {
+        self.hub.watcher_count()
     }
 
     /// Removes up to `max_records` records of a pending compaction from the
@@ -667,6 +741,7 @@ impl Store {
             rev: next,
             changed: false,
             compact_to: None,
+            events: Vec::new(),
         })
     }
 }
@@ -691,6 +766,8 @@ pub struct Apply<'s> {
     /// that poisons the store: the index would name missing revisions).
     changed: bool,
     compact_to: Option<i64>,
+    /// The batch's changes, for watchers.
+    events: Vec<Event>,
 }
 
 impl<'s> Apply<'s> {
@@ -885,9 +962,15 @@ impl<'s> Apply<'s> {
             s.lessor.attach(&req.key, kv.lease);
         }
         op.sub += 1;
+        let result_prev = if req.prev_kv { prev_kv.clone() } else { None };
+        self.events.push(Event {
+            kind: EventKind::Put,
+            kv,
+            prev_kv,
+        });
         Ok(PutResult {
             revision: main,
-            prev_kv: if req.prev_kv { prev_kv } else { None },
+            prev_kv: result_prev,
         })
     }
 
@@ -910,9 +993,9 @@ impl<'s> Apply<'s> {
         };
         let mut out = DeleteResult::default();
         for (k, modified) in live {
+            let before = self.read_kv(modified)?;
             if prev_kv {
-                let kv = self.read_kv(modified)?;
-                out.prev_kvs.push(kv);
+                out.prev_kvs.push(before.clone());
             }
             let rev = Revision::new(main, op.sub);
             let tomb = KeyValue {
@@ -930,6 +1013,15 @@ impl<'s> Apply<'s> {
                     reason: e.to_string(),
                 })?;
             }
+            self.events.push(Event {
+                kind: EventKind::Delete,
+                kv: KeyValue {
+                    key: k,
+                    mod_revision: main,
+                    ..KeyValue::default()
+                },
+                prev_kv: Some(before),
+            });
             op.sub += 1;
             out.deleted += 1;
         }
@@ -1126,10 +1218,17 @@ impl<'s> Apply<'s> {
             });
         }
         tx.commit_nosync()?;
-        let mut s = self.store.write_shared();
-        s.current = s.current.max(self.rev);
-        s.consistent_index = consistent_index;
+        // Publishing and notifying happen under the hub lock, so a watcher
+        // created or caught up meanwhile sees either both or neither.
+        let mut hub = self.store.hub.lock();
+        let current = {
+            let mut s = self.store.write_shared();
+            s.current = s.current.max(self.rev);
+            s.consistent_index = consistent_index;
+            s.current
+        };
         self.changed = false;
+        hub.notify(&self.events, current);
         Ok(())
     }
 }
@@ -1138,6 +1237,97 @@ impl Drop for Apply<'_> {
     fn drop(&mut self) {
         if self.changed {
             self.store.write_shared().poisoned = true;
+        }
+    }
+}
+
+/// A watch stream: many watchers sharing one channel of responses
+/// (etcd's `WatchStream`). Dropping it removes its watchers.
+pub struct WatchStream {
+    hub: Arc<Hub>,
+    id: u64,
+}
+
+impl WatchStream {
+    /// Adds a watcher; returns its ID.
+    pub fn watch(&self, req: &WatchRequest) -> std::result::Result<i64, WatchError> {
+        self.hub.watch(self.id, req)
+    }
+
+    /// Removes a watcher; false when there was none with that ID.
+    pub fn cancel(&self, watch_id: i64) -> bool {
+        self.hub.cancel(self.id, watch_id)
+    }
+
+    /// Asks for a progress notification (watch ID -1) carrying a revision
+    /// up to which every event has been sent to every watcher of the
+    /// stream; it is sent once all of them have caught up.
+    pub fn request_progress(&self) {
+        self.hub.request_progress(self.id)
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        self.hub.close_stream(self.id);
+    }
+}
+
+/// A thread running the watch syncer of a store until dropped.
+pub struct WatchSyncer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Starts a thread that runs [`Store::sync_watchers`] whenever a watcher
+/// is behind (at least every `interval`), and sends progress notifications
+/// every `progress_interval`. It holds only a weak reference to the store.
+pub fn spawn_watch_syncer(
+    store: &Arc<Store>,
+    interval: std::time::Duration,
+    progress_interval: std::time::Duration,
+) -> std::io::Result<WatchSyncer> {
+    let weak = Arc::downgrade(store);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_flag = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("watch-syncer".into())
+        .spawn(move || {
+            let mut last_progress = std::time::Instant::now();
+            while !stop_flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let Some(store) = weak.upgrade() else { break };
+                let behind = match store.sync_watchers(512, 1000) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!("watch syncer: {e}");
+                        true
+                    }
+                };
+                if last_progress.elapsed() >= progress_interval {
+                    store.notify_watch_progress();
+                    last_progress = std::time::Instant::now();
+                }
+                let hub = store.hub.clone();
+                drop(store);
+                if behind {
+                    // Slow consumers are retried at this pace.
+                    std::thread::sleep(interval.min(std::time::Duration::from_millis(10)));
+                } else {
+                    hub.wait_for_work(interval);
+                }
+            }
+        })?;
+    Ok(WatchSyncer {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+impl Drop for WatchSyncer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

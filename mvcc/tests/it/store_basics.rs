@@ -184,12 +184,12 @@ fn ignore_value_and_lease_need_an_existing_key() {
 fn batches_not_synced_are_gone_after_a_reopen_and_the_index_says_where_to_replay() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kv.db");
-    let s = Store::open(&path).unwrap();
+    let s = crate::open_store(&path);
     put(&s, "a", "1");
     s.sync().unwrap();
     put(&s, "b", "2");
     drop(s);
-    let s = Store::open(&path).unwrap();
+    let s = crate::open_store(&path);
     assert_eq!((s.current_revision(), s.consistent_index()), (1, 1));
     assert_eq!(get(&s, "b", 0).unwrap(), None);
 }
@@ -503,7 +503,7 @@ fn hashes_agree_between_stores_with_the_same_history() {
 fn leases_attach_keys_and_revoking_deletes_them_in_one_revision() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kv.db");
-    let s = Store::open(&path).unwrap();
+    let s = crate::open_store(&path);
     let mut a = s.apply().unwrap();
     assert_eq!(
         a.lease_grant(7, 1).unwrap(),
@@ -541,7 +541,7 @@ fn leases_attach_keys_and_revoking_deletes_them_in_one_revision() {
     // A restart restores the lease and its keys.
     s.sync().unwrap();
     drop(s);
-    let s = Store::open(&path).unwrap();
+    let s = crate::open_store(&path);
     assert_eq!(
         s.lease_time_to_live(7).unwrap().2,
         vec![b"a".to_vec(), b"b".to_vec()]
@@ -563,7 +563,7 @@ fn leases_attach_keys_and_revoking_deletes_them_in_one_revision() {
     s.sync().unwrap();
     drop(s);
     assert!(
-        Store::open(&path).unwrap().leases().is_empty(),
+        crate::open_store(&path).leases().is_empty(),
         "the revoke is durable"
     );
 }
@@ -572,7 +572,7 @@ fn leases_attach_keys_and_revoking_deletes_them_in_one_revision() {
 fn compaction_removes_records_in_bounded_steps_and_resumes_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kv.db");
-    let s = Store::open(&path).unwrap();
+    let s = crate::open_store(&path);
     for i in 0..300 {
         put(&s, &format!("k{}", i % 10), &format!("v{i}"));
     }
@@ -594,7 +594,7 @@ fn compaction_removes_records_in_bounded_steps_and_resumes_after_a_crash() {
     // Crash before the compaction finished (what was synced survives).
     s.sync().unwrap();
     drop(s);
-    let s = Store::open(&path).unwrap();
+    let s = crate::open_store(&path);
     assert_eq!(s.compacted_revision(), 250);
     assert_eq!(get(&s, "k2", 250).unwrap().unwrap().0, "v242");
     s.finish_compaction().unwrap();
@@ -606,7 +606,7 @@ fn compaction_removes_records_in_bounded_steps_and_resumes_after_a_crash() {
     drop(s);
     // Finished: reopening finds every record at or below 250 gone but the
     // ten kept ones, and the same answers.
-    let s = Store::open(&path).unwrap();
+    let s = crate::open_store(&path);
     assert_eq!(s.compacted_revision(), 250);
     assert_eq!(get(&s, "k9", 250).unwrap().unwrap().0, "v249");
 }
@@ -651,9 +651,11 @@ fn history_replay_lists_every_change_in_revision_order() {
     let mut a = s.apply().unwrap();
     a.compact(3).unwrap();
     a.commit(6).unwrap();
+    // As in etcd, history from the compacted revision itself is readable.
     assert!(matches!(
-        s.events_since(3, b"/", b"\0", false, 0),
+        s.events_since(2, b"/", b"\0", false, 0),
         Err(Error::Compacted)
     ));
+    assert_eq!(s.events_since(3, b"/", b"\0", false, 0).unwrap().len(), 4);
     assert_eq!(s.events_since(4, b"/", b"\0", false, 0).unwrap().len(), 3);
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use mvcc::{PutRequest, RangeRequest, Store};
+use mvcc::{PutRequest, RangeRequest};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -36,7 +36,7 @@ proptest! {
     fn reads_at_every_revision_match_the_model(ops in proptest::collection::vec(op(), 1..80), seed in any::<u64>()) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kv.db");
-        let mut store = Store::open(&path).unwrap();
+        let mut store = crate::open_store(&path);
         // states[r] = the whole key space at revision r.
         let mut states: Vec<State> = vec![State::new()];
         let mut compacted = 0i64;
@@ -88,7 +88,7 @@ proptest! {
                 Op::Reopen => {
                     store.sync().unwrap();
                     drop(store);
-                    store = Store::open(&path).unwrap();
+                    store = crate::open_store(&path);
                     prop_assert_eq!(store.consistent_index(), applied);
                 }
             }
