@@ -191,7 +191,7 @@ fn crash_child() {
         index += 1;
         apply_entry(&s, index);
         s.compact_step(3).unwrap();
-        if index % 7 == 0 {
+        if index.is_multiple_of(7) {
             s.sync().unwrap();
             let mut out = std::io::stdout().lock();
             writeln!(out, "synced {index}").unwrap();
