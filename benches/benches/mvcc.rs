@@ -1,4 +1,5 @@
-//! The MVCC layer alone: put, range (1 key and 1000 keys), txn, and how
+//! The MVCC layer alone: put, range (1 key and 1000 keys), txn, watch
+//! fan-out (one put reaching 10,000 watchers), and how
 //! long rebuilding the key index takes when a store of 1M keys opens (the
 //! server's restart time).
 //!
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mvcc::{
     Compare, CompareResult, CompareTarget, PutRequest, RangeRequest, RequestOp, Store, TxnRequest,
+    WatchRequest,
 };
 
 fn key(i: u64) -> Vec<u8> {
@@ -109,6 +111,47 @@ fn bench(c: &mut Criterion) {
             a.commit(n).expect("commit");
         })
     });
+    // Watch fan-out: one put to a key that 10,000 watchers watch (100
+    // streams of 100 watchers, as 100 clients), until every watcher has
+    // its event.
+    const STREAMS: usize = 100;
+    const PER_STREAM: usize = 100;
+    let streams: Vec<_> = (0..STREAMS)
+        .map(|_| {
+            let (ws, rx) = store.watch_stream(4 * PER_STREAM);
+            for _ in 0..PER_STREAM {
+                ws.watch(&WatchRequest {
+                    key: key(42),
+                    ..Default::default()
+                })
+                .expect("watch");
+            }
+            (ws, rx)
+        })
+        .collect();
+    let mut receivers: Vec<_> = streams.into_iter().collect();
+    g.throughput(Throughput::Elements((STREAMS * PER_STREAM) as u64));
+    g.bench_function("watch_fanout_1_put_10000_watchers", |b| {
+        b.iter(|| {
+            n += 1;
+            let mut a = store.apply().expect("apply");
+            a.put(&PutRequest {
+                key: key(42),
+                value: vec![3; 256],
+                ..Default::default()
+            })
+            .expect("put");
+            a.commit(n).expect("commit");
+            let mut got = 0;
+            for (_, rx) in receivers.iter_mut() {
+                while let Ok(r) = rx.try_recv() {
+                    got += r.events.len();
+                }
+            }
+            assert_eq!(got, STREAMS * PER_STREAM);
+        })
+    });
+    drop(receivers);
     g.finish();
 
     // Restart: open a store of many keys, rebuilding the index.

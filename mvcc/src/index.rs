@@ -219,8 +219,8 @@ impl KeyIndex {
     /// [`KeyIndex::put`], except that a key not live yet starts its life
     /// with the creation revision and version its record carries (the
     /// revisions before it may have been compacted away).
-    pub fn restore(&mut self, key: &[u8], created: Revision, modified: Revision, version: i64) {
-        let h = self.keys.entry(key.to_vec()).or_default();
+    pub fn restore(&mut self, key: Vec<u8>, created: Revision, modified: Revision, version: i64) {
+        let h = self.keys.entry(key).or_default();
         if h.is_live() {
             h.put(modified);
             return;
@@ -403,8 +403,8 @@ mod tests {
         let mut ix = KeyIndex::new();
         // After a compaction the B+tree holds only foo's revision 10, which
         // was its third put since creation at revision 4.
-        ix.restore(b"foo", r(4), r(10), 3);
-        ix.restore(b"foo", r(4), r(12), 4);
+        ix.restore(b"foo".to_vec(), r(4), r(10), 3);
+        ix.restore(b"foo".to_vec(), r(4), r(12), 4);
         let k = ix.get(b"foo", 12).unwrap();
         assert_eq!((k.created.main, k.version), (4, 4));
         assert_eq!(ix.get(b"foo", 10).unwrap().version, 3);

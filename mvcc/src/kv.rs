@@ -23,6 +23,20 @@ pub struct KeyValue {
     pub lease: i64,
 }
 
+/// A [`KeyValue`] without its value: what rebuilding the index needs, decoded
+/// from the same bytes without copying the value.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct KeyValueHead {
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    #[prost(int64, tag = "2")]
+    pub create_revision: i64,
+    #[prost(int64, tag = "4")]
+    pub version: i64,
+    #[prost(int64, tag = "6")]
+    pub lease: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message;

@@ -21,7 +21,7 @@ use btree::{Db, WriteTxn};
 use prost::Message;
 
 use crate::index::{KeyIndex, RangeEnd};
-use crate::kv::KeyValue;
+use crate::kv::{KeyValue, KeyValueHead};
 use crate::lease::{LeaseRecord, Lessor, MAX_TTL};
 use crate::revision::Revision;
 use crate::txn::{
@@ -55,6 +55,16 @@ pub enum Error {
     LeaseExists,
     #[error("etcdserver: too large lease TTL")]
     LeaseTtlTooLarge,
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: request is too large")]
+    TooLarge,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
     #[error("storage: {0}")]
     Storage(#[from] btree::Error),
     #[error("corrupt record at revision {rev}: {reason}")]
@@ -245,9 +255,30 @@ struct PendingCompaction {
     next_key: Vec<u8>,
 }
 
+/// Limits on what one request may carry (the server passes in its own).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most bytes of key plus value one put may store (etcd's
+    /// `--max-request-bytes`, 1.5 MiB by default, bounds the whole request).
+    pub max_put_bytes: usize,
+    /// Most compares, and most ops per branch, of one transaction (etcd's
+    /// `--max-txn-ops`).
+    pub max_txn_ops: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_put_bytes: 1536 * 1024,
+            max_txn_ops: 128,
+        }
+    }
+}
+
 /// The key space.
 pub struct Store {
     db: Db,
+    limits: Limits,
     shared: RwLock<Shared>,
     hub: Arc<Hub>,
 }
@@ -268,6 +299,11 @@ impl Store {
     /// Opens (or creates) the store in the B+tree file at `path` and
     /// rebuilds the key index from the `key` bucket.
     pub fn open(path: impl AsRef<std::path::Path>) -> Result<Store> {
+        Store::open_with(path, Limits::default())
+    }
+
+    /// Opens the store with request limits other than etcd's defaults.
+    pub fn open_with(path: impl AsRef<std::path::Path>, limits: Limits) -> Result<Store> {
         let db = Db::open(path)?;
         {
             let mut tx = db.begin_write()?;
@@ -299,9 +335,16 @@ impl Store {
                         ),
                     });
                 };
-                let kv = decode(rev, v)?;
-                if tombstone {
+                // Only the head: copying every value would double the work.
+                let kv = KeyValueHead::decode(v).map_err(|e| Error::Corrupt {
+                    rev,
+                    reason: e.to_string(),
+                })?;
+                // Most keys have no lease: the map holds only those that do.
+                if !key_leases.is_empty() {
                     key_leases.remove(&kv.key);
+                }
+                if tombstone {
                     // An unfinished compaction may have removed the puts
                     // before a tombstone it had not reached yet; the index
                     // is compacted past it below anyway.
@@ -313,9 +356,11 @@ impl Store {
                         });
                     }
                 } else {
-                    key_leases.insert(kv.key.clone(), kv.lease);
+                    if kv.lease != 0 {
+                        key_leases.insert(kv.key.clone(), kv.lease);
+                    }
                     index.restore(
-                        &kv.key,
+                        kv.key,
                         Revision::new(kv.create_revision, 0),
                         rev,
                         kv.version,
@@ -335,9 +380,7 @@ impl Store {
                 lessor.insert(rec.id, rec.ttl, now);
             }
             for (k, lease) in &key_leases {
-                if *lease != 0 {
-                    lessor.attach(k, *lease);
-                }
+                lessor.attach(k, *lease);
             }
             (consistent_index, finished, scheduled)
         };
@@ -360,6 +403,7 @@ impl Store {
         let current = current.max(compacted);
         Ok(Store {
             db,
+            limits,
             hub: Arc::new(Hub::new(current)),
             shared: RwLock::new(Shared {
                 index,
@@ -675,6 +719,9 @@ impl Store {
 
     /// Reads a key or range at a revision.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResult> {
+        if req.key.is_empty() {
+            return Err(Error::EmptyKey);
+        }
         let end = RangeEnd::from_etcd(&req.range_end);
         let (current, rows, total, rx) = {
             let s = self.read_shared();
@@ -742,6 +789,7 @@ impl Store {
             changed: false,
             compact_to: None,
             events: Vec::new(),
+            collect: self.hub.lock().has_watchers(),
         })
     }
 }
@@ -766,8 +814,10 @@ pub struct Apply<'s> {
     /// that poisons the store: the index would name missing revisions).
     changed: bool,
     compact_to: Option<i64>,
-    /// The batch's changes, for watchers.
+    /// The batch's changes, for watchers, collected only when some
+    /// watcher existed as the batch began.
     events: Vec<Event>,
+    collect: bool,
 }
 
 impl<'s> Apply<'s> {
@@ -792,6 +842,7 @@ impl<'s> Apply<'s> {
 
     /// Puts a key at a new revision.
     pub fn put(&mut self, req: &PutRequest) -> Result<PutResult> {
+        self.check_put(req)?;
         let mut op = self.begin_op();
         let r = self.put_in(req, &mut op);
         self.end_op(op);
@@ -806,6 +857,9 @@ impl<'s> Apply<'s> {
         range_end: &[u8],
         prev_kv: bool,
     ) -> Result<DeleteResult> {
+        if key.is_empty() {
+            return Err(Error::EmptyKey);
+        }
         let mut op = self.begin_op();
         let r = self.delete_in(key, range_end, prev_kv, &mut op);
         self.end_op(op);
@@ -816,6 +870,7 @@ impl<'s> Apply<'s> {
     /// the failure ops, all at one revision (none when nothing is written).
     /// Reads inside see the transaction's own earlier writes.
     pub fn txn(&mut self, req: &TxnRequest) -> Result<TxnResult> {
+        self.check_txn(req)?;
         check_txn_keys(req)?;
         let mut op = self.begin_op();
         // As etcd does: every compare on the path (nested ones included) is
@@ -828,6 +883,43 @@ impl<'s> Apply<'s> {
         let r = self.txn_in(req, &mut op, &mut path.into_iter());
         self.end_op(op);
         r
+    }
+
+    fn check_put(&self, req: &PutRequest) -> Result<()> {
+        if req.key.is_empty() {
+            return Err(Error::EmptyKey);
+        }
+        if req.ignore_value && !req.value.is_empty() {
+            return Err(Error::ValueProvided);
+        }
+        if req.ignore_lease && req.lease != 0 {
+            return Err(Error::LeaseProvided);
+        }
+        if req.key.len() + req.value.len() > self.store.limits.max_put_bytes {
+            return Err(Error::TooLarge);
+        }
+        Ok(())
+    }
+
+    /// etcd's checks of a transaction's shape, nested ones included.
+    fn check_txn(&self, req: &TxnRequest) -> Result<()> {
+        let max = self.store.limits.max_txn_ops;
+        if req.compare.len() > max || req.success.len() > max || req.failure.len() > max {
+            return Err(Error::TooManyOps);
+        }
+        for op in req.success.iter().chain(&req.failure) {
+            match op {
+                RequestOp::Range(r) if r.key.is_empty() => return Err(Error::EmptyKey),
+                RequestOp::Range(_) => {}
+                RequestOp::Put(p) => self.check_put(p)?,
+                RequestOp::DeleteRange { key, .. } if key.is_empty() => {
+                    return Err(Error::EmptyKey)
+                }
+                RequestOp::DeleteRange { .. } => {}
+                RequestOp::Txn(t) => self.check_txn(t)?,
+            }
+        }
+        Ok(())
     }
 
     /// The branch each transaction on the path takes, in execution order.
@@ -963,11 +1055,13 @@ impl<'s> Apply<'s> {
         }
         op.sub += 1;
         let result_prev = if req.prev_kv { prev_kv.clone() } else { None };
-        self.events.push(Event {
-            kind: EventKind::Put,
-            kv,
-            prev_kv,
-        });
+        if self.collect {
+            self.events.push(Event {
+                kind: EventKind::Put,
+                kv,
+                prev_kv,
+            });
+        }
         Ok(PutResult {
             revision: main,
             prev_kv: result_prev,
@@ -993,9 +1087,13 @@ impl<'s> Apply<'s> {
         };
         let mut out = DeleteResult::default();
         for (k, modified) in live {
-            let before = self.read_kv(modified)?;
+            let before = if prev_kv || self.collect {
+                Some(self.read_kv(modified)?)
+            } else {
+                None
+            };
             if prev_kv {
-                out.prev_kvs.push(before.clone());
+                out.prev_kvs.extend(before.clone());
             }
             let rev = Revision::new(main, op.sub);
             let tomb = KeyValue {
@@ -1013,15 +1111,17 @@ impl<'s> Apply<'s> {
                     reason: e.to_string(),
                 })?;
             }
-            self.events.push(Event {
-                kind: EventKind::Delete,
-                kv: KeyValue {
-                    key: k,
-                    mod_revision: main,
-                    ..KeyValue::default()
-                },
-                prev_kv: Some(before),
-            });
+            if self.collect {
+                self.events.push(Event {
+                    kind: EventKind::Delete,
+                    kv: KeyValue {
+                        key: k,
+                        mod_revision: main,
+                        ..KeyValue::default()
+                    },
+                    prev_kv: before,
+                });
+            }
             op.sub += 1;
             out.deleted += 1;
         }
@@ -1228,7 +1328,14 @@ impl<'s> Apply<'s> {
             s.current
         };
         self.changed = false;
-        hub.notify(&self.events, current);
+        if self.collect {
+            hub.notify(&self.events, current);
+        } else {
+            if hub.publish_uncollected(current) {
+                drop(hub);
+                self.store.hub.wake();
+            }
+        }
         Ok(())
     }
 }

@@ -174,6 +174,11 @@ impl Hub {
         }
     }
 
+    /// Wakes the syncer.
+    pub(crate) fn wake(&self) {
+        self.work.notify_all();
+    }
+
     pub(crate) fn lock(&self) -> HubGuard<'_> {
         HubGuard(self.state.lock().unwrap_or_else(|e| e.into_inner()))
     }
@@ -389,6 +394,37 @@ impl HubGuard<'_> {
                 s.progress_pending = false;
             }
         }
+    }
+
+    /// Whether any watcher exists (an apply batch collects its events only
+    /// then).
+    pub(crate) fn has_watchers(&self) -> bool {
+        !self.0.watchers.is_empty()
+    }
+
+    /// Publishes revision `rev` after a batch that did not collect its
+    /// events (no watcher existed when it began): a watcher created since
+    /// then that wants some of the batch's revisions replays them from the
+    /// B+tree instead.
+    /// Returns whether any watcher now needs the syncer.
+    pub(crate) fn publish_uncollected(&mut self, rev: i64) -> bool {
+        self.0.published = rev;
+        let late: Vec<WatcherKey> = self
+            .0
+            .watchers
+            .iter()
+            .filter(|(_, w)| matches!(w.state, State::Synced) && w.next_rev <= rev)
+            .map(|(wk, _)| *wk)
+            .collect();
+        let any = !late.is_empty();
+        for wk in late {
+            self.remove_from_synced(wk);
+            if let Some(w) = self.0.watchers.get_mut(&wk) {
+                w.state = State::Unsynced;
+                self.0.unsynced.insert(wk);
+            }
+        }
+        any
     }
 
     /// Publishes revision `rev` and hands the events of the batch that

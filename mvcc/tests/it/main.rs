@@ -29,3 +29,4 @@ pub fn open_store(path: &std::path::Path) -> mvcc::Store {
         }
     }
 }
+mod bad_input;

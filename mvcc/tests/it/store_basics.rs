@@ -406,10 +406,10 @@ fn a_transaction_that_would_fail_part_way_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path().join("kv.db")).unwrap();
     put(&s, "a", "1");
-    let p = |k: &str, ignore_value| {
+    let p = |k: &str, ignore_value: bool| {
         RequestOp::Put(PutRequest {
             key: k.into(),
-            value: b"v".to_vec(),
+            value: if ignore_value { vec![] } else { b"v".to_vec() },
             ignore_value,
             ..Default::default()
         })

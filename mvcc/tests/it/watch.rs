@@ -177,6 +177,33 @@ fn live_watchers_get_their_keys_changes_with_filters_and_prev_kv() {
 }
 
 #[test]
+fn a_watcher_created_while_a_batch_is_applied_gets_the_batch() {
+    // The batch began with no watcher, so it collected no events; the
+    // watcher is caught up from the B+tree instead.
+    let (_d, s) = open();
+    let _syncer =
+        spawn_watch_syncer(&s, Duration::from_millis(5), Duration::from_secs(600)).unwrap();
+    let mut a = s.apply().unwrap();
+    a.put(&PutRequest {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    })
+    .unwrap();
+    let (ws, mut rx) = s.watch_stream(4);
+    ws.watch(&watch_req("k", "", 0)).unwrap();
+    let later = ws.watch(&watch_req("k", "", 2)).unwrap();
+    a.commit(1).unwrap();
+    let r = next(&mut rx);
+    assert_eq!((r.watch_id, r.events.len()), (0, 1));
+    no_more(&mut rx);
+    put(&s, "k", "w");
+    let mut ids: Vec<i64> = (0..2).map(|_| next(&mut rx).watch_id).collect();
+    ids.sort();
+    assert_eq!(ids, vec![0, later]);
+}
+
+#[test]
 fn a_transaction_reaches_a_watcher_as_one_response() {
     let (_d, s) = open();
     let (ws, mut rx) = s.watch_stream(16);
