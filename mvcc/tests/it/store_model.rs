@@ -1,15 +1,19 @@
 //! The store against a model keeping full copies of every revision, with
-//! reopens (the index is rebuilt from the B+tree) and compactions.
+//! transactions, reopens (the index is rebuilt from the B+tree) and compactions.
 
 use std::collections::BTreeMap;
 
-use mvcc::{PutRequest, RangeRequest};
+use mvcc::{
+    Compare, CompareResult, CompareTarget, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
 enum Op {
     Put(u8, u8),
     Delete(u8, u8),
+    /// If key a's version is above n: put b = v and delete a; else put a = v.
+    Txn(u8, u8, i64, u8),
     Compact,
     Reopen,
 }
@@ -24,6 +28,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => (0u8..8, any::<u8>()).prop_map(|(k, v)| Op::Put(k, v)),
         3 => (0u8..8, 0u8..3).prop_map(|(k, w)| Op::Delete(k, w)),
+        3 => (0u8..8, 0u8..8, 0i64..3, any::<u8>()).prop_map(|(a, b, n, v)| Op::Txn(a, b, n, v)),
         1 => Just(Op::Compact),
         1 => Just(Op::Reopen),
     ]
@@ -74,6 +79,46 @@ proptest! {
                         for x in doomed { next.remove(&x); }
                         states.push(next);
                     }
+                }
+                Op::Txn(ka, kb, n, v) => {
+                    let req = TxnRequest {
+                        compare: vec![Compare {
+                            key: key(ka),
+                            range_end: vec![],
+                            result: CompareResult::Greater,
+                            target: CompareTarget::Version(n),
+                        }],
+                        success: vec![
+                            RequestOp::Put(PutRequest { key: key(kb), value: vec![v], ..Default::default() }),
+                            RequestOp::DeleteRange { key: key(ka), range_end: vec![], prev_kv: false },
+                        ],
+                        failure: vec![RequestOp::Put(PutRequest { key: key(ka), value: vec![v], ..Default::default() })],
+                    };
+                    let mut a = store.apply().unwrap();
+                    let r = a.txn(&req);
+                    a.commit(index).unwrap();
+                    applied = index;
+                    let mut next = states[cur as usize].clone();
+                    let version = next.get(&key(ka)).map_or(0, |e| e.3);
+                    let put_model = |next: &mut State, k: u8| {
+                        let (created, version) = next.get(&key(k)).map_or((cur + 1, 1), |e| (e.1, e.3 + 1));
+                        next.insert(key(k), (vec![v], created, cur + 1, version));
+                    };
+                    if ka == kb {
+                        // A put and a delete of one key in one branch: refused
+                        // whichever branch would run, as etcd does.
+                        prop_assert!(matches!(r, Err(mvcc::Error::DuplicateKey)));
+                        continue;
+                    }
+                    if version > n {
+                        prop_assert!(r.unwrap().succeeded);
+                        put_model(&mut next, kb);
+                        next.remove(&key(ka));
+                    } else {
+                        prop_assert!(!r.unwrap().succeeded);
+                        put_model(&mut next, ka);
+                    }
+                    states.push(next);
                 }
                 Op::Compact => {
                     let c = compacted + 1 + rnd(cur - compacted);

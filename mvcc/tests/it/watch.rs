@@ -568,3 +568,53 @@ fn every_watcher_sees_exactly_its_ranges_history() {
         assert_eq!(seen, expected, "watcher on {lo_key}..{end} from {first}");
     }
 }
+
+#[test]
+fn an_expired_lease_revoked_deletes_its_keys_and_watchers_see_it() {
+    let (_d, s) = open();
+    let mut a = s.apply().unwrap();
+    a.lease_grant(9, 5).unwrap();
+    for k in ["l/a", "l/b"] {
+        a.put(&PutRequest {
+            key: k.into(),
+            value: b"v".to_vec(),
+            lease: 9,
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    a.commit(1).unwrap();
+    let (ws, mut rx) = s.watch_stream(4);
+    ws.watch(&WatchRequest {
+        prev_kv: true,
+        ..watch_req("l/", "l0", 0)
+    })
+    .unwrap();
+    // What the leader does: find the expired leases, revoke each.
+    assert!(s.expired_leases(Instant::now()).is_empty());
+    let expired = s.expired_leases(Instant::now() + Duration::from_secs(6));
+    assert_eq!(expired, vec![9]);
+    let mut a = s.apply().unwrap();
+    for id in expired {
+        a.lease_revoke(id).unwrap();
+    }
+    a.commit(2).unwrap();
+    let r = next(&mut rx);
+    use EventKind::Delete;
+    assert_eq!(
+        summary(&r),
+        vec![
+            (Delete, "l/a".into(), "".into(), 3, Some("v".into())),
+            (Delete, "l/b".into(), "".into(), 3, Some("v".into())),
+        ]
+    );
+    assert!(s.leases().is_empty());
+    let left = s
+        .range(&mvcc::RangeRequest {
+            key: b"l/".to_vec(),
+            range_end: b"l0".to_vec(),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(left.count, 0);
+}
