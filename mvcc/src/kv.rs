@@ -3,7 +3,7 @@
 //! store and etcd's.
 
 /// A key's state as of one revision (etcd's `mvccpb.KeyValue`).
-#[derive(Clone, PartialEq, Eq, prost::Message)]
+#[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
 pub struct KeyValue {
     #[prost(bytes = "vec", tag = "1")]
     pub key: Vec<u8>,

@@ -1,0 +1,276 @@
+//! The command line: etcd's flag names and defaults for everything the
+//! server supports, each also read from the `ETCD_*` environment variable
+//! of the same name, so existing deployment files work unchanged.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// An etcd-compatible, strongly consistent key-value server.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kvserver", version, about, long_about = None)]
+pub struct Config {
+    /// Human-readable name of this member.
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    pub name: String,
+
+    /// Directory of the member's data (WAL and database); default
+    /// `<name>.kvserver` in the current directory.
+    #[arg(long, env = "ETCD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// URLs to serve clients on (comma-separated; http only).
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub listen_client_urls: String,
+
+    /// Client URLs this member tells the cluster and its clients about.
+    #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = "")]
+    pub advertise_client_urls: String,
+
+    /// URLs to listen on for peer traffic.
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
+    pub listen_peer_urls: String,
+
+    /// Peer URLs this member tells the cluster about.
+    #[arg(long, env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", default_value = "")]
+    pub initial_advertise_peer_urls: String,
+
+    /// The initial cluster: `name=peer-url,...`.
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER", default_value = "")]
+    pub initial_cluster: String,
+
+    /// `new` for a new cluster, `existing` to join one.
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
+    pub initial_cluster_state: String,
+
+    /// Token that makes the cluster ID unique to this cluster.
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
+    pub initial_cluster_token: String,
+
+    /// Applied entries between two raft log snapshots (WAL release points).
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    pub snapshot_count: u64,
+
+    /// Milliseconds between leader heartbeats (one raft tick).
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+
+    /// Milliseconds without a leader before an election.
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+
+    /// Database size that raises the NOSPACE alarm; 0 means 2 GiB.
+    #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    pub quota_backend_bytes: i64,
+
+    /// Largest request a client may send.
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
+    pub max_request_bytes: usize,
+
+    /// Most operations in one transaction.
+    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
+
+    /// `periodic` (retention is a duration) or `revision` (retention is a
+    /// number of revisions).
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    pub auto_compaction_mode: String,
+
+    /// How much history auto-compaction keeps; 0 turns it off. A duration
+    /// (`1h`, `30m`, or hours as a bare number) in periodic mode.
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
+
+    /// debug, info, warn or error.
+    #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Accepted for compatibility with etcd deployment files; logs go to
+    /// stderr.
+    #[arg(long, env = "ETCD_LOGGER", default_value = "zap", hide = true)]
+    pub logger: String,
+
+    /// Accepted for compatibility; always on (etcd 3.4 defaults to on).
+    #[arg(long, env = "ETCD_ENABLE_V2", hide = true)]
+    pub enable_v2: Option<String>,
+}
+
+/// What the auto-compactor keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    Off,
+    /// Keep this much time of history.
+    Periodic(Duration),
+    /// Keep this many revisions.
+    Revision(i64),
+}
+
+impl Config {
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.kvserver", self.name)))
+    }
+
+    pub fn quota_bytes(&self) -> i64 {
+        if self.quota_backend_bytes <= 0 {
+            2 * 1024 * 1024 * 1024
+        } else {
+            self.quota_backend_bytes
+        }
+    }
+
+    /// The addresses to listen on for clients.
+    pub fn client_listen_addrs(&self) -> Result<Vec<SocketAddr>, String> {
+        parse_urls(&self.listen_client_urls)
+    }
+
+    /// The client URLs advertised (the listen URLs when none are given).
+    pub fn client_urls(&self) -> Vec<String> {
+        let urls = if self.advertise_client_urls.is_empty() {
+            &self.listen_client_urls
+        } else {
+            &self.advertise_client_urls
+        };
+        split(urls)
+    }
+
+    pub fn peer_urls(&self) -> Vec<String> {
+        let urls = if self.initial_advertise_peer_urls.is_empty() {
+            &self.listen_peer_urls
+        } else {
+            &self.initial_advertise_peer_urls
+        };
+        split(urls)
+    }
+
+    pub fn auto_compaction(&self) -> Result<AutoCompaction, String> {
+        let r = self.auto_compaction_retention.trim();
+        match self.auto_compaction_mode.as_str() {
+            "periodic" => {
+                let d = parse_retention(r)?;
+                Ok(if d.is_zero() {
+                    AutoCompaction::Off
+                } else {
+                    AutoCompaction::Periodic(d)
+                })
+            }
+            "revision" => {
+                let n: i64 = r
+                    .parse()
+                    .map_err(|_| format!("invalid revision retention {r:?}"))?;
+                Ok(if n <= 0 {
+                    AutoCompaction::Off
+                } else {
+                    AutoCompaction::Revision(n)
+                })
+            }
+            m => Err(format!("unknown auto-compaction mode {m:?}")),
+        }
+    }
+}
+
+fn split(urls: &str) -> Vec<String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn parse_urls(urls: &str) -> Result<Vec<SocketAddr>, String> {
+    split(urls)
+        .iter()
+        .map(|u| {
+            let rest = u
+                .strip_prefix("http://")
+                .ok_or_else(|| format!("unsupported URL {u:?} (only http:// is served)"))?;
+            let hostport = rest.trim_end_matches('/');
+            let hostport = hostport.replacen("localhost:", "127.0.0.1:", 1);
+            hostport
+                .parse::<SocketAddr>()
+                .map_err(|e| format!("bad URL {u:?}: {e}"))
+        })
+        .collect()
+}
+
+/// etcd's periodic retention: a Go duration (`1h30m`, `10s`) or a bare
+/// number of hours.
+fn parse_retention(s: &str) -> Result<Duration, String> {
+    if let Ok(hours) = s.parse::<f64>() {
+        if hours < 0.0 {
+            return Err(format!("negative retention {s:?}"));
+        }
+        return Ok(Duration::from_secs_f64(hours * 3600.0));
+    }
+    let mut total = 0f64;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        if c == 'm' && chars.peek() == Some(&'s') {
+            unit.push('s');
+            chars.next();
+        }
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("invalid retention {s:?}"))?;
+        num.clear();
+        total += n * match unit.as_str() {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => return Err(format!("invalid retention unit in {s:?}")),
+        };
+    }
+    if !num.is_empty() {
+        return Err(format!("invalid retention {s:?} (a unit is missing)"));
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_parses_like_etcd() {
+        assert_eq!(parse_retention("1").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_retention("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_retention("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_retention("0").unwrap(), Duration::ZERO);
+        assert!(parse_retention("5x").is_err());
+        assert!(parse_retention("5h3").is_err());
+    }
+
+    #[test]
+    fn urls_become_addresses() {
+        assert_eq!(
+            parse_urls("http://127.0.0.1:2379,http://localhost:4000").unwrap(),
+            vec![
+                "127.0.0.1:2379".parse::<SocketAddr>().unwrap(),
+                "127.0.0.1:4000".parse().unwrap()
+            ]
+        );
+        assert!(parse_urls("https://127.0.0.1:1").is_err());
+    }
+}

@@ -1,0 +1,65 @@
+//! Errors a client sees: etcd's gRPC status codes and messages, exactly,
+//! because clients match on them.
+
+use tonic::{Code, Status};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    Mvcc(String, Code),
+    #[error("etcdserver: request is too large")]
+    TooLarge,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    #[error("etcdserver: {0}")]
+    Internal(String),
+}
+
+impl From<mvcc::Error> for ServerError {
+    fn from(e: mvcc::Error) -> ServerError {
+        use mvcc::Error as E;
+        let code = match &e {
+            E::Compacted | E::FutureRevision => Code::OutOfRange,
+            E::LeaseNotFound => Code::NotFound,
+            E::KeyNotFound
+            | E::DuplicateKey
+            | E::EmptyKey
+            | E::TooLarge
+            | E::TooManyOps
+            | E::ValueProvided
+            | E::LeaseProvided => Code::InvalidArgument,
+            E::LeaseExists => Code::FailedPrecondition,
+            E::LeaseTtlTooLarge => Code::OutOfRange,
+            E::Storage(_) | E::Corrupt { .. } | E::Poisoned => Code::Internal,
+        };
+        let text = e.to_string();
+        // The store's own errors carry etcd's "mvcc: " prefix; the server
+        // adds "etcdserver: " as etcd does.
+        let text = if text.starts_with("etcdserver: ") {
+            text
+        } else {
+            format!("etcdserver: {text}")
+        };
+        ServerError::Mvcc(text, code)
+    }
+}
+
+impl From<ServerError> for Status {
+    fn from(e: ServerError) -> Status {
+        let code = match &e {
+            ServerError::Mvcc(_, code) => *code,
+            ServerError::TooLarge => Code::InvalidArgument,
+            ServerError::NoLeader | ServerError::Stopped => Code::Unavailable,
+            ServerError::Timeout => Code::Unavailable,
+            ServerError::NoSpace => Code::ResourceExhausted,
+            ServerError::Internal(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}

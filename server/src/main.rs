@@ -1,0 +1,32 @@
+//! `kvserver`: an etcd-compatible key-value server. `kvserver --help`
+//! lists the flags (etcd's names; `ETCD_*` environment variables work too).
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cfg = server::config::Config::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{},raft=warn", cfg.log_level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kvserver: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(server::run(cfg, server::signalled())) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("kvserver: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Watch: live events, history replay, prev_kv, filters, cancel, progress,
+//! and a start below the compacted revision.
+
+use std::time::Duration;
+
+use etcd_client::{EventType, WatchFilterType, WatchOptions, WatchResponse, WatchStream};
+
+use crate::Server;
+
+/// The next response that carries events (or a cancel), at most 5 s away.
+async fn next_events(stream: &mut WatchStream) -> WatchResponse {
+    loop {
+        let r = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("a watch response within 5 s")
+            .expect("the stream is open")
+            .expect("a response");
+        if !r.events().is_empty() || r.canceled() {
+            return r;
+        }
+    }
+}
+
+/// The ID from the created response that opens a watch.
+async fn created(stream: &mut WatchStream) -> i64 {
+    let r = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("created within 5 s")
+        .unwrap()
+        .unwrap();
+    assert!(r.created());
+    r.watch_id()
+}
+
+fn summary(r: &WatchResponse) -> Vec<(EventType, String, String, Option<String>)> {
+    r.events()
+        .iter()
+        .map(|e| {
+            let kv = e.kv().unwrap();
+            (
+                e.event_type(),
+                kv.key_str().unwrap().to_string(),
+                kv.value_str().unwrap().to_string(),
+                e.prev_kv().map(|p| p.value_str().unwrap().to_string()),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn watchers_see_live_changes_with_prev_kv_and_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("d")).await;
+    let mut c = server.client().await;
+    let mut all_stream = c
+        .watch(
+            "p/",
+            Some(WatchOptions::new().with_prefix().with_prev_key()),
+        )
+        .await
+        .unwrap();
+    let all = created(&mut all_stream).await;
+    let mut puts_stream = c
+        .watch(
+            "p/",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_filters([WatchFilterType::NoDelete]),
+            ),
+        )
+        .await
+        .unwrap();
+    created(&mut puts_stream).await;
+    c.put("p/a", "1", None).await.unwrap();
+    c.put("p/a", "2", None).await.unwrap();
+    c.put("other", "x", None).await.unwrap();
+    c.delete("p/a", None).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        seen.extend(summary(&next_events(&mut all_stream).await));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (EventType::Put, "p/a".into(), "1".into(), None),
+            (EventType::Put, "p/a".into(), "2".into(), Some("1".into())),
+            (EventType::Delete, "p/a".into(), "".into(), Some("2".into())),
+        ]
+    );
+    let mut puts = Vec::new();
+    while puts.len() < 2 {
+        puts.extend(summary(&next_events(&mut puts_stream).await));
+    }
+    assert!(puts.iter().all(|e| e.0 == EventType::Put));
+    // After a cancel, nothing more arrives on that watcher.
+    all_stream.cancel(all).await.unwrap();
+    c.put("p/b", "3", None).await.unwrap();
+    let r = next_events(&mut puts_stream).await;
+    assert_eq!(summary(&r)[0].1, "p/b");
+    loop {
+        match tokio::time::timeout(Duration::from_millis(300), all_stream.message()).await {
+            Ok(Ok(Some(r))) => assert!(r.events().is_empty(), "an event after cancel"),
+            _ => break,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_watch_from_the_past_replays_then_goes_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("d")).await;
+    let mut c = server.client().await;
+    for i in 0..20 {
+        c.put("k", format!("v{i}"), None).await.unwrap();
+    }
+    // Revisions 2..=21; start at 12.
+    let mut stream = c
+        .watch("k", Some(WatchOptions::new().with_start_revision(12)))
+        .await
+        .unwrap();
+    let mut revs = Vec::new();
+    while revs.len() < 10 {
+        for e in next_events(&mut stream).await.events() {
+            revs.push(e.kv().unwrap().mod_revision());
+        }
+    }
+    assert_eq!(revs, (12..=21).collect::<Vec<_>>());
+    c.put("k", "live", None).await.unwrap();
+    let r = next_events(&mut stream).await;
+    assert_eq!(r.events()[0].kv().unwrap().mod_revision(), 22);
+
+    // Below the compacted revision: canceled with the compact revision.
+    c.compact(15, None).await.unwrap();
+    let mut old_stream = c
+        .watch("k", Some(WatchOptions::new().with_start_revision(5)))
+        .await
+        .unwrap();
+    let r = next_events(&mut old_stream).await;
+    assert!(r.canceled());
+    assert_eq!(r.compact_revision(), 15);
+}
+
+#[tokio::test]
+async fn a_progress_request_reports_the_current_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("d")).await;
+    let mut c = server.client().await;
+    c.put("x", "1", None).await.unwrap();
+    let mut stream = c.watch("y", None).await.unwrap();
+    created(&mut stream).await;
+    stream.request_progress().await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let r = stream.message().await.unwrap().unwrap();
+            if !r.created() && r.events().is_empty() {
+                return r;
+            }
+        }
+    })
+    .await
+    .expect("a progress notification");
+    assert_eq!(r.header().unwrap().revision(), 2);
+}
