@@ -14,6 +14,7 @@
 //! - Errors carry etcd's gRPC codes and messages ([`error`]).
 
 pub mod apply;
+pub mod concurrency;
 pub mod config;
 pub mod error;
 pub mod node;
@@ -65,7 +66,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             ))
             .add_service(etcd::auth_server::AuthServer::new(services::Auth(
                 shared.clone(),
-            )));
+            )))
+            .add_service(pb::v3lockpb::lock_server::LockServer::new(
+                concurrency::Lock(shared.clone()),
+            ))
+            .add_service(pb::v3electionpb::election_server::ElectionServer::new(
+                concurrency::Election(shared.clone()),
+            ));
     tracing::info!(
         name = %cfg.name,
         member_id = format!("{:x}", shared.member_id),

@@ -280,6 +280,59 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join("member").join("snap").join("db")
 }
 
+/// The raft snapshot the WAL is read from on restart: the last point where
+/// the database was synced and WAL segments before it could go. Kept in
+/// `member/snap/raft.marker` (index and term, big-endian, then the first four bytes of a sha256 of
+/// both), replaced atomically.
+fn marker_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("member").join("snap").join("raft.marker")
+}
+
+fn read_marker(data_dir: &Path) -> Result<wal::SnapshotMarker, String> {
+    let path = marker_path(data_dir);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(wal::SnapshotMarker::default())
+        }
+        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+    };
+    let ok = bytes.len() == 20 && marker_check(&bytes[..16]).to_be_bytes() == bytes[16..20];
+    if !ok {
+        return Err(format!("{} is damaged", path.display()));
+    }
+    let index = u64::from_be_bytes(bytes[..8].try_into().map_err(|_| "marker")?);
+    let term = u64::from_be_bytes(bytes[8..16].try_into().map_err(|_| "marker")?);
+    Ok(wal::SnapshotMarker { index, term })
+}
+
+fn marker_check(b: &[u8]) -> u32 {
+    use sha2::{Digest, Sha256};
+    // A short digest is all the marker needs: it only has to tell a whole
+    // file from a damaged one.
+    let d = Sha256::digest(b);
+    u32::from_be_bytes([d[0], d[1], d[2], d[3]])
+}
+
+fn write_marker(data_dir: &Path, m: wal::SnapshotMarker) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = marker_path(data_dir);
+    let tmp = path.with_extension("tmp");
+    let mut bytes = Vec::with_capacity(20);
+    bytes.extend_from_slice(&m.index.to_be_bytes());
+    bytes.extend_from_slice(&m.term.to_be_bytes());
+    let check = marker_check(&bytes);
+    bytes.extend_from_slice(&check.to_be_bytes());
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Starts the member: opens (or creates) the database and the WAL,
 /// rebuilds raft's log, and runs the raft loop on its own thread.
 pub fn start(cfg: &Config) -> Result<(Arc<Shared>, std::thread::JoinHandle<()>), String> {
@@ -310,16 +363,28 @@ pub fn start(cfg: &Config) -> Result<(Arc<Shared>, std::thread::JoinHandle<()>),
     let wal_path = wal_dir(&data_dir);
     let wal_opts = wal::Options::default();
     let storage = MemStorage::new_with_conf_state(ConfState::from((ids.clone(), vec![])));
+    let marker = read_marker(&data_dir)?;
     let (log, member_id, cluster_id) = if wal_path.exists() {
-        let (log, rec) = wal::Wal::open(&wal_path, wal::SnapshotMarker::default(), wal_opts)
+        let (log, rec) = wal::Wal::open(&wal_path, marker, wal_opts)
             .map_err(|e| format!("opening the WAL: {e}"))?;
+        if marker.index > 0 {
+            let mut snap = Snapshot::default();
+            let meta = snap.mut_metadata();
+            meta.index = marker.index;
+            meta.term = marker.term;
+            meta.set_conf_state(ConfState::from((ids.clone(), vec![])));
+            storage
+                .wl()
+                .apply_snapshot(snap)
+                .map_err(|e| format!("restoring the raft snapshot: {e}"))?;
+        }
         let entries: Vec<Entry> = rec
             .entries
             .iter()
             .map(|e| Entry::parse_from_bytes(&e.data))
             .collect::<Result<_, _>>()
             .map_err(|e| format!("a WAL entry does not decode: {e}"))?;
-        let last = entries.last().map_or(0, |e| e.index);
+        let last = entries.last().map_or(marker.index, |e| e.index);
         {
             let mut core = storage.wl();
             if !entries.is_empty() {
@@ -416,6 +481,9 @@ pub fn start(cfg: &Config) -> Result<(Arc<Shared>, std::thread::JoinHandle<()>),
         quota_bytes: cfg.quota_bytes(),
         auto_compaction: cfg.auto_compaction()?,
         revision_marks: Vec::new(),
+        snapshot_count: cfg.snapshot_count.max(1),
+        last_snapshot: marker.index,
+        voters: ids,
     };
     let thread = std::thread::Builder::new()
         .name("raft".into())
@@ -446,6 +514,11 @@ struct RaftLoop {
     auto_compaction: AutoCompaction,
     /// (when, revision) samples for periodic auto-compaction.
     revision_marks: Vec<(Instant, i64)>,
+    /// Applied entries between raft snapshots.
+    snapshot_count: u64,
+    /// Index of the last raft snapshot.
+    last_snapshot: u64,
+    voters: Vec<u64>,
 }
 
 impl RaftLoop {
@@ -634,6 +707,47 @@ impl RaftLoop {
         self.node.advance_apply();
         self.release_reads();
         self.compact_step()?;
+        self.maybe_snapshot()?;
+        Ok(())
+    }
+
+    /// Every `--snapshot-count` applied entries: make the database durable
+    /// up to the applied index, record a snapshot there in the WAL and the
+    /// marker, then drop the log before it (WAL segments and raft's
+    /// in-memory entries). A restart reads the WAL from the marker on.
+    fn maybe_snapshot(&mut self) -> Result<(), String> {
+        let applied = self.shared.applied_index.load(Ordering::Acquire);
+        if applied < self.last_snapshot + self.snapshot_count {
+            return Ok(());
+        }
+        let store = self.node.store().clone();
+        let term = raft::Storage::term(&store, applied).map_err(|e| e.to_string())?;
+        self.shared.store.sync().map_err(|e| e.to_string())?;
+        let conf = ConfState::from((self.voters.clone(), vec![]));
+        let log = self.log.as_ref().ok_or("the WAL is closed")?;
+        log.append(vec![wal::Record::Snapshot {
+            index: applied,
+            term,
+            conf_state: conf.write_to_bytes().map_err(|e| e.to_string())?,
+        }])
+        .wait()
+        .map_err(|e| format!("WAL snapshot record: {e}"))?;
+        let marker = wal::SnapshotMarker {
+            index: applied,
+            term,
+        };
+        write_marker(&self.shared.data_dir, marker)
+            .map_err(|e| format!("writing the snapshot marker: {e}"))?;
+        let released = log
+            .release_to(applied)
+            .wait()
+            .map_err(|e| format!("releasing WAL segments: {e}"))?;
+        store
+            .wl()
+            .compact(applied)
+            .map_err(|e| format!("compacting the raft log: {e}"))?;
+        self.last_snapshot = applied;
+        tracing::info!(index = applied, term, released, "raft snapshot");
         Ok(())
     }
 

@@ -1,10 +1,12 @@
 //! Integration tests of kvserver through `etcd-client`, a real etcd client
 //! written by others: a started `kvserver` process per test.
 
+mod concurrency;
 mod crash;
 mod kv;
 mod lease;
 mod maintenance;
+mod operations;
 mod watch;
 
 use std::net::TcpListener;

@@ -98,11 +98,10 @@ async fn watchers_see_live_changes_with_prev_kv_and_filters() {
     c.put("p/b", "3", None).await.unwrap();
     let r = next_events(&mut puts_stream).await;
     assert_eq!(summary(&r)[0].1, "p/b");
-    loop {
-        match tokio::time::timeout(Duration::from_millis(300), all_stream.message()).await {
-            Ok(Ok(Some(r))) => assert!(r.events().is_empty(), "an event after cancel"),
-            _ => break,
-        }
+    while let Ok(Ok(Some(r))) =
+        tokio::time::timeout(Duration::from_millis(300), all_stream.message()).await
+    {
+        assert!(r.events().is_empty(), "an event after cancel");
     }
 }
 
