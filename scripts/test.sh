@@ -57,8 +57,6 @@ else
   python3 -m pytest --version >/dev/null 2>&1 || python3 -m pip install -q pytest
   cargo build --release -p server
   # Tests marked `auth` belong to the auth issue (the user and role model).
-  # Defragment answers UNIMPLEMENTED until online defrag lands (issue 6).
   python3 -m pytest -q "$shared/conformance" --server-cmd "$root/target/release/kvserver" \
-    -m "not auth" \
-    --deselect "$shared/conformance/test_maintenance.py::test_defrag_keeps_data"
+    -m "not auth"
 fi

@@ -6,7 +6,9 @@
 
 use std::path::Path;
 
-use crate::db::{Db, Options};
+use std::sync::Arc;
+
+use crate::db::{Db, Options, Snapshot};
 use crate::error::{Error, Result};
 
 /// Sizes before and after a compaction.
@@ -64,6 +66,63 @@ impl Db {
         }
         out.sync()?;
         stats.dest_bytes = out.begin_read().snapshot().meta.high_water * self.page_size() as u64;
+        Ok(stats)
+    }
+
+    /// Defragments the database in place: writes a densely packed copy of
+    /// the latest commit next to the file, fsyncs it, renames it over the
+    /// file and carries on writing to it. Writers wait meanwhile; readers
+    /// do not, and snapshots taken before keep reading the old file (its
+    /// mapping outlives the rename). Returns the sizes before and after.
+    pub fn defragment(&self) -> Result<CompactStats> {
+        let mut w = self.lock_writer()?;
+        let path = self.path().to_path_buf();
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(".defrag");
+        let tmp = std::path::PathBuf::from(tmp);
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&tmp, "remove", e)),
+        }
+        let mut stats = self.compact_into(&tmp)?;
+        stats.source_bytes = w.file_len;
+        let copy = Db::open_with(
+            &tmp,
+            Options {
+                page_size: self.page_size(),
+                read_only: false,
+                io: self.shared.io_factory.clone(),
+            },
+        )?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, "rename", e))?;
+        crate::db::sync_parent_dir(&path)?;
+        let copy = Arc::try_unwrap(copy.shared).map_err(|_| Error::Corrupt {
+            page: 0,
+            reason: "the defragmented copy is still in use".into(),
+        })?;
+        let new_writer = copy.writer.into_inner().unwrap_or_else(|e| e.into_inner());
+        let new_snap = copy.current.into_inner().unwrap_or_else(|e| e.into_inner());
+        // Versions keep increasing across the swap; the old file's snapshots
+        // no longer hold back page reuse (they read the old file).
+        let version = w.version + 1;
+        w.file = new_writer.file;
+        w.io = new_writer.io;
+        w.freelist = new_writer.freelist;
+        w.file_len = new_writer.file_len;
+        w.map = new_writer.map;
+        w.durable_txid = new_writer.durable_txid;
+        w.version = version;
+        w.durable_version = version;
+        self.publish(
+            &mut w,
+            Arc::new(Snapshot {
+                version,
+                meta: new_snap.meta,
+                map: new_snap.map.clone(),
+            }),
+        );
+        w.history.clear();
         Ok(stats)
     }
 }

@@ -54,6 +54,10 @@ pub(crate) struct Snapshot {
 
 /// The write side's state, owned by whoever holds the writer mutex.
 pub(crate) struct Writer {
+    /// The open file; holds the file lock for the handle's life (replaced,
+    /// lock and all, by a defragmentation).
+    pub file: File,
+    pub io: Box<dyn PageIo>,
     pub freelist: Freelist,
     /// Version of the newest commit (in memory; may not be durable yet).
     pub version: u64,
@@ -72,9 +76,9 @@ pub(crate) struct Shared {
     pub path: PathBuf,
     pub page_size: usize,
     pub read_only: bool,
-    /// The open file; holds the file lock for the handle's life.
-    pub file: File,
-    pub io: Box<dyn PageIo>,
+    /// How the file is wrapped for writing (kept for the file a
+    /// defragmentation puts in place).
+    pub io_factory: Option<IoFactory>,
     pub current: RwLock<Arc<Snapshot>>,
     pub writer: Mutex<Writer>,
 }
@@ -127,7 +131,7 @@ pub(crate) fn map_file(path: &Path, file: &File) -> Result<Arc<Mmap>> {
     Ok(Arc::new(map))
 }
 
-fn sync_parent_dir(path: &Path) -> Result<()> {
+pub(crate) fn sync_parent_dir(path: &Path) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -283,6 +287,8 @@ impl Db {
             map: map.clone(),
         });
         let writer = Writer {
+            file,
+            io,
             freelist: Freelist::from_free(free),
             version,
             durable_version: version,
@@ -297,8 +303,7 @@ impl Db {
                 path,
                 page_size: ps,
                 read_only: opts.read_only,
-                file,
-                io,
+                io_factory: opts.io.clone(),
                 current: RwLock::new(snapshot),
                 writer: Mutex::new(writer),
             }),
@@ -361,7 +366,7 @@ impl Db {
         }
         let path = &self.shared.path;
         let ps = self.shared.page_size;
-        let io = &self.shared.io;
+        let io = &w.io;
         let result = (|| -> Result<u64> {
             io.sync_data()
                 .map_err(|e| Error::io(path, "fdatasync", e))?;
@@ -405,17 +410,15 @@ impl Db {
         let path = &self.shared.path;
         let ps = self.shared.page_size as u64;
         let len = grown_size(w.file_len, needed).div_ceil(ps) * ps;
-        self.shared
-            .io
-            .set_len(len)
+        w.io.set_len(len)
             .map_err(|e| Error::io(path, "extend file", e))?;
         w.file_len = len;
-        w.map = map_file(path, &self.shared.file)?;
+        w.map = map_file(path, &w.file)?;
         Ok(())
     }
 
     /// Writes `runs` (page id, bytes), coalescing neighbours into one write.
-    pub(crate) fn write_runs(&self, mut runs: Vec<(PageId, Vec<u8>)>) -> Result<()> {
+    pub(crate) fn write_runs(&self, w: &Writer, mut runs: Vec<(PageId, Vec<u8>)>) -> Result<()> {
         let ps = self.shared.page_size as u64;
         runs.sort_unstable_by_key(|r| r.0);
         let mut i = 0;
@@ -428,13 +431,13 @@ impl Db {
                 j += 1;
             }
             let result = if j == i + 1 {
-                self.shared.io.write_at(&runs[i].1, start * ps)
+                w.io.write_at(&runs[i].1, start * ps)
             } else {
                 let mut buf = Vec::with_capacity(((end - start) * ps) as usize);
                 for r in &runs[i..j] {
                     buf.extend_from_slice(&r.1);
                 }
-                self.shared.io.write_at(&buf, start * ps)
+                w.io.write_at(&buf, start * ps)
             };
             result.map_err(|e| Error::io(&self.shared.path, "write", e))?;
             i = j;

@@ -442,7 +442,7 @@ impl<'db> WriteTxn<'db> {
         ));
 
         self.db.ensure_capacity(&mut self.writer, high_water)?;
-        self.db.write_runs(runs)?;
+        self.db.write_runs(&self.writer, runs)?;
 
         let meta = crate::page::Meta {
             page_size: ps as u32,

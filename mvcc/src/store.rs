@@ -727,6 +727,12 @@ impl Store {
         Ok(self.db.compact_into(dest)?)
     }
 
+    /// Defragments the database file in place (a packed copy replaces it;
+    /// writers wait, readers do not). Returns the sizes before and after.
+    pub fn defragment(&self) -> Result<btree::CompactStats> {
+        Ok(self.db.defragment()?)
+    }
+
     /// Makes every applied batch durable.
     pub fn sync(&self) -> Result<()> {
         Ok(self.db.sync()?)

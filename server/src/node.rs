@@ -470,7 +470,11 @@ pub fn start(cfg: &Config) -> Result<(Arc<Shared>, std::thread::JoinHandle<()>),
         shared: shared.clone(),
         tick: Duration::from_millis(cfg.heartbeat_interval.max(1)),
         waiters: HashMap::new(),
-        next_id: 1,
+        // Request IDs never repeat across restarts (entries replayed from
+        // the WAL carry the IDs of the run that proposed them).
+        next_id: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| (d.as_millis() as u64) << 20),
         backlog: Vec::new(),
         pending_reads: Vec::new(),
         reads_in_flight: HashMap::new(),

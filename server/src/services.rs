@@ -313,6 +313,25 @@ impl pb::maintenance_server::Maintenance for Maintenance {
         }))
     }
 
+    async fn defragment(
+        &self,
+        _req: Request<pb::DefragmentRequest>,
+    ) -> Rpc<pb::DefragmentResponse> {
+        let store = self.0.store.clone();
+        let stats = tokio::task::spawn_blocking(move || store.defragment())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(mvcc_err)?;
+        tracing::info!(
+            before = stats.source_bytes,
+            after = stats.dest_bytes,
+            "defragmented the database"
+        );
+        Ok(Response::new(pb::DefragmentResponse {
+            header: Some(self.0.header(self.0.store.current_revision())),
+        }))
+    }
+
     async fn hash(&self, _req: Request<pb::HashRequest>) -> Rpc<pb::HashResponse> {
         let store = self.0.store.clone();
         let hash = tokio::task::spawn_blocking(move || store.hash())

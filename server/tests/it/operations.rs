@@ -66,7 +66,36 @@ async fn exceeding_the_quota_raises_nospace_and_refuses_writes() {
     assert_eq!(alarms.alarms()[0].alarm(), AlarmType::Nospace);
     // Reads and deletes still work.
     assert_eq!(c.get("big", None).await.unwrap().kvs().len(), 1);
-    c.delete("big", None).await.unwrap();
+    // etcd's way out: compact, defragment, disarm.
+    let rev = c
+        .delete("big", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    c.compact(
+        rev,
+        Some(etcd_client::CompactionOptions::new().with_physical()),
+    )
+    .await
+    .unwrap();
+    let before = c.status().await.unwrap().db_size();
+    c.defragment().await.unwrap();
+    let after = c.status().await.unwrap().db_size();
+    assert!(after < before, "defragment: {before} -> {after}");
+    let member = c.status().await.unwrap().header().unwrap().member_id();
+    let mut opts = AlarmOptions::new();
+    opts.with_member(member);
+    c.alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(opts))
+        .await
+        .unwrap();
+    c.put("small", "ok", None).await.unwrap();
+    let alarms = c
+        .alarm(AlarmAction::Get, AlarmType::None, Some(AlarmOptions::new()))
+        .await
+        .unwrap();
+    assert!(alarms.alarms().is_empty());
 }
 
 #[tokio::test]
