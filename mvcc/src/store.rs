@@ -36,6 +36,7 @@ pub const META_BUCKET: &[u8] = b"meta";
 /// Bucket of leases, keyed by lease ID (8 bytes big-endian).
 pub const LEASE_BUCKET: &[u8] = b"lease";
 const CONSISTENT_INDEX: &[u8] = b"consistent_index";
+const TERM: &[u8] = b"term";
 const COMPACTED_REVISION: &[u8] = b"finishedCompactRev";
 const SCHEDULED_COMPACTION: &[u8] = b"scheduledCompactRev";
 
@@ -241,6 +242,8 @@ struct Shared {
     current: i64,
     compacted: i64,
     consistent_index: u64,
+    /// The raft term of the last applied entry.
+    term: u64,
     poisoned: bool,
     /// Records a compaction still has to remove from the B+tree.
     pending_compaction: Option<PendingCompaction>,
@@ -317,10 +320,11 @@ impl Store {
         // The lease of each live key's latest record.
         let mut key_leases: std::collections::HashMap<Vec<u8>, i64> = Default::default();
         let mut current = 0;
-        let (consistent_index, finished, scheduled) = {
+        let (consistent_index, term, finished, scheduled) = {
             let rx = db.begin_read();
             let meta = rx.open_bucket(META_BUCKET)?;
             let consistent_index = be_u64(meta.get(CONSISTENT_INDEX)?);
+            let term = be_u64(meta.get(TERM)?);
             let finished = be_u64(meta.get(COMPACTED_REVISION)?) as i64;
             let scheduled = be_u64(meta.get(SCHEDULED_COMPACTION)?) as i64;
             let keys = rx.open_bucket(KEY_BUCKET)?;
@@ -382,7 +386,7 @@ impl Store {
             for (k, lease) in &key_leases {
                 lessor.attach(k, *lease);
             }
-            (consistent_index, finished, scheduled)
+            (consistent_index, term, finished, scheduled)
         };
         // A compaction scheduled but not finished before a crash: the index
         // was rebuilt from every record, so compact it again and let the
@@ -413,6 +417,7 @@ impl Store {
                 current,
                 compacted,
                 consistent_index,
+                term,
                 poisoned: false,
                 pending_compaction,
             }),
@@ -438,6 +443,12 @@ impl Store {
     /// The raft index of the last applied entry.
     pub fn consistent_index(&self) -> u64 {
         self.read_shared().consistent_index
+    }
+
+    /// The raft term of the last applied entry (as recorded by
+    /// [`Apply::set_term`]).
+    pub fn term(&self) -> u64 {
+        self.read_shared().term
     }
 
     /// etcd's HashKV: a crc32 (Castagnoli) of the `key` bucket's records up
@@ -811,6 +822,7 @@ impl Store {
             compact_to: None,
             events: Vec::new(),
             collect: self.hub.lock().has_watchers(),
+            term: None,
         })
     }
 }
@@ -839,6 +851,7 @@ pub struct Apply<'s> {
     /// watcher existed as the batch began.
     events: Vec<Event>,
     collect: bool,
+    term: Option<u64>,
 }
 
 impl<'s> Apply<'s> {
@@ -1309,6 +1322,14 @@ impl<'s> Apply<'s> {
         Ok(())
     }
 
+    /// Records the raft term of the batch's last entry, stored with the
+    /// consistent index at commit.
+    pub fn set_term(&mut self, term: u64) -> Result<()> {
+        self.tx().put(META_BUCKET, TERM, &term.to_be_bytes())?;
+        self.term = Some(term);
+        Ok(())
+    }
+
     /// The store revision as this batch leaves it so far.
     pub fn revision(&self) -> i64 {
         self.rev
@@ -1351,6 +1372,9 @@ impl<'s> Apply<'s> {
             let mut s = self.store.write_shared();
             s.current = s.current.max(self.rev);
             s.consistent_index = consistent_index;
+            if let Some(t) = self.term {
+                s.term = t;
+            }
             s.current
         };
         self.changed = false;

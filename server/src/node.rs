@@ -788,6 +788,9 @@ impl RaftLoop {
                 answers.push((req.id, result, physical));
             }
         }
+        if let Some(e) = entries.last() {
+            batch.set_term(e.term).map_err(|e| e.to_string())?;
+        }
         batch.commit(last).map_err(|e| e.to_string())?;
         self.shared.applied_index.store(last, Ordering::Release);
         for (id, result, physical) in answers {

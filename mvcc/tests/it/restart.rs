@@ -19,6 +19,7 @@ struct Fingerprint {
     current: i64,
     compacted: i64,
     consistent_index: u64,
+    term: u64,
     hash_kv: u32,
     /// The whole key space at every readable revision.
     history: Vec<Vec<KeyValue>>,
@@ -55,6 +56,7 @@ fn fingerprint(s: &Store) -> Fingerprint {
         current,
         compacted,
         consistent_index: s.consistent_index(),
+        term: s.term(),
         hash_kv: s.hash_kv(0).unwrap().0,
         history,
         leases,
@@ -126,6 +128,7 @@ fn apply_entry(s: &Store, index: u64) {
             .map(|_| ()),
         _ => a.delete_range(k(index).as_bytes(), b"", false).map(|_| ()),
     };
+    a.set_term(index / 7 + 1).unwrap();
     a.commit(index).unwrap();
 }
 

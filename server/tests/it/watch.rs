@@ -161,3 +161,35 @@ async fn a_progress_request_reports_the_current_revision() {
     .expect("a progress notification");
     assert_eq!(r.header().unwrap().revision(), 2);
 }
+
+#[tokio::test]
+async fn large_responses_come_in_fragments_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(&dir.path().join("d"), &["--max-request-bytes", "10000"]).await;
+    let mut c = server.client().await;
+    for i in 0..10 {
+        c.put(format!("f/{i}"), vec![b'x'; 4000], None)
+            .await
+            .unwrap();
+    }
+    let opts = WatchOptions::new().with_prefix().with_prev_key();
+    let mut whole = c.watch("f/", Some(opts.clone())).await.unwrap();
+    created(&mut whole).await;
+    let mut parts = c.watch("f/", Some(opts.with_fragment())).await.unwrap();
+    created(&mut parts).await;
+    // One revision deleting ten keys, each event carrying a 4000-byte
+    // previous value: 40 KB, over the 10 KB limit.
+    c.delete("f/", Some(etcd_client::DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let r = next_events(&mut whole).await;
+    assert_eq!(r.events().len(), 10, "unfragmented: one response");
+    let mut got = 0;
+    let mut responses = 0;
+    while got < 10 {
+        got += next_events(&mut parts).await.events().len();
+        responses += 1;
+    }
+    assert_eq!(got, 10);
+    assert!(responses >= 4, "{responses} fragments of at most 10 KB");
+}
