@@ -32,6 +32,16 @@ use pb::etcdserverpb as etcd;
 /// accepting requests, ends open streams, syncs the database and closes
 /// the WAL.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    run_with_state(cfg, shutdown, None).await
+}
+
+/// [`run`], handing the member's shared state to `state` once it serves
+/// (tests and benchmarks look inside through it).
+pub async fn run_with_state(
+    cfg: Config,
+    shutdown: impl Future<Output = ()>,
+    state: Option<tokio::sync::oneshot::Sender<SharedState>>,
+) -> Result<(), String> {
     let addrs = cfg.client_listen_addrs()?;
     let mut listeners = Vec::new();
     for addr in &addrs {
@@ -94,6 +104,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                 })
                 .await
         }));
+    }
+    if let Some(tx) = state {
+        let _ = tx.send(shared.clone());
     }
     shutdown.await;
     tracing::info!("shutting down");

@@ -7,6 +7,7 @@ mod kv;
 mod lease;
 mod maintenance;
 mod operations;
+mod streams;
 mod watch;
 
 use std::net::TcpListener;
@@ -25,7 +26,7 @@ pub struct Server {
     peer_port: u16,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
