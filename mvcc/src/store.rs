@@ -35,6 +35,9 @@ pub const KEY_BUCKET: &[u8] = b"key";
 pub const META_BUCKET: &[u8] = b"meta";
 /// Bucket of leases, keyed by lease ID (8 bytes big-endian).
 pub const LEASE_BUCKET: &[u8] = b"lease";
+/// Bucket of raised alarms, keyed by member ID (8 bytes big-endian) and
+/// alarm type (4 bytes big-endian).
+pub const ALARM_BUCKET: &[u8] = b"alarm";
 const CONSISTENT_INDEX: &[u8] = b"consistent_index";
 const TERM: &[u8] = b"term";
 const COMPACTED_REVISION: &[u8] = b"finishedCompactRev";
@@ -313,6 +316,7 @@ impl Store {
             tx.create_bucket_if_missing(KEY_BUCKET)?;
             tx.create_bucket_if_missing(META_BUCKET)?;
             tx.create_bucket_if_missing(LEASE_BUCKET)?;
+            tx.create_bucket_if_missing(ALARM_BUCKET)?;
             tx.commit()?;
         }
         let mut index = KeyIndex::new();
@@ -723,6 +727,27 @@ impl Store {
     pub fn finish_compaction(&self) -> Result<()> {
         while !self.compact_step(10_000)? {}
         Ok(())
+    }
+
+    /// Raised alarms as (member ID, alarm type), as recorded by
+    /// [`Apply::set_alarm`].
+    pub fn alarms(&self) -> Result<Vec<(u64, i32)>> {
+        let rx = self.db.begin_read();
+        let mut out = Vec::new();
+        for item in rx.open_bucket(ALARM_BUCKET)?.range(b"", None) {
+            let (k, _) = item?;
+            let (Ok(member), Ok(alarm)) = (
+                <[u8; 8]>::try_from(&k[..k.len().min(8)]),
+                <[u8; 4]>::try_from(&k[k.len().min(8)..]),
+            ) else {
+                return Err(Error::Corrupt {
+                    rev: Revision::default(),
+                    reason: format!("alarm key of {} bytes", k.len()),
+                });
+            };
+            out.push((u64::from_be_bytes(member), i32::from_be_bytes(alarm)));
+        }
+        Ok(out)
     }
 
     /// (file size, bytes in use) of the database file.
@@ -1327,6 +1352,19 @@ impl<'s> Apply<'s> {
     pub fn set_term(&mut self, term: u64) -> Result<()> {
         self.tx().put(META_BUCKET, TERM, &term.to_be_bytes())?;
         self.term = Some(term);
+        Ok(())
+    }
+
+    /// Raises (`on`) or clears an alarm of a member, durably with the
+    /// batch.
+    pub fn set_alarm(&mut self, member: u64, alarm: i32, on: bool) -> Result<()> {
+        let mut key = member.to_be_bytes().to_vec();
+        key.extend_from_slice(&alarm.to_be_bytes());
+        if on {
+            self.tx().put(ALARM_BUCKET, &key, b"")?;
+        } else {
+            self.tx().delete(ALARM_BUCKET, &key)?;
+        }
         Ok(())
     }
 

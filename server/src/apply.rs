@@ -236,7 +236,16 @@ pub fn apply(
                 header: header(rev),
             })
         }),
-        Some(Op::Alarm(a)) => Ok(Applied::Alarm(alarms.apply(a))),
+        Some(Op::Alarm(a)) => {
+            use pb::alarm_request::AlarmAction;
+            let resp = alarms.apply(a);
+            // A changed alarm is recorded with the batch.
+            let on = a.action() == AlarmAction::Activate;
+            if a.action() != AlarmAction::Get && !resp.alarms.is_empty() {
+                batch.set_alarm(a.member_id, a.alarm, on)?;
+            }
+            Ok(Applied::Alarm(resp))
+        }
     };
     match result {
         Err(e) if fatal(&e) => Err(e),

@@ -75,6 +75,18 @@ pub struct Alarms {
 }
 
 impl Alarms {
+    /// The alarms the store recorded.
+    pub fn from_store(store: &mvcc::Store) -> Result<Alarms, String> {
+        Ok(Alarms {
+            list: store
+                .alarms()
+                .map_err(|e| format!("reading alarms: {e}"))?
+                .into_iter()
+                .map(|(member_id, alarm)| pb::AlarmMember { member_id, alarm })
+                .collect(),
+        })
+    }
+
     pub fn no_space(&self) -> bool {
         self.list
             .iter()
@@ -459,7 +471,7 @@ pub fn start(cfg: &Config) -> Result<(Arc<Shared>, std::thread::JoinHandle<()>),
         leader: AtomicU64::new(0),
         applied_index: AtomicU64::new(store.consistent_index()),
         commit_index: AtomicU64::new(0),
-        alarms: Mutex::new(Alarms::default()),
+        alarms: Mutex::new(Alarms::from_store(&store)?),
         max_request_bytes: cfg.max_request_bytes,
         data_dir,
         commands: Mutex::new(tx),

@@ -25,6 +25,7 @@ struct Fingerprint {
     history: Vec<Vec<KeyValue>>,
     /// (lease, granted TTL, attached keys)
     leases: Vec<(i64, i64, Vec<Vec<u8>>)>,
+    alarms: Vec<(u64, i32)>,
 }
 
 fn fingerprint(s: &Store) -> Fingerprint {
@@ -60,6 +61,7 @@ fn fingerprint(s: &Store) -> Fingerprint {
         hash_kv: s.hash_kv(0).unwrap().0,
         history,
         leases,
+        alarms: s.alarms().unwrap(),
     }
 }
 
@@ -128,6 +130,10 @@ fn apply_entry(s: &Store, index: u64) {
             .map(|_| ()),
         _ => a.delete_range(k(index).as_bytes(), b"", false).map(|_| ()),
     };
+    if index.is_multiple_of(13) {
+        // Alarms go on and off with the entries that change them.
+        a.set_alarm(1, 1, index.is_multiple_of(26)).unwrap();
+    }
     a.set_term(index / 7 + 1).unwrap();
     a.commit(index).unwrap();
 }

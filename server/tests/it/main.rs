@@ -24,6 +24,8 @@ pub struct Server {
     pub data_dir: PathBuf,
     client_port: u16,
     peer_port: u16,
+    /// Flags beyond the basic ones, kept for restarts.
+    extra: Vec<String>,
 }
 
 pub fn free_port() -> u16 {
@@ -46,13 +48,14 @@ impl Server {
             data_dir: data_dir.to_path_buf(),
             client_port: free_port(),
             peer_port: free_port(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         s.endpoint = format!("127.0.0.1:{}", s.client_port);
-        s.spawn(extra).await;
+        s.spawn().await;
         s
     }
 
-    async fn spawn(&mut self, extra: &[&str]) {
+    async fn spawn(&mut self) {
         let client = format!("http://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.data_dir.with_extension("log")).expect("log file");
@@ -64,7 +67,7 @@ impl Server {
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("n1={peer}")])
-            .args(extra)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -122,7 +125,7 @@ impl Server {
     /// Starts the server again on the same data and ports.
     pub async fn restart(&mut self) {
         self.kill();
-        self.spawn(&[]).await;
+        self.spawn().await;
     }
 }
 

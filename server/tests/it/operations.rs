@@ -40,7 +40,7 @@ async fn restarts_after_raft_snapshots_keep_everything() {
 #[tokio::test]
 async fn exceeding_the_quota_raises_nospace_and_refuses_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let server =
+    let mut server =
         Server::start_with(&dir.path().join("d"), &["--quota-backend-bytes", "300000"]).await;
     let mut c = server.client().await;
     let start = Instant::now();
@@ -64,6 +64,21 @@ async fn exceeding_the_quota_raises_nospace_and_refuses_writes() {
         .unwrap();
     assert_eq!(alarms.alarms().len(), 1);
     assert_eq!(alarms.alarms()[0].alarm(), AlarmType::Nospace);
+    // The alarm survives a clean restart (the database is synced at
+    // shutdown, so the alarm's raft entry is not applied again), even
+    // with the default quota, under which it would not be raised again.
+    drop(c);
+    assert!(server.terminate().success());
+    server.extra.clear();
+    server.restart().await;
+    let mut c = server.client().await;
+    let alarms = c
+        .alarm(AlarmAction::Get, AlarmType::None, Some(AlarmOptions::new()))
+        .await
+        .unwrap();
+    assert_eq!(alarms.alarms().len(), 1, "the alarm was forgotten");
+    let e = c.put("more", "x", None).await.unwrap_err();
+    assert_eq!(status(e).1, "etcdserver: mvcc: database space exceeded");
     // Reads and deletes still work.
     assert_eq!(c.get("big", None).await.unwrap().kvs().len(), 1);
     // etcd's way out: compact, defragment, disarm.
