@@ -34,6 +34,21 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// `<name>/`: where the keys of a lock or an election live.
+fn prefix_of(name: &[u8]) -> Vec<u8> {
+    let mut prefix = name.to_vec();
+    prefix.push(b'/');
+    prefix
+}
+
+/// A lock or a candidacy needs a live lease to attach its key to.
+fn check_lease(s: &Shared, lease: i64) -> Result<(), Status> {
+    match s.store.lease_time_to_live(lease) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(ServerError::from(mvcc::Error::LeaseNotFound).into()),
+    }
+}
+
 fn member_key(name: &[u8], lease: i64) -> Vec<u8> {
     let mut key = name.to_vec();
     key.extend_from_slice(format!("/{lease:x}").as_bytes());
@@ -72,14 +87,13 @@ fn first_range(t: &pb::TxnResponse) -> Option<&pb::RangeResponse> {
 }
 
 /// Creates `key` (attached to `lease`, holding `value`) unless it exists.
-/// Returns its create revision, the value it holds and the revision the
-/// answer was made at.
+/// Returns its create revision and the value it holds.
 async fn ensure_key(
     s: &Shared,
     key: &[u8],
     lease: i64,
     value: &[u8],
-) -> Result<(i64, Vec<u8>, i64), Status> {
+) -> Result<(i64, Vec<u8>), Status> {
     use pb::request_op::Request as R;
     let t = txn(
         s,
@@ -98,14 +112,13 @@ async fn ensure_key(
         },
     )
     .await?;
-    let rev = t.header.map_or(0, |h| h.revision);
     if t.succeeded {
-        return Ok((rev, value.to_vec(), rev));
+        return Ok((t.header.map_or(0, |h| h.revision), value.to_vec()));
     }
     let kv = first_range(&t)
         .and_then(|r| r.kvs.first())
         .ok_or_else(|| Status::internal("the existing key vanished"))?;
-    Ok((kv.create_revision, kv.value.clone(), rev))
+    Ok((kv.create_revision, kv.value.clone()))
 }
 
 fn range_at(s: &Shared, req: mvcc::RangeRequest) -> Result<mvcc::RangeResult, Status> {
@@ -176,14 +189,10 @@ impl lk::lock_server::Lock for Lock {
     async fn lock(&self, req: Request<lk::LockRequest>) -> Rpc<lk::LockResponse> {
         let r = req.into_inner();
         let s = &self.0;
-        if s.store.lease_time_to_live(r.lease).is_err() {
-            return Err(ServerError::from(mvcc::Error::LeaseNotFound).into());
-        }
-        let mut prefix = r.name.clone();
-        prefix.push(b'/');
+        check_lease(s, r.lease)?;
         let key = member_key(&r.name, r.lease);
-        let (created, _, _) = ensure_key(s, &key, r.lease, b"").await?;
-        let rev = wait_turn(s, &prefix, created).await?;
+        let (created, _) = ensure_key(s, &key, r.lease, b"").await?;
+        let rev = wait_turn(s, &prefix_of(&r.name), created).await?;
         Ok(Response::new(lk::LockResponse {
             header: Some(s.header(rev)),
             key,
@@ -209,8 +218,7 @@ fn not_leader() -> Status {
 /// answer was made at.
 async fn leader_of(s: &Shared, name: &[u8]) -> Result<(Option<mvcc::KeyValue>, i64), Status> {
     s.read_index().await?;
-    let mut prefix = name.to_vec();
-    prefix.push(b'/');
+    let prefix = prefix_of(name);
     let r = range_at(
         s,
         mvcc::RangeRequest {
@@ -230,13 +238,9 @@ impl el::election_server::Election for Election {
     async fn campaign(&self, req: Request<el::CampaignRequest>) -> Rpc<el::CampaignResponse> {
         let r = req.into_inner();
         let s = &self.0;
-        if s.store.lease_time_to_live(r.lease).is_err() {
-            return Err(ServerError::from(mvcc::Error::LeaseNotFound).into());
-        }
-        let mut prefix = r.name.clone();
-        prefix.push(b'/');
+        check_lease(s, r.lease)?;
         let key = member_key(&r.name, r.lease);
-        let (created, value, _) = ensure_key(s, &key, r.lease, &r.value).await?;
+        let (created, value) = ensure_key(s, &key, r.lease, &r.value).await?;
         let leader = el::LeaderKey {
             name: r.name.clone(),
             key: key.clone(),
@@ -246,7 +250,7 @@ impl el::election_server::Election for Election {
         if value != r.value {
             proclaim(s, &leader, r.value.clone()).await?;
         }
-        let rev = wait_turn(s, &prefix, created).await?;
+        let rev = wait_turn(s, &prefix_of(&r.name), created).await?;
         Ok(Response::new(el::CampaignResponse {
             header: Some(s.header(rev)),
             leader: Some(leader),
@@ -302,8 +306,7 @@ impl el::election_server::Election for Election {
                     }
                 }
                 // Wait for any change under the election's prefix.
-                let mut prefix = name.clone();
-                prefix.push(b'/');
+                let prefix = prefix_of(&name);
                 let (stream, mut events) = s.store.watch_stream(16);
                 if stream
                     .watch(&mvcc::WatchRequest {
