@@ -40,9 +40,22 @@ step "cargo test"
 cargo test --workspace
 
 # The WAL suite runs once more on the plain pwrite+fdatasync backend (the
-# run above used io_uring wherever the kernel allows it).
-step "cargo test -p wal (plain backend)"
-WAL_TEST_BACKEND=plain cargo test -p wal --test it
+# run above used io_uring wherever the kernel allows it). It is the same test
+# binary: `cargo test -p wal` would resolve features for the wal crate alone
+# and rebuild its dependencies.
+step "wal tests again on the plain backend"
+wal_tests=$(cargo test --workspace --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    t = m.get("target") or {}
+    if m.get("executable") and t.get("name") == "it" and "/wal#" in m.get("package_id", ""):
+        print(m["executable"])')
+if [ -z "$wal_tests" ]; then
+  echo "could not find the wal test binary" >&2
+  exit 1
+fi
+(cd wal && WAL_TEST_BACKEND=plain "$wal_tests")
 
 shared="$root/../shared"
 step "conformance suite (../shared/conformance)"
@@ -55,8 +68,14 @@ else
     apt-get update -qq && apt-get install -y -qq etcd-client
   fi
   python3 -m pytest --version >/dev/null 2>&1 || python3 -m pip install -q pytest
-  cargo build --release -p server
+  # The binary `cargo test` built for the server's tests (dev profile,
+  # optimised) serves the suite: a release build, or even `cargo build` with
+  # its different feature set, would build every dependency a second time.
+  if [ ! -x "$root/target/debug/kvserver" ]; then
+    echo "target/debug/kvserver is missing after cargo test" >&2
+    exit 1
+  fi
   # Tests marked `auth` belong to the auth issue (the user and role model).
-  python3 -m pytest -q "$shared/conformance" --server-cmd "$root/target/release/kvserver" \
+  python3 -m pytest -q "$shared/conformance" --server-cmd "$root/target/debug/kvserver" \
     -m "not auth"
 fi
