@@ -19,6 +19,7 @@ pub mod config;
 pub mod error;
 pub mod node;
 pub mod pb;
+pub mod restore;
 pub mod services;
 
 use std::future::Future;

@@ -226,6 +226,22 @@ fn first_u64(parts: &[&[u8]]) -> u64 {
     u64::from_be_bytes(b).max(1)
 }
 
+/// The members of `--initial-cluster`, this member among them, and the
+/// cluster ID they and `--initial-cluster-token` make.
+pub(crate) fn cluster_identity(cfg: &Config) -> Result<(Vec<Member>, Member, u64), String> {
+    let members = initial_members(cfg)?;
+    let me = members
+        .iter()
+        .find(|m| m.name == cfg.name)
+        .ok_or_else(|| format!("--initial-cluster does not name this member ({})", cfg.name))?
+        .clone();
+    let mut ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+    ids.sort();
+    let id_bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_be_bytes()).collect();
+    let cluster_id = first_u64(&[&id_bytes, cfg.initial_cluster_token.as_bytes()]);
+    Ok((members, me, cluster_id))
+}
+
 /// The members of `--initial-cluster` (this member alone when empty).
 fn initial_members(cfg: &Config) -> Result<Vec<Member>, String> {
     let mut members = Vec::new();
@@ -326,7 +342,7 @@ fn marker_check(b: &[u8]) -> u32 {
     u32::from_be_bytes([d[0], d[1], d[2], d[3]])
 }
 
-fn write_marker(data_dir: &Path, m: wal::SnapshotMarker) -> std::io::Result<()> {
+pub(crate) fn write_marker(data_dir: &Path, m: wal::SnapshotMarker) -> std::io::Result<()> {
     use std::io::Write;
     let path = marker_path(data_dir);
     let tmp = path.with_extension("tmp");
@@ -349,16 +365,9 @@ fn write_marker(data_dir: &Path, m: wal::SnapshotMarker) -> std::io::Result<()> 
 /// rebuilds raft's log, and runs the raft loop on its own thread.
 pub fn start(cfg: &Config) -> Result<(Arc<Shared>, std::thread::JoinHandle<()>), String> {
     let data_dir = cfg.data_dir();
-    let members = initial_members(cfg)?;
-    let me = members
-        .iter()
-        .find(|m| m.name == cfg.name)
-        .ok_or_else(|| format!("--initial-cluster does not name this member ({})", cfg.name))?
-        .clone();
+    let (members, me, cluster_id) = cluster_identity(cfg)?;
     let mut ids: Vec<u64> = members.iter().map(|m| m.id).collect();
     ids.sort();
-    let id_bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_be_bytes()).collect();
-    let cluster_id = first_u64(&[&id_bytes, cfg.initial_cluster_token.as_bytes()]);
 
     std::fs::create_dir_all(data_dir.join("member").join("snap"))
         .map_err(|e| format!("creating {}: {e}", data_dir.display()))?;
@@ -374,11 +383,26 @@ pub fn start(cfg: &Config) -> Result<(Arc<Shared>, std::thread::JoinHandle<()>),
     );
     let wal_path = wal_dir(&data_dir);
     let wal_opts = wal::Options::default();
-    let storage = MemStorage::new_with_conf_state(ConfState::from((ids.clone(), vec![])));
     let marker = read_marker(&data_dir)?;
-    let (log, member_id, cluster_id) = if wal_path.exists() {
-        let (log, rec) = wal::Wal::open(&wal_path, marker, wal_opts)
+    let existing = if wal_path.exists() {
+        let (log, rec) = wal::Wal::open(&wal_path, marker, wal_opts.clone())
             .map_err(|e| format!("opening the WAL: {e}"))?;
+        // As etcd does on a restart, the log, not the command line, says
+        // who this member is: flags that changed since (a new peer URL, a
+        // new token) must not turn it into a stranger to its own cluster.
+        let recorded = rec.metadata.member_id;
+        if recorded != me.id {
+            for id in ids.iter_mut().filter(|id| **id == me.id) {
+                *id = recorded;
+            }
+            ids.sort();
+        }
+        Some((log, rec))
+    } else {
+        None
+    };
+    let storage = MemStorage::new_with_conf_state(ConfState::from((ids.clone(), vec![])));
+    let (log, member_id, cluster_id) = if let Some((log, rec)) = existing {
         if marker.index > 0 {
             let mut snap = Snapshot::default();
             let meta = snap.mut_metadata();

@@ -77,3 +77,25 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_put() {
         highest_seen = current;
     }
 }
+
+/// etcd ignores `--initial-cluster` and the peer URLs on a restart: the
+/// WAL says who the member is. A member restarted with a new peer URL
+/// (which changes the ID those flags would give it) still leads its
+/// cluster and serves linearizable reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_new_peer_urls_keeps_the_member_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = crate::Server::start(dir.path()).await;
+    let mut c = s.client().await;
+    c.put("k", "v", None).await.unwrap();
+    let id = c.status().await.unwrap().header().unwrap().member_id();
+    s.peer_port = crate::free_port();
+    s.restart().await;
+    let mut c = s.client().await;
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), c.get("k", None))
+        .await
+        .expect("a linearizable read answers")
+        .unwrap();
+    assert_eq!(got.kvs()[0].value(), b"v");
+    assert_eq!(c.status().await.unwrap().header().unwrap().member_id(), id);
+}

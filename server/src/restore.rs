@@ -1,0 +1,168 @@
+//! Creating a new member's data directory from a database snapshot (what
+//! `etcdutl snapshot restore` does; `kvtool snapshot restore` calls it).
+//!
+//! The snapshot is a copy of a member's database, as the Maintenance
+//! Snapshot stream sends it (optionally followed by the SHA-256 of the
+//! database, as etcd appends one). The new data directory holds that
+//! database and a fresh WAL written for the new cluster: its metadata names
+//! the member and cluster IDs derived from `--initial-cluster` and
+//! `--initial-cluster-token` exactly as a starting server derives them, and
+//! a raft snapshot at the database's consistent index stands for
+//! everything the database already holds, so the restored member starts
+//! from it with an empty log.
+
+use std::path::{Path, PathBuf};
+
+use protobuf::Message as _;
+use raft::eraftpb::ConfState;
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::node::{cluster_identity, db_path, wal_dir, write_marker};
+
+/// What a restore produced.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub data_dir: PathBuf,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    /// The raft index and term the new member starts from.
+    pub index: u64,
+    pub term: u64,
+    pub revision: i64,
+    /// Whether the snapshot file carried a SHA-256 that was checked.
+    pub hash_checked: bool,
+}
+
+/// Length of the database part of a snapshot file and whether a SHA-256
+/// of it follows: a database is whole pages, so a length 32 bytes past a
+/// page multiple carries a hash.
+pub fn snapshot_layout(len: u64, page_size: u64) -> (u64, bool) {
+    if len % page_size == 32 && len > 32 {
+        (len - 32, true)
+    } else {
+        (len, false)
+    }
+}
+
+/// Checks a snapshot file's trailing SHA-256 (when it has one) and copies
+/// its database part to `dest`, fsynced. Returns whether a hash was
+/// checked.
+pub fn extract_database(snapshot: &Path, dest: &Path) -> Result<bool, String> {
+    let data =
+        std::fs::read(snapshot).map_err(|e| format!("reading {}: {e}", snapshot.display()))?;
+    let (db_len, has_hash) = snapshot_layout(data.len() as u64, 4096);
+    let db_len = db_len as usize;
+    if has_hash {
+        let want = &data[db_len..];
+        let got = Sha256::digest(&data[..db_len]);
+        if got.as_slice() != want {
+            return Err(format!(
+                "{}: the SHA-256 at the end of the snapshot does not match its contents",
+                snapshot.display()
+            ));
+        }
+    }
+    write_synced(dest, &data[..db_len])?;
+    Ok(has_hash)
+}
+
+fn write_synced(dest: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)
+        .map_err(|e| format!("creating {}: {e}", dest.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("writing {}: {e}", dest.display()))
+}
+
+/// Creates `cfg.data_dir()` for member `cfg.name` of the cluster
+/// `cfg.initial_cluster` from `snapshot`. The data directory must not exist
+/// yet (or be empty).
+pub fn restore(cfg: &Config, snapshot: &Path) -> Result<Restored, String> {
+    let data_dir = cfg.data_dir();
+    if data_dir.exists() {
+        let empty = std::fs::read_dir(&data_dir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !empty {
+            return Err(format!("data-dir {:?} exists", data_dir.display()));
+        }
+    }
+    let (members, me, cluster_id) = cluster_identity(cfg)?;
+    let made = restore_into(snapshot, &data_dir, &members, &me, cluster_id);
+    if made.is_err() {
+        // Leave nothing half made behind.
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    made
+}
+
+fn restore_into(
+    snapshot: &Path,
+    data_dir: &Path,
+    members: &[crate::node::Member],
+    me: &crate::node::Member,
+    cluster_id: u64,
+) -> Result<Restored, String> {
+    let data_dir = data_dir.to_path_buf();
+    let snap_dir = data_dir.join("member").join("snap");
+    std::fs::create_dir_all(&snap_dir)
+        .map_err(|e| format!("creating {}: {e}", snap_dir.display()))?;
+    let db = db_path(&data_dir);
+    let hash_checked = extract_database(snapshot, &db)?;
+
+    // Reading the database through the store checks that it is one, and
+    // gives the point the new raft log starts from.
+    let (index, term, revision) = {
+        let store = mvcc::Store::open(&db).map_err(|e| format!("the snapshot's database: {e}"))?;
+        (
+            store.consistent_index(),
+            store.term().max(1),
+            store.current_revision(),
+        )
+    };
+    let voters: Vec<u64> = members.iter().map(|m| m.id).collect();
+    let log = wal::Wal::create(
+        wal_dir(&data_dir),
+        wal::Metadata {
+            member_id: me.id,
+            cluster_id,
+        },
+        wal::Options::default(),
+    )
+    .map_err(|e| format!("creating the WAL: {e}"))?;
+    let conf = ConfState::from((voters, vec![]));
+    log.append(vec![
+        wal::Record::Snapshot {
+            index,
+            term,
+            conf_state: conf.write_to_bytes().map_err(|e| e.to_string())?,
+        },
+        wal::Record::HardState {
+            term,
+            vote: 0,
+            commit: index,
+        },
+    ])
+    .wait()
+    .map_err(|e| format!("writing the WAL: {e}"))?;
+    log.close();
+    write_marker(&data_dir, wal::SnapshotMarker { index, term })
+        .map_err(|e| format!("writing the snapshot marker: {e}"))?;
+    std::fs::File::open(&snap_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("fsync {}: {e}", snap_dir.display()))?;
+    Ok(Restored {
+        data_dir,
+        member_id: me.id,
+        cluster_id,
+        index,
+        term,
+        revision,
+        hash_checked,
+    })
+}
