@@ -20,6 +20,10 @@ pub struct CompactStats {
     pub keys: u64,
 }
 
+/// Most tree nodes one online defragmentation step moves (4 KiB pages: a
+/// step writes about 2 MiB and commits once).
+pub const RECLAIM_STEP_NODES: usize = 512;
+
 /// Bytes of keys and values copied per write transaction.
 const BATCH_BYTES: usize = 64 << 20;
 
@@ -67,6 +71,113 @@ impl Db {
         out.sync()?;
         stats.dest_bytes = out.begin_read().snapshot().meta.high_water * self.page_size() as u64;
         Ok(stats)
+    }
+
+    /// Defragments the database while it stays in use: in small write
+    /// transactions, moves the tree nodes that sit near the end of the file
+    /// into free pages nearer its start, then cuts the freed end off the
+    /// file. Each step holds the writer for one small transaction (at most
+    /// [`RECLAIM_STEP_NODES`] nodes copied and one commit), so writers are
+    /// held up for one step at a time and readers never. Returns the file
+    /// sizes before and after. Pages an old reader still sees stay until it
+    /// finishes (a later defragmentation reclaims them).
+    pub fn defragment_online(&self) -> Result<CompactStats> {
+        let source_bytes = self.lock_writer()?.file_len;
+        // Rounds until the end of the file stops coming down: moving nodes
+        // can leave the freelist's own run high up, and the next round's
+        // smaller freelist fits lower.
+        let mut last_hw = u64::MAX;
+        for _round in 0..4 {
+            self.reclaim_round()?;
+            let hw = self.begin_read().snapshot().meta.high_water;
+            if hw >= last_hw {
+                break;
+            }
+            last_hw = hw;
+        }
+        self.truncate_to_fit()?;
+        let (mut buckets, mut keys) = (0, 0);
+        for (_, count) in self.begin_read().buckets()? {
+            buckets += 1;
+            keys += count;
+        }
+        Ok(CompactStats {
+            source_bytes,
+            dest_bytes: self.lock_writer()?.file_len,
+            buckets,
+            keys,
+        })
+    }
+
+    /// Moves nodes down in steps until nothing above the target is left,
+    /// then commits twice so the freed end leaves the high-water mark.
+    fn reclaim_round(&self) -> Result<()> {
+        let start_hw = self.begin_read().snapshot().meta.high_water;
+        let mut steps_left = start_hw / 16 + 64;
+        let mut stalled = 0;
+        while steps_left > 0 {
+            steps_left -= 1;
+            let mut tx = self.begin_write()?;
+            let (hw, limit, cap) = tx.reclaim_plan();
+            if limit >= hw {
+                break;
+            }
+            if cap == 0 {
+                // The room below the limit is still pending release: make
+                // the last steps durable so their freed pages come back.
+                drop(tx);
+                self.sync()?;
+                stalled += 1;
+                if stalled > 3 {
+                    break;
+                }
+                continue;
+            }
+            let moved = tx.relocate_above(limit, cap.min(RECLAIM_STEP_NODES))?;
+            if moved == 0 {
+                break;
+            }
+            tx.commit()?;
+            stalled = 0;
+        }
+        // The first commit releases what the last steps freed, the second
+        // drops the free end of the file from the high-water mark (and
+        // frees the freelist run the first one replaced).
+        for _ in 0..2 {
+            let mut tx = self.begin_write()?;
+            tx.force_write();
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Shortens the file to the pages the newest commit and every snapshot
+    /// still read use (after making the newest commit durable, so the meta
+    /// on disk never names pages past the end of the file).
+    pub(crate) fn truncate_to_fit(&self) -> Result<()> {
+        let mut w = self.lock_writer()?;
+        let snap = self.snapshot();
+        self.make_durable(&mut w, &snap)?;
+        w.history.retain(|s| Arc::strong_count(s) > 1);
+        let ps = self.page_size() as u64;
+        let pages = w
+            .history
+            .iter()
+            .map(|s| s.meta.high_water)
+            .chain([snap.meta.high_water])
+            .max()
+            .unwrap_or(snap.meta.high_water);
+        let len = pages * ps;
+        if len >= w.file_len {
+            return Ok(());
+        }
+        let path = self.path().to_path_buf();
+        w.io.set_len(len)
+            .and_then(|()| w.io.sync_data())
+            .map_err(|e| Error::io(&path, "truncate", e))?;
+        w.file_len = len;
+        w.map = crate::db::map_file(&path, &w.file)?;
+        Ok(())
     }
 
     /// Defragments the database in place: writes a densely packed copy of

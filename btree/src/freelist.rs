@@ -180,6 +180,11 @@ impl Freelist {
         self.free.len()
     }
 
+    /// Free pages with ids below `limit`.
+    pub fn free_below(&self, limit: PageId) -> usize {
+        self.free.range(..limit).count()
+    }
+
     pub fn pending_count(&self) -> usize {
         self.pending_ids.len()
     }

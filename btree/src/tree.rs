@@ -279,6 +279,74 @@ impl Arena {
         Ok(())
     }
 
+    /// Materialises every node of the tree under `root` that sits on a page
+    /// at or above `limit`, and the path down to it, so the commit writes
+    /// them to newly allocated (lower) pages: the step online
+    /// defragmentation repeats. Materialises at most about `budget` nodes
+    /// (a parent on the path may take it slightly below zero, saturated).
+    /// Returns whether anything moved.
+    pub fn relocate_above(
+        &mut self,
+        map: &[u8],
+        root: &mut Option<NodeRef>,
+        limit: PageId,
+        budget: &mut usize,
+    ) -> Result<bool> {
+        let Some(r) = *root else {
+            return Ok(false);
+        };
+        let (new, moved) = self.relocate(map, r, limit, budget, 0)?;
+        *root = Some(new);
+        Ok(moved)
+    }
+
+    fn relocate(
+        &mut self,
+        map: &[u8],
+        r: NodeRef,
+        limit: PageId,
+        budget: &mut usize,
+        depth: usize,
+    ) -> Result<(NodeRef, bool)> {
+        if depth > MAX_DEPTH {
+            return Err(too_deep(r));
+        }
+        let children = {
+            let view = self.reader(map).view(r)?;
+            if view.is_leaf() {
+                0
+            } else {
+                view.len()
+            }
+        };
+        let mut cur = r;
+        let mut moved = false;
+        for c in 0..children {
+            if *budget == 0 {
+                break;
+            }
+            let child = self.reader(map).view(cur)?.child(c)?;
+            let (new_child, child_moved) = self.relocate(map, child, limit, budget, depth + 1)?;
+            if child_moved {
+                if let NodeRef::Page(_) = cur {
+                    *budget = budget.saturating_sub(1);
+                }
+                let i = self.materialize(map, cur)?;
+                cur = NodeRef::Node(i);
+                self.nodes[i].set_child(c, new_child);
+                moved = true;
+            }
+        }
+        if let NodeRef::Page(id) = cur {
+            if id >= limit && *budget > 0 {
+                *budget -= 1;
+                let i = self.materialize(map, cur)?;
+                return Ok((NodeRef::Node(i), true));
+            }
+        }
+        Ok((cur, moved))
+    }
+
     /// Writes every materialised node under `root` to newly allocated
     /// pages, children before parents. `alloc(pages)` returns the first id
     /// of a free run; every written run is handed to `write`. Returns the

@@ -180,6 +180,9 @@ pub struct WriteTxn<'db> {
     arena: Arena,
     directory: Option<NodeRef>,
     buckets: HashMap<Vec<u8>, OpenBucket>,
+    /// Commit even if no bucket changed (the directory or the file's
+    /// layout did).
+    force_write: bool,
 }
 
 impl<'db> WriteTxn<'db> {
@@ -197,7 +200,71 @@ impl<'db> WriteTxn<'db> {
             arena,
             directory,
             buckets: HashMap::new(),
+            force_write: false,
         }
+    }
+
+    /// Moves up to about `budget` tree nodes that sit on pages at or above
+    /// `limit` (and the paths to them) to new pages when this transaction
+    /// commits; new pages come from the lowest free ones. Returns how many
+    /// nodes it moved. Keys and values do not change.
+    pub(crate) fn relocate_above(&mut self, limit: PageId, budget: usize) -> Result<usize> {
+        let map = self.base.map.clone();
+        let mut names = Vec::new();
+        for item in Range::new(
+            Cursor::new(self.arena.reader(&map), self.directory),
+            b"",
+            None,
+        ) {
+            names.push(item?.0.to_vec());
+        }
+        let mut left = budget;
+        let before = self.arena.nodes.len();
+        for name in names {
+            if left == 0 {
+                break;
+            }
+            let mut b = self.existing_bucket(&name)?;
+            if self
+                .arena
+                .relocate_above(&map, &mut b.root, limit, &mut left)?
+            {
+                self.store_bucket(&name, b);
+            }
+        }
+        let mut dir = self.directory;
+        if left > 0
+            && self
+                .arena
+                .relocate_above(&map, &mut dir, limit, &mut left)?
+        {
+            self.directory = dir;
+            self.force_write = true;
+        }
+        Ok(self.arena.nodes.len() - before)
+    }
+
+    /// Where an online defragmentation step should move pages from: the
+    /// high-water mark, the page id above which nodes should move (the
+    /// pages in use plus a little room), and how many nodes this step can
+    /// move into free pages below that id.
+    pub(crate) fn reclaim_plan(&self) -> (u64, PageId, usize) {
+        let hw = self.base.meta.high_water;
+        let fl = &self.writer.freelist;
+        let used = hw.saturating_sub((fl.free_count() + fl.pending_count()) as u64);
+        let limit = (used + (used / 16).max(32)).max(2);
+        // Each moved node takes one free page below the limit; the bucket
+        // directory's path and the freelist run need a few more.
+        let room = fl.free_below(limit);
+        let fl_pages = freelist_pages(fl.free_count() + fl.pending_count(), self.db.page_size());
+        let cap = room.saturating_sub(8 + fl_pages);
+        (hw, limit, cap)
+    }
+
+    /// Makes the commit write a new meta even if nothing else changed, so
+    /// that free pages at the end of the file leave its high-water mark.
+    pub(crate) fn force_write(&mut self) {
+        self.force_write = true;
     }
 
     fn load_bucket(&mut self, name: &[u8]) -> Result<OpenBucket> {
@@ -356,7 +423,7 @@ impl<'db> WriteTxn<'db> {
     pub fn rollback(self) {}
 
     fn commit_inner(mut self, durable: bool) -> Result<()> {
-        if !self.buckets.values().any(|b| b.dirty) {
+        if !self.force_write && !self.buckets.values().any(|b| b.dirty) {
             return if durable {
                 self.db.make_durable(&mut self.writer, &self.base)
             } else {

@@ -763,10 +763,13 @@ impl Store {
         Ok(self.db.compact_into(dest)?)
     }
 
-    /// Defragments the database file in place (a packed copy replaces it;
-    /// writers wait, readers do not). Returns the sizes before and after.
+    /// Defragments the database file while it stays in use: small steps
+    /// move pages from the end of the file into free space nearer its start
+    /// (each step holds writers for one small B+tree transaction; readers
+    /// never wait), then the file is cut short. Returns the file sizes
+    /// before and after.
     pub fn defragment(&self) -> Result<btree::CompactStats> {
-        Ok(self.db.defragment()?)
+        Ok(self.db.defragment_online()?)
     }
 
     /// Makes every applied batch durable.

@@ -341,3 +341,113 @@ fn defragmenting_in_place_shrinks_the_file_and_keeps_readers_and_writers_going()
     assert_clean(&db);
     assert!(!dir.path().join("d.db.defrag").exists());
 }
+
+#[test]
+fn online_defragmentation_shrinks_the_file_while_writers_and_readers_go_on() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.db");
+    let db = Db::open(&path).unwrap();
+    let mut tx = db.begin_write().unwrap();
+    tx.create_bucket(b"b").unwrap();
+    tx.create_bucket(b"w").unwrap();
+    for i in 0..20_000 {
+        tx.put(b"b", &key(i), &[7u8; 200]).unwrap();
+    }
+    tx.commit().unwrap();
+    // The keys that stay were written last: they sit at the end of the file.
+    let mut tx = db.begin_write().unwrap();
+    for i in 0..19_000 {
+        tx.delete(b"b", &key(i)).unwrap();
+    }
+    tx.commit().unwrap();
+    let size_before = std::fs::metadata(&path).unwrap().len();
+    let old_reader = db.begin_read();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let reads = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (db, stop, writes) = (db.clone(), stop.clone(), writes.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let mut tx = db.begin_write().unwrap();
+                tx.put(b"w", &key(n), &n.to_be_bytes()).unwrap();
+                if n >= 50 {
+                    tx.delete(b"w", &key(n - 50)).unwrap();
+                }
+                tx.commit_nosync().unwrap();
+                writes.fetch_add(1, Ordering::Relaxed);
+                n += 1;
+            }
+            n
+        })
+    };
+    let reader = {
+        let (db, stop, reads) = (db.clone(), stop.clone(), reads.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let r = db.begin_read();
+                let b = r.open_bucket(b"b").unwrap();
+                assert_eq!(b.get(&key(19_999)).unwrap(), Some(&[7u8; 200][..]));
+                assert_eq!(b.len(), 1000);
+                reads.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    // Let both get going, then defragment underneath them.
+    while writes.load(Ordering::Relaxed) < 20 || reads.load(Ordering::Relaxed) < 20 {
+        std::thread::yield_now();
+    }
+    let (w0, r0) = (
+        writes.load(Ordering::Relaxed),
+        reads.load(Ordering::Relaxed),
+    );
+    let stats = db.defragment_online().unwrap();
+    let (w1, r1) = (
+        writes.load(Ordering::Relaxed),
+        reads.load(Ordering::Relaxed),
+    );
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    reader.join().unwrap();
+    assert!(
+        w1 > w0 && r1 > r0,
+        "writes {w0}->{w1} and reads {r0}->{r1} went on during the defragmentation"
+    );
+
+    // The reader from before still sees its data.
+    assert_eq!(
+        old_reader
+            .open_bucket(b"b")
+            .unwrap()
+            .get(&key(19_500))
+            .unwrap(),
+        Some(&[7u8; 200][..])
+    );
+    drop(old_reader);
+    // A second pass reclaims what that reader held.
+    let second = db.defragment_online().unwrap();
+    let size_after = std::fs::metadata(&path).unwrap().len();
+    eprintln!("online defragmentation: {size_before} -> {stats:?} -> {second:?}");
+    assert!(
+        size_after * 4 < size_before,
+        "{size_before} -> {size_after} ({stats:?})"
+    );
+    assert_clean(&db);
+    let r = db.begin_read();
+    let w = r.open_bucket(b"w").unwrap();
+    assert_eq!(w.len(), u64::from(written.min(50)));
+    for n in written.saturating_sub(50)..written {
+        assert_eq!(w.get(&key(n)).unwrap(), Some(&n.to_be_bytes()[..]));
+    }
+    drop(r);
+    let after = dump(&db);
+    drop(db);
+    let db = Db::open(&path).unwrap();
+    assert_eq!(dump(&db), after);
+    assert_clean(&db);
+}

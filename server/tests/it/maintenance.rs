@@ -93,3 +93,137 @@ async fn sigterm_stops_cleanly_and_a_restart_keeps_everything() {
     // Auth is off: disabling it again succeeds, as in etcd.
     c.auth_disable().await.unwrap();
 }
+
+/// Defragmentation does not stop the world: while it shrinks a large,
+/// mostly free database, puts and linearizable gets keep completing, and
+/// none fails. The file shrinks and checks clean afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn defragment_runs_while_reads_and_writes_go_on() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path()).await;
+    let c = server.client().await;
+    // 24 MiB of values, then nine keys in ten deleted: what stays is spread
+    // over the whole file.
+    let value = vec![b'v'; 1024];
+    let mut loaders = Vec::new();
+    for t in 0..16u32 {
+        let (mut c, value) = (c.clone(), value.clone());
+        loaders.push(tokio::spawn(async move {
+            for i in (t..24_000).step_by(16) {
+                c.put(format!("k{i:06}"), value.clone(), None)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for l in loaders {
+        l.await.unwrap();
+    }
+    let mut c2 = c.clone();
+    let mut rev = 0;
+    for i in (0..24_000).step_by(10) {
+        let opts = etcd_client::DeleteOptions::new().with_range(format!("k{:06}", i + 10));
+        rev = c2
+            .delete(format!("k{:06}", i + 1), Some(opts))
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+    }
+    c2.compact(
+        rev,
+        Some(etcd_client::CompactionOptions::new().with_physical()),
+    )
+    .await
+    .unwrap();
+    let before = c2.status().await.unwrap().db_size();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut load = Vec::new();
+    for t in 0..8u32 {
+        let (mut c, stop, done, failed) = (c.clone(), stop.clone(), done.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("load{t}-{}", n % 100);
+                let ok = if n.is_multiple_of(2) {
+                    c.put(key, "x", None).await.is_ok()
+                } else {
+                    c.get("k000000", None)
+                        .await
+                        .is_ok_and(|r| r.kvs().len() == 1)
+                };
+                if ok {
+                    done.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                n += 1;
+            }
+        }));
+    }
+    while done.load(Ordering::Relaxed) < 100 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let at_start = done.load(Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    c2.defragment().await.unwrap();
+    let took = started.elapsed();
+    let during = done.load(Ordering::Relaxed) - at_start;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed");
+    // Eight clients, each with one request outstanding: had the
+    // defragmentation held requests for its whole length, at most eight
+    // would have finished.
+    assert!(
+        during > 8,
+        "only {during} requests completed during the {took:?} defragmentation"
+    );
+    let after = c2.status().await.unwrap().db_size();
+    assert!(
+        after * 3 < before,
+        "the file shrank: {before} -> {after} bytes"
+    );
+    assert_eq!(
+        c2.get("k000000", None).await.unwrap().kvs()[0].value(),
+        &value[..]
+    );
+    assert_eq!(
+        c2.get(
+            "k",
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_count_only()
+            )
+        )
+        .await
+        .unwrap()
+        .count(),
+        2400
+    );
+    eprintln!(
+        "defragment: {before} -> {after} bytes in {took:?}, {during} requests completed meanwhile"
+    );
+    drop((c, c2));
+    assert!(server.terminate().success());
+    let db = btree::Db::open_with(
+        dir.path().join("member/snap/db"),
+        btree::Options {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let report = db.check();
+    assert!(report.is_clean(), "{report}");
+}
