@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Real etcd against kvserver on this machine, one member each, same
+# settings, the same `kvtool bench` loads, alternating between the two over
+# several rounds; prints the median of each figure and the ratio.
+#
+#   benches/compare-etcd.sh [rounds]      (default 3; ROUNDS=... works too)
+#
+# Needs etcd (apt-get install -y etcd-server) and builds kvserver and kvtool
+# in release mode. Every server it starts is stopped on exit.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+rounds=${1:-${ROUNDS:-3}}
+cd "$root"
+
+if ! command -v etcd >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq etcd-server etcd-client
+fi
+cargo build --release -q -p server -p tools
+kvtool="$root/target/release/kvtool"
+kvserver="$root/target/release/kvserver"
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start NAME: starts a fresh member of NAME (etcd or kvserver); sets $ep.
+start() {
+  local name=$1 port peer dir
+  port=$(free_port); peer=$(free_port); dir="$work/$name-$RANDOM"
+  local client="http://127.0.0.1:$port" peers="http://127.0.0.1:$peer"
+  local args=(--data-dir "$dir" --listen-client-urls "$client" --advertise-client-urls "$client"
+    --listen-peer-urls "$peers" --initial-advertise-peer-urls "$peers"
+    --initial-cluster "default=$peers" --name default)
+  if [ "$name" = etcd ]; then
+    etcd "${args[@]}" >"$dir.log" 2>&1 &
+  else
+    "$kvserver" "${args[@]}" >"$dir.log" 2>&1 &
+  fi
+  pids+=($!)
+  for _ in $(seq 1 100); do
+    if ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$port" endpoint health >/dev/null 2>&1; then
+      ep="127.0.0.1:$port"
+      return
+    fi
+    sleep 0.1
+  done
+  echo "$name did not start; see $dir.log" >&2
+  exit 1
+}
+
+stop_last() {
+  local p=${pids[-1]}
+  kill "$p" 2>/dev/null || true
+  wait "$p" 2>/dev/null || true
+  unset 'pids[-1]'
+}
+
+# The loads: name and kvtool bench arguments.
+loads=(
+  "put-100conns-1000clients|put --conns 100 --clients 1000 --total 100000 --key-size 8 --val-size 256 --key-space-size 100000"
+  "range-serializable-1000clients|range foo --consistency s --conns 100 --clients 1000 --total 200000"
+  "range-linearizable-1000clients|range foo --consistency l --conns 100 --clients 1000 --total 200000"
+  "put-1client|put --conns 1 --clients 1 --total 3000 --key-size 8 --val-size 256 --key-space-size 100000"
+)
+
+results="$work/results"
+: >"$results"
+for round in $(seq 1 "$rounds"); do
+  for server in etcd kvserver; do
+    start "$server"
+    ETCDCTL_API=3 etcdctl --endpoints "$ep" put foo bar >/dev/null
+    for load in "${loads[@]}"; do
+      name=${load%%|*}
+      # shellcheck disable=SC2086
+      line=$("$kvtool" -w json bench ${load#*|} --endpoints "$ep" | tail -1)
+      echo "$round $server $name $line" >>"$results"
+      echo "round $round $server $name: $(echo "$line" | python3 -c 'import json,sys; j=json.load(sys.stdin); print("%.0f/s p99 %.2f ms errors %d" % (j["per_second"], j["latency_ms"]["p99"], j["errors"]))')" >&2
+    done
+    stop_last
+  done
+done
+
+python3 - "$results" <<'EOF'
+import json, statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    rnd, server, name, js = line.split(" ", 3)
+    j = json.loads(js)
+    rows.setdefault((name, server), []).append(j)
+names = []
+for (n, _) in rows:
+    if n not in names:
+        names.append(n)
+print()
+print("| load | etcd req/s | kvserver req/s | ratio | etcd p99 ms | kvserver p99 ms |")
+print("|---|---:|---:|---:|---:|---:|")
+for n in names:
+    e = rows.get((n, "etcd"), [])
+    k = rows.get((n, "kvserver"), [])
+    med = lambda rs, f: statistics.median(f(r) for r in rs) if rs else float("nan")
+    et, kt = med(e, lambda r: r["per_second"]), med(k, lambda r: r["per_second"])
+    ep, kp = med(e, lambda r: r["latency_ms"]["p99"]), med(k, lambda r: r["latency_ms"]["p99"])
+    print(f"| {n} | {et:.0f} | {kt:.0f} | {kt / et:.2f}x | {ep:.2f} | {kp:.2f} |")
+print(f"\n(medians of {len(e)} rounds each; errors: etcd {sum(r['errors'] for (n2, s), rs in rows.items() if s == 'etcd' for r in rs)}, kvserver {sum(r['errors'] for (n2, s), rs in rows.items() if s == 'kvserver' for r in rs)})")
+EOF
