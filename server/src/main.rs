@@ -3,6 +3,9 @@
 
 use clap::Parser;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cfg = server::config::Config::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(format!("{},raft=warn", cfg.log_level))

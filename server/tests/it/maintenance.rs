@@ -183,9 +183,9 @@ async fn defragment_runs_while_reads_and_writes_go_on() {
     assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed");
     // Eight clients, each with one request outstanding: had the
     // defragmentation held requests for its whole length, at most eight
-    // would have finished.
+    // would have finished (about 200 do here).
     assert!(
-        during > 8,
+        during >= 50,
         "only {during} requests completed during the {took:?} defragmentation"
     );
     let after = c2.status().await.unwrap().db_size();
