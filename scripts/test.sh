@@ -57,6 +57,25 @@ if [ -z "$wal_tests" ]; then
 fi
 (cd wal && WAL_TEST_BACKEND=plain "$wal_tests")
 
+# Every benchmark once, on tiny inputs (criterion's test mode), so none rots.
+step "benchmarks, quick mode"
+BENCH_QUICK=1 cargo test --workspace --benches
+
+# Every fuzz target for about a minute, seeded from fuzz/corpus (replayed
+# first); new inputs go to a scratch directory, not the repository.
+step "fuzzing (fuzz/, about a minute per target)"
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked
+fi
+fuzz_secs=${FUZZ_SECONDS:-60}
+scratch=$(mktemp -d)
+for target in btree_ops wal_recovery grpc_requests mvcc_model; do
+  mkdir -p "$scratch/$target"
+  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "$scratch/$target" "corpus/$target" -- \
+    -max_total_time="$fuzz_secs" -rss_limit_mb=4096 -print_final_stats=1)
+done
+rm -rf "$scratch"
+
 shared="$root/../shared"
 step "conformance suite (../shared/conformance)"
 if [ ! -d "$shared/conformance" ]; then

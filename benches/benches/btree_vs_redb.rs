@@ -20,10 +20,7 @@ const VALUE: [u8; 100] = [0x5a; 100];
 const BATCH: usize = 1000;
 
 fn key_count() -> u64 {
-    std::env::var("BENCH_KEYS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000)
+    kvserver_benches::size("BENCH_KEYS", 1_000_000, 2_000)
 }
 
 fn splitmix(mut x: u64) -> u64 {

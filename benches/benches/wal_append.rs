@@ -73,7 +73,7 @@ fn run_appends(
                         break;
                     }
                     let t0 = Instant::now();
-                    w.append(vec![record(t as u64 * per_writer + i)])
+                    w.append(vec![record(((t as u64) << 40) | i)])
                         .wait()
                         .expect("append");
                     lat.push(t0.elapsed());
@@ -121,7 +121,7 @@ fn run_appends_async(
                             break;
                         }
                         let t0 = Instant::now();
-                        w.append(vec![record(t as u64 * per_writer + i)])
+                        w.append(vec![record(((t as u64) << 40) | i)])
                             .await
                             .expect("append");
                         lat.push(t0.elapsed());
@@ -226,11 +226,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// Fixed-length runs reporting what criterion cannot: fsyncs and latency.
 fn summary() {
-    let secs: u64 = std::env::var("WAL_BENCH_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let n = 20_000;
+    let millis = kvserver_benches::size("WAL_BENCH_SECS", 3, 0) * 1000;
+    let millis = if millis == 0 { 50 } else { millis };
+    let n = kvserver_benches::size("WAL_BENCH_RAW", 20_000, 200);
     let raw_rate = n as f64 / raw_fsync(n).as_secs_f64();
     println!("\nraw 4 KiB write+fdatasync: {raw_rate:.0}/s");
     println!(
@@ -240,7 +238,7 @@ fn summary() {
     for (name, opts) in runnable() {
         for (kind, writers) in WRITERS.iter().flat_map(|&w| [("threads", w), ("tasks", w)]) {
             let (_dir, w) = open_log(&opts);
-            let limit = Some(Duration::from_secs(secs));
+            let limit = Some(Duration::from_millis(millis));
             let (took, mut lat) = if kind == "threads" {
                 run_appends(&w, writers, u64::MAX, limit)
             } else {

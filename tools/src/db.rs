@@ -148,6 +148,12 @@ pub(crate) fn mvcc_view(db: &Db) -> Result<Option<MvccView>, String> {
         latest_is_tombstone.insert(head.key, rev.last() == Some(&b't'));
     }
     pb.finish_and_clear();
+    // Compaction removes the tombstones of deleted keys: the store's
+    // revision is at least the compacted one (as the store computes it).
+    view.current_revision = view
+        .current_revision
+        .max(view.compacted_revision as i64)
+        .max(view.scheduled_compaction as i64);
     view.keys = latest_is_tombstone.len() as u64;
     view.live_keys = latest_is_tombstone.values().filter(|t| !**t).count() as u64;
     Ok(Some(view))

@@ -188,6 +188,12 @@ async fn offline_defrag_shrinks_a_server_database_and_refuses_a_live_one() {
     let (kvs, _) = m.all().await;
     let hash = m.hash_kv().await;
     m.stop().await;
+    // inspect reads what the server wrote.
+    let o = kvtool_async(&["-w", "json", "inspect", "db", &p]).await;
+    let j = json_line(&o);
+    assert_eq!(j["mvcc"]["current_revision"], rev, "{}", describe(&o));
+    assert_eq!(j["mvcc"]["live_keys"], 100);
+    assert_eq!(j["mvcc"]["compacted_revision"], rev);
     let before = std::fs::metadata(&db).unwrap().len();
     let o = kvtool_async(&["-w", "json", "defrag", &p]).await;
     assert!(o.status.success(), "{}", describe(&o));
