@@ -9,16 +9,9 @@
 # in release mode. Every server it starts is stopped on exit.
 set -euo pipefail
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 rounds=${1:-${ROUNDS:-3}}
-cd "$root"
-
-if ! command -v etcd >/dev/null 2>&1; then
-  apt-get update -qq && apt-get install -y -qq etcd-server etcd-client
-fi
-cargo build --release -q -p server -p tools
-kvtool="$root/target/release/kvtool"
-kvserver="$root/target/release/kvserver"
+# shellcheck source=benches/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 work=$(mktemp -d)
 pids=()
@@ -28,8 +21,6 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # start NAME: starts a fresh member of NAME (etcd or kvserver); sets $ep.
 start() {

@@ -10,15 +10,8 @@
 # before and after, and the load's p99, p99.9 and max latency both times.
 set -euo pipefail
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$root"
-if ! command -v etcd >/dev/null 2>&1; then
-  apt-get update -qq && apt-get install -y -qq etcd-server etcd-client
-fi
-cargo build --release -q -p server -p tools
-kvtool="$root/target/release/kvtool"
-kvserver="$root/target/release/kvserver"
-export ETCDCTL_API=3
+# shellcheck source=benches/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 work=$(mktemp -d)
 pid=
@@ -29,7 +22,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 field() { python3 -c "import json,sys; j=json.load(sys.stdin); print($1)"; }
 
 load=(bench put --conns 4 --clients 16 --total 20000 --key-size 8 --val-size 256 --key-space-size 1000)
