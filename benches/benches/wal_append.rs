@@ -2,12 +2,17 @@
 //! on every backend, beside the raw rate of 4 KiB write + fdatasync on the
 //! same disk, in the same run.
 //!
-//! Criterion measures appends per second. After it, a fixed-length run of
-//! each configuration prints appends/s, fdatasyncs/s and p50/p99 latency
-//! (criterion has no notion of per-append latency or fsync counts), and the
-//! ratio of appends/s to the raw fsync rate.
+//! Criterion measures appends per second. After it, fixed-length runs of
+//! every configuration print appends/s, fdatasyncs/s and p50/p99 latency
+//! (criterion has no notion of per-append latency or fsync counts), the
+//! ratio of appends/s to the raw fsync rate and to the plain backend.
+//! Those runs go round the configurations several times, interleaved, and
+//! report medians: on a shared VM one run's figures drift by ±10%.
 //!
-//! `WAL_BENCH_SECS=N` sets the length of those runs (default 3).
+//! `WAL_BENCH_SECS=N` sets the length of one run (default 2),
+//! `WAL_BENCH_ROUNDS=N` the rounds (default 3), and `WAL_BENCH_ONLY=a,b`
+//! limits the summary to the configurations whose names contain one of
+//! those words (plain always runs: it is the reference).
 
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,24 +26,36 @@ const RECORD: usize = 256;
 const WRITERS: [usize; 3] = [1, 16, 256];
 
 fn configs() -> Vec<(&'static str, Options)> {
-    let o = |backend, uring_mode| Options {
+    let o = |backend, uring_mode, uring_in_flight| Options {
         backend,
         uring_mode,
+        uring_in_flight,
         ..Options::default()
     };
     vec![
-        ("plain", o(Backend::Plain, UringMode::WriteThenFdatasync)),
+        ("plain", o(Backend::Plain, UringMode::WriteThenFdatasync, 1)),
         (
-            "uring-dsync-write",
-            o(Backend::IoUring, UringMode::DsyncWrite),
+            "plain-no-zero-ahead",
+            Options {
+                zero_ahead: false,
+                ..o(Backend::Plain, UringMode::WriteThenFdatasync, 1)
+            },
         ),
         (
-            "uring-linked-fsync",
-            o(Backend::IoUring, UringMode::LinkedFsync),
+            "uring-dsync-write/2",
+            o(Backend::IoUring, UringMode::DsyncWrite, 2),
+        ),
+        (
+            "uring-dsync-write/1",
+            o(Backend::IoUring, UringMode::DsyncWrite, 1),
+        ),
+        (
+            "uring-linked-fsync/2",
+            o(Backend::IoUring, UringMode::LinkedFsync, 2),
         ),
         (
             "uring-write+fdatasync",
-            o(Backend::IoUring, UringMode::WriteThenFdatasync),
+            o(Backend::IoUring, UringMode::WriteThenFdatasync, 1),
         ),
     ]
 }
@@ -156,8 +173,16 @@ fn open_log(opts: &Options) -> (tempfile::TempDir, Arc<Wal>) {
     (dir, Arc::new(w))
 }
 
-/// 4 KiB pwrite + fdatasync into a preallocated file, `n` times.
+/// 4 KiB pwrite + fdatasync into a preallocated (sparse) file, `n` times:
+/// the raw fsync rate the targets are stated against.
 fn raw_fsync(n: u64) -> Duration {
+    raw_fsync_into(n, false)
+}
+
+/// The same, into a file whose blocks were written first (zeros), so no
+/// fdatasync has to commit a block allocation: the fastest a single
+/// synchronous writer gets on this disk.
+fn raw_fsync_into(n: u64, written: bool) -> Duration {
     let dir = tempfile::tempdir().expect("tempdir");
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -167,6 +192,12 @@ fn raw_fsync(n: u64) -> Duration {
         .open(dir.path().join("raw"))
         .expect("open");
     f.set_len(64 << 20).expect("size");
+    if written {
+        let zeros = vec![0u8; 1 << 20];
+        for i in 0..64 {
+            f.write_all_at(&zeros, i << 20).expect("zero");
+        }
+    }
     f.sync_all().expect("sync");
     let page = [0x5au8; 4096];
     let start = Instant::now();
@@ -224,35 +255,109 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// One fixed-length run's figures.
+struct Run {
+    rate: f64,
+    fsyncs: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn median_by<T>(runs: &mut [T], key: impl Fn(&T) -> f64) -> &T {
+    runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    &runs[runs.len() / 2]
+}
+
+/// Whether `WAL_BENCH_ONLY` lets configuration `name` run.
+fn wanted(name: &str) -> bool {
+    match std::env::var("WAL_BENCH_ONLY") {
+        Ok(only) if !only.is_empty() => {
+            name == "plain" || only.split(',').any(|w| name.contains(w))
+        }
+        _ => true,
+    }
+}
+
 /// Fixed-length runs reporting what criterion cannot: fsyncs and latency.
 fn summary() {
-    let millis = kvserver_benches::size("WAL_BENCH_SECS", 3, 0) * 1000;
+    let millis = kvserver_benches::size("WAL_BENCH_SECS", 2, 0) * 1000;
     let millis = if millis == 0 { 50 } else { millis };
+    let rounds = kvserver_benches::size("WAL_BENCH_ROUNDS", 3, 1).max(1);
     let n = kvserver_benches::size("WAL_BENCH_RAW", 20_000, 200);
-    let raw_rate = n as f64 / raw_fsync(n).as_secs_f64();
-    println!("\nraw 4 KiB write+fdatasync: {raw_rate:.0}/s");
+    let configs: Vec<_> = runnable()
+        .into_iter()
+        .filter(|(name, _)| wanted(name))
+        .collect();
+    let kinds: Vec<(&str, usize)> = WRITERS
+        .iter()
+        .flat_map(|&w| [("threads", w), ("tasks", w)])
+        .collect();
+    let mut raw = Vec::new();
+    let mut raw_written = Vec::new();
+    let mut runs: Vec<Vec<Vec<Run>>> = configs
+        .iter()
+        .map(|_| kinds.iter().map(|_| Vec::new()).collect())
+        .collect();
+    for _ in 0..rounds {
+        raw.push(n as f64 / raw_fsync(n).as_secs_f64());
+        raw_written.push(n as f64 / raw_fsync_into(n, true).as_secs_f64());
+        for (c, (_, opts)) in configs.iter().enumerate() {
+            for (k, &(kind, writers)) in kinds.iter().enumerate() {
+                let (_dir, w) = open_log(opts);
+                let limit = Some(Duration::from_millis(millis));
+                let (took, mut lat) = if kind == "threads" {
+                    run_appends(&w, writers, u64::MAX, limit)
+                } else {
+                    run_appends_async(&w, writers, u64::MAX, limit)
+                };
+                let (batches, _) = w.counters();
+                lat.sort_unstable();
+                runs[c][k].push(Run {
+                    rate: lat.len() as f64 / took.as_secs_f64(),
+                    fsyncs: batches as f64 / took.as_secs_f64(),
+                    p50: percentile(&lat, 0.5),
+                    p99: percentile(&lat, 0.99),
+                });
+            }
+        }
+    }
+    raw.sort_by(f64::total_cmp);
+    raw_written.sort_by(f64::total_cmp);
+    let raw_rate = raw[raw.len() / 2];
+    let raw_written_rate = raw_written[raw_written.len() / 2];
     println!(
-        "{:<24} {:<8} {:>7} {:>12} {:>12} {:>10} {:>10} {:>9}",
-        "backend", "writers", "count", "appends/s", "fsyncs/s", "p50", "p99", "x raw"
+        "\nmedians of {rounds} interleaved rounds of {millis} ms; raw 4 KiB write+fdatasync: \
+         {raw_rate:.0}/s into new space (\"x raw\"), {raw_written_rate:.0}/s over written blocks"
     );
-    for (name, opts) in runnable() {
-        for (kind, writers) in WRITERS.iter().flat_map(|&w| [("threads", w), ("tasks", w)]) {
-            let (_dir, w) = open_log(&opts);
-            let limit = Some(Duration::from_millis(millis));
-            let (took, mut lat) = if kind == "threads" {
-                run_appends(&w, writers, u64::MAX, limit)
-            } else {
-                run_appends_async(&w, writers, u64::MAX, limit)
-            };
-            let (batches, _) = w.counters();
-            lat.sort_unstable();
-            let rate = lat.len() as f64 / took.as_secs_f64();
+    println!(
+        "{:<24} {:<8} {:>7} {:>12} {:>12} {:>10} {:>10} {:>7} {:>9} {:>8}",
+        "backend",
+        "writers",
+        "count",
+        "appends/s",
+        "fsyncs/s",
+        "p50",
+        "p99",
+        "x raw",
+        "x written",
+        "x plain"
+    );
+    let plain: Vec<f64> = runs[0]
+        .iter_mut()
+        .map(|r| median_by(r, |r| r.rate).rate)
+        .collect();
+    for (c, (name, _)) in configs.iter().enumerate() {
+        for (k, &(kind, writers)) in kinds.iter().enumerate() {
+            let m = median_by(&mut runs[c][k], |r| r.rate);
             println!(
-                "{name:<24} {kind:<8} {writers:>7} {rate:>12.0} {:>12.0} {:>10.1?} {:>10.1?} {:>9.1}",
-                batches as f64 / took.as_secs_f64(),
-                percentile(&lat, 0.5),
-                percentile(&lat, 0.99),
-                rate / raw_rate,
+                "{name:<24} {kind:<8} {writers:>7} {:>12.0} {:>12.0} {:>10.1?} {:>10.1?} {:>7.1} {:>9.1} {:>8.2}",
+                m.rate,
+                m.fsyncs,
+                m.p50,
+                m.p99,
+                m.rate / raw_rate,
+                m.rate / raw_written_rate,
+                m.rate / plain[k],
             );
         }
     }

@@ -34,13 +34,24 @@ enum Damage {
 struct Input {
     /// (data length, records in this batch, hard state after it)
     batches: Vec<(u16, u8, bool)>,
+    /// Queue every append before waiting for any, on io_uring with two
+    /// writes in flight where the kernel allows it: batches are then
+    /// pipelined behind one another.
+    pipelined: bool,
     damage: Vec<Damage>,
 }
 
-fn opts(repair: bool) -> Options {
+fn opts(repair: bool, pipelined: bool) -> Options {
     Options {
         segment_size: 16 * 1024,
-        backend: Backend::Plain,
+        backend: if pipelined {
+            Backend::Auto
+        } else {
+            Backend::Plain
+        },
+        uring_in_flight: 2,
+        max_batch_bytes: 4096,
+        zero_ahead: false,
         direct_io: false,
         repair,
         ..Options::default()
@@ -72,7 +83,8 @@ fuzz_target!(|input: Input| {
     };
     let mut written: Vec<Vec<u8>> = Vec::new();
     {
-        let w = Wal::create(dir.path(), meta, opts(false)).expect("create");
+        let w = Wal::create(dir.path(), meta, opts(false, input.pipelined)).expect("create");
+        let mut pending = Vec::new();
         for (len, n, hs) in &input.batches {
             let mut recs = Vec::new();
             for _ in 0..(*n % 8).max(1) {
@@ -92,7 +104,15 @@ fuzz_target!(|input: Input| {
                     commit: written.len() as u64,
                 });
             }
-            w.append(recs).wait().expect("append");
+            let durable = w.append(recs);
+            if input.pipelined {
+                pending.push(durable);
+            } else {
+                durable.wait().expect("append");
+            }
+        }
+        for durable in pending {
+            durable.wait().expect("append");
         }
         w.close();
     }
@@ -147,14 +167,22 @@ fuzz_target!(|input: Input| {
     for e in std::fs::read_dir(dir.path()).expect("read dir").flatten() {
         let _ = std::fs::copy(e.path(), copy.path().join(e.file_name()));
     }
-    match Wal::open(dir.path(), SnapshotMarker::default(), opts(false)) {
+    match Wal::open(
+        dir.path(),
+        SnapshotMarker::default(),
+        opts(false, input.pipelined),
+    ) {
         Ok((w, rec)) => {
             check_prefix(&rec.entries, &written);
             w.close();
         }
         Err(e) => assert!(!e.to_string().is_empty()),
     }
-    match Wal::open(copy.path(), SnapshotMarker::default(), opts(true)) {
+    match Wal::open(
+        copy.path(),
+        SnapshotMarker::default(),
+        opts(true, input.pipelined),
+    ) {
         Ok((w, rec)) => {
             check_prefix(&rec.entries, &written);
             w.close();

@@ -32,6 +32,7 @@ pub struct DumpArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum RecordType {
     Chain,
+    Pipelined,
     Metadata,
     Entry,
     Hardstate,
@@ -41,6 +42,7 @@ enum RecordType {
 fn type_of(f: &Frame) -> RecordType {
     match f {
         Frame::Chain(_) => RecordType::Chain,
+        Frame::Pipelined(_) => RecordType::Pipelined,
         Frame::Record(Record::Metadata { .. }) => RecordType::Metadata,
         Frame::Record(Record::Entry { .. }) => RecordType::Entry,
         Frame::Record(Record::HardState { .. }) => RecordType::Hardstate,
@@ -155,6 +157,14 @@ fn describe(f: &Frame) -> (Option<u64>, Option<u64>, String) {
             format!(
                 "segment {} follows rolling checksum {:08x}",
                 c.seq, c.prev_rolling
+            ),
+        ),
+        Frame::Pipelined(p) => (
+            None,
+            None,
+            format!(
+                "written while the batch at @{}..@{} was in flight",
+                p.prev_start, p.prev_end
             ),
         ),
         Frame::Record(Record::Metadata {

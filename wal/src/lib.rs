@@ -13,12 +13,15 @@
 //!   checksummed with a per-segment seed; each segment starts with a chain
 //!   record carrying the rolling checksum of everything before it, so a
 //!   segment cannot be dropped, swapped or reordered unnoticed.
-//! - **Only a torn tail is cut silently.** A damaged record followed by
-//!   intact records of a *later* write batch is corruption, reported with
-//!   its segment and offset (or cut by an explicit repair); a damaged record
-//!   with nothing of a later batch after it is the last batch cut short by
-//!   a crash, and is cut off (and zeroed) so appending continues after the
-//!   last good record.
+//! - **Only a torn tail is cut silently.** At most two write batches are
+//!   in flight (the second only with io_uring, *pipelined* behind the
+//!   first), and everything before the older one is durable. Damage that
+//!   only those batches can explain is a crash: it is cut off (and zeroed)
+//!   so appending continues after the last good record. Damage followed by
+//!   intact records written after it was durable is corruption, reported
+//!   with its segment and offset (or cut by an explicit repair).
+//! - **Answers come in log order.** A batch is answered only after every
+//!   batch before it, whatever order the disk finishes them in.
 //! - The crate knows nothing of raft: entries are opaque bytes with an index
 //!   and a term; the raft glue lives in the server.
 //!
@@ -42,7 +45,7 @@ use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
 pub use error::{Error, Result};
-pub use record::{Chain, Frame, Record, MAX_PAYLOAD};
+pub use record::{Chain, Frame, Pipelined, Record, MAX_PAYLOAD};
 pub use recover::{Recovered, Repair};
 pub use segment::{segment_file_name, SegmentEnd};
 
@@ -63,8 +66,22 @@ pub struct Options {
     pub repair: bool,
     /// io_uring where the kernel allows it (the default), or forced.
     pub backend: Backend,
-    /// How the io_uring backend makes a batch durable.
+    /// How the io_uring backend makes a batch durable. Default: one write
+    /// flagged `RWF_DSYNC` (BENCHMARKS.md compares the modes).
     pub uring_mode: UringMode,
+    /// Writes the io_uring backend keeps in flight at once in the modes
+    /// that can overlap them (`DsyncWrite`, `LinkedFsync`): 1, or 2 to
+    /// write appends that wait while a write is in flight at once, as a
+    /// pipelined batch (`FORMAT.md`). Default 1: on the 2-core machine
+    /// measured, two in flight won with 16 async appenders and lost with
+    /// 256 threads (BENCHMARKS.md).
+    pub uring_in_flight: usize,
+    /// With direct I/O, write zeros over the next MiB of a segment before
+    /// appends reach it, so appends overwrite written blocks and their
+    /// fdatasync is a disk cache flush rather than a journal commit of a
+    /// block allocation (one commit per MiB instead of one per batch).
+    /// Default true.
+    pub zero_ahead: bool,
     /// Write segments with O_DIRECT in whole 4 KiB blocks where the
     /// filesystem allows it (faster to make durable on the disks measured;
     /// see BENCHMARKS.md). Default true.
@@ -79,7 +96,19 @@ impl Default for Options {
             repair: false,
             backend: Backend::Auto,
             uring_mode: UringMode::DsyncWrite,
+            uring_in_flight: 1,
+            zero_ahead: true,
             direct_io: true,
+        }
+    }
+}
+
+impl Options {
+    pub(crate) fn writer_config(&self) -> backend::WriterConfig {
+        backend::WriterConfig {
+            direct: self.direct_io,
+            in_flight: self.uring_in_flight,
+            zero_ahead: self.zero_ahead,
         }
     }
 }
@@ -202,12 +231,12 @@ impl Wal {
         };
         rolling = roll(
             rolling,
-            encode_frame(FrameRef::Chain(chain), seed, 0, 0, &mut buf),
+            encode_frame(FrameRef::Chain(chain), seed, 0, 0, 0, &mut buf),
         );
         let at = buf.len() as u64;
         rolling = roll(
             rolling,
-            encode_frame(FrameRef::Record(&meta_record), seed, 0, at, &mut buf),
+            encode_frame(FrameRef::Record(&meta_record), seed, 0, at, 0, &mut buf),
         );
         // The first frames are written here with a plain write: an io_uring
         // ring belongs to the writer thread that will use it.
@@ -219,8 +248,9 @@ impl Wal {
         }
         std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, "rename segment", e))?;
         sync_dir(&dir)?;
-        let seg_writer = backend::open_writer(file, backend, buf.len() as u64, opts.direct_io)
-            .map_err(|e| Error::io(&path, "io_uring setup", e))?;
+        let seg_writer =
+            backend::open_writer(file, backend, buf.len() as u64, opts.writer_config())
+                .map_err(|e| Error::io(&path, "io_uring setup", e))?;
         let writer = LogWriter {
             dir: dir.clone(),
             opts,
@@ -232,6 +262,8 @@ impl Wal {
                     path: path.clone(),
                 },
                 writer: seg_writer,
+                before_batch: buf.len() as u64,
+                batch_start: 0,
                 offset: buf.len() as u64,
             },
             segments: vec![segment::SegmentName {
@@ -246,7 +278,7 @@ impl Wal {
             prepared: None,
             counters: Default::default(),
         };
-        Ok(Wal::start(dir, writer))
+        Wal::start(dir, writer)
     }
 
     /// Opens the log in `dir`, recovering from `snapshot`: validates every
@@ -260,7 +292,7 @@ impl Wal {
         let dir = dir.as_ref().to_path_buf();
         let backend = resolve_backend(&opts, &dir)?;
         let (recovered, resume) = recover::recover(&dir, snapshot, &opts)?;
-        let direct_io = opts.direct_io;
+        let config = opts.writer_config();
         let last = resume.segments[resume.segments.len() - 1].clone();
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -273,8 +305,10 @@ impl Wal {
             backend,
             segment: OpenSegment {
                 name: last,
-                writer: backend::open_writer(file, backend, resume.offset, direct_io)
+                writer: backend::open_writer(file, backend, resume.offset, config)
                     .map_err(|e| Error::io(&dir, "io_uring setup", e))?,
+                before_batch: resume.offset,
+                batch_start: 0,
                 offset: resume.offset,
             },
             segments: resume.segments,
@@ -285,10 +319,10 @@ impl Wal {
             prepared: None,
             counters: Default::default(),
         };
-        Ok((Wal::start(dir, writer), recovered))
+        Ok((Wal::start(dir, writer)?, recovered))
     }
 
-    fn start(dir: PathBuf, mut writer: LogWriter) -> Wal {
+    fn start(dir: PathBuf, mut writer: LogWriter) -> Result<Wal> {
         let backend = writer.backend;
         let counters = writer.counters.clone();
         writer.prepare_next();
@@ -297,13 +331,13 @@ impl Wal {
             .name("wal-writer".into())
             .spawn(move || writer.run(rx))
             .ok();
-        Wal {
+        Ok(Wal {
             dir,
             backend,
             counters,
             tx: Mutex::new(Some(tx)),
             thread,
-        }
+        })
     }
 
     pub fn dir(&self) -> &Path {

@@ -16,6 +16,11 @@ pub const TYPE_METADATA: u8 = 2;
 pub const TYPE_ENTRY: u8 = 3;
 pub const TYPE_HARD_STATE: u8 = 4;
 pub const TYPE_SNAPSHOT: u8 = 5;
+pub const TYPE_PIPELINED: u8 = 6;
+
+/// Header flag (byte 5): this frame's write batch was submitted while the
+/// batch before it was still in flight.
+pub const FLAG_PIPELINED: u8 = 1;
 
 /// A log record as the caller sees it. The crate knows the meaning of
 /// indexes and terms only as far as recovery needs them (a later entry at
@@ -50,17 +55,45 @@ pub struct Chain {
     pub prev_rolling: u32,
 }
 
+/// The first frame of a write batch submitted while the batch before it
+/// was still in flight: that batch's bounds in the segment, and where the
+/// data known durable then ended (the end of the batch before that one).
+/// A pipelined batch starts at the first 4 KiB boundary at or after
+/// `prev_end` (so the two writes share no block); recovery crosses the
+/// zeros between them only to a frame naming exactly where the intact data
+/// ended, so a lost batch can never be skipped over, and damage before
+/// `durable_end` is corruption, never a torn tail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pipelined {
+    pub prev_start: u64,
+    pub prev_end: u64,
+    pub durable_end: u64,
+}
+
 /// Any frame found in a segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     Chain(Chain),
+    Pipelined(Pipelined),
     Record(Record),
+}
+
+impl Frame {
+    /// The same frame, borrowed for encoding.
+    pub fn as_ref(&self) -> FrameRef<'_> {
+        match self {
+            Frame::Chain(c) => FrameRef::Chain(*c),
+            Frame::Pipelined(p) => FrameRef::Pipelined(*p),
+            Frame::Record(r) => FrameRef::Record(r),
+        }
+    }
 }
 
 /// A frame to encode, borrowing its record.
 #[derive(Debug, Clone, Copy)]
 pub enum FrameRef<'a> {
     Chain(Chain),
+    Pipelined(Pipelined),
     Record(&'a Record),
 }
 
@@ -68,6 +101,7 @@ impl FrameRef<'_> {
     pub fn type_code(&self) -> u8 {
         match self {
             FrameRef::Chain(_) => TYPE_CHAIN,
+            FrameRef::Pipelined(_) => TYPE_PIPELINED,
             FrameRef::Record(Record::Metadata { .. }) => TYPE_METADATA,
             FrameRef::Record(Record::Entry { .. }) => TYPE_ENTRY,
             FrameRef::Record(Record::HardState { .. }) => TYPE_HARD_STATE,
@@ -86,6 +120,7 @@ impl FrameRef<'_> {
                 u64s(out, &[c.seq]);
                 out.extend_from_slice(&c.prev_rolling.to_le_bytes());
             }
+            FrameRef::Pipelined(p) => u64s(out, &[p.prev_start, p.prev_end, p.durable_end]),
             FrameRef::Record(Record::Metadata {
                 member_id,
                 cluster_id,
@@ -132,6 +167,14 @@ impl Frame {
                 Frame::Chain(Chain {
                     seq: u64_at(0)?,
                     prev_rolling: u32::from_le_bytes([p[8], p[9], p[10], p[11]]),
+                })
+            }
+            TYPE_PIPELINED => {
+                exact(24)?;
+                Frame::Pipelined(Pipelined {
+                    prev_start: u64_at(0)?,
+                    prev_end: u64_at(1)?,
+                    durable_end: u64_at(2)?,
                 })
             }
             TYPE_METADATA => {
@@ -186,13 +229,15 @@ fn frame_crc(seed: u32, header: &[u8], payload: &[u8]) -> u32 {
 }
 
 /// Appends one framed record to `out`. `batch_start` is the offset in the
-/// segment where this record's write batch begins and `at` the record's own
-/// offset. Returns the record's checksum.
+/// segment where this record's write batch begins, `at` the record's own
+/// offset, and `flags` the header flags ([`FLAG_PIPELINED`]). Returns the
+/// record's checksum.
 pub fn encode_frame(
     frame: FrameRef<'_>,
     seed: u32,
     batch_start: u64,
     at: u64,
+    flags: u8,
     out: &mut Vec<u8>,
 ) -> u32 {
     let start = out.len();
@@ -202,6 +247,7 @@ pub fn encode_frame(
     let back = (at - batch_start) as u32;
     out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
     out[start + 4] = frame.type_code();
+    out[start + 5] = flags;
     out[start + 8..start + 12].copy_from_slice(&back.to_le_bytes());
     let crc = {
         let (head, payload) = out[start..].split_at(HEADER_SIZE);
@@ -230,13 +276,14 @@ pub fn payload_len(r: &Record) -> usize {
 /// What sits at an offset of a segment.
 #[derive(Debug)]
 pub enum Decoded {
-    /// An intact frame: the frame, its checksum, its framed length and how
-    /// far back its batch began.
+    /// An intact frame: the frame, its checksum, its framed length, how
+    /// far back its batch began, and its header flags.
     Frame {
         frame: Frame,
         crc: u32,
         len: usize,
         batch_back: u32,
+        flags: u8,
     },
     /// A zero header: the end of written data.
     End,
@@ -259,7 +306,11 @@ pub fn decode_at(buf: &[u8], at: usize, seed: u32) -> Decoded {
     let kind = head[4];
     let batch_back = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
     let stored = u32::from_le_bytes([head[12], head[13], head[14], head[15]]);
-    if head[5] != 0 || head[6] != 0 || head[7] != 0 || !(TYPE_CHAIN..=TYPE_SNAPSHOT).contains(&kind)
+    let flags = head[5];
+    if flags & !FLAG_PIPELINED != 0
+        || head[6] != 0
+        || head[7] != 0
+        || !(TYPE_CHAIN..=TYPE_PIPELINED).contains(&kind)
     {
         return Decoded::Bad(format!("invalid header (type {kind})"));
     }
@@ -283,6 +334,7 @@ pub fn decode_at(buf: &[u8], at: usize, seed: u32) -> Decoded {
             crc: stored,
             len: framed_len(len),
             batch_back,
+            flags,
         },
         Err(e) => Decoded::Bad(e),
     }
@@ -318,16 +370,17 @@ mod tests {
                 term: 2,
                 conf_state: vec![1, 2, 3],
             }),
+            Frame::Pipelined(Pipelined {
+                prev_start: 8,
+                prev_end: 4000,
+                durable_end: 8,
+            }),
         ];
         let seed = segment_seed(3);
         let mut buf = Vec::new();
         for f in &frames {
             let at = buf.len() as u64;
-            let r = match f {
-                Frame::Chain(c) => FrameRef::Chain(*c),
-                Frame::Record(r) => FrameRef::Record(r),
-            };
-            encode_frame(r, seed, 0, at, &mut buf);
+            encode_frame(f.as_ref(), seed, 0, at, 0, &mut buf);
             assert_eq!(buf.len() % ALIGN, 0);
         }
         let mut at = 0;

@@ -1,13 +1,21 @@
-//! The writer thread: group commit, segment roll-over, release.
+//! The writer thread: group commit, pipelining, segment roll-over, release.
 //!
 //! Every append reaches this thread through one channel. The thread takes
 //! the first waiting append, then every other one already queued (up to
 //! the batch byte bound), writes them with one write call and makes them
-//! durable with one fdatasync, and only then answers each of them. While
-//! that fdatasync runs, new appends queue up and form the next batch, so
-//! the number of fsyncs per second stays flat as writers are added while
-//! appends per second grow.
+//! durable with one fdatasync (or one `RWF_DSYNC` write), and only then
+//! answers each of them. While that write runs, new appends queue up and
+//! form the next batch, so the number of fsyncs per second stays flat as
+//! writers are added while appends per second grow.
+//!
+//! A backend that keeps two writes in flight (io_uring in `DsyncWrite` or
+//! `LinkedFsync` mode with `uring_in_flight: 2`) writes the appends waiting once a batch is
+//! submitted at once, without waiting for that write to finish. That
+//! second batch is *pipelined*: it starts at the next 4 KiB boundary with a
+//! frame naming the batch before it (`FORMAT.md`). Batches are answered in
+//! the order they were written, never the order the disk finished them.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -16,13 +24,17 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
-use crate::backend::{open_writer, Resolved, SegmentWriter};
+use crate::backend::{open_writer, IoBuf, Resolved, SegmentWriter, BLOCK};
 use crate::error::{Error, Result};
 use crate::record::{
-    encode_frame, framed_len, payload_len, roll, segment_seed, Chain, Frame, FrameRef, Record,
+    encode_frame, framed_len, payload_len, roll, segment_seed, Chain, Frame, FrameRef, Pipelined,
+    Record, FLAG_PIPELINED,
 };
 use crate::segment::{create_preallocated, segment_file_name, sync_dir, SegmentName};
 use crate::Options;
+
+/// Answers for the appends of one batch.
+type Dones = Vec<oneshot::Sender<Result<()>>>;
 
 pub(crate) enum Command {
     Append {
@@ -39,7 +51,14 @@ pub(crate) enum Command {
 pub(crate) struct OpenSegment {
     pub name: SegmentName,
     pub writer: Box<dyn SegmentWriter>,
-    /// Where the next batch goes.
+    /// Where the batch before the last one ended: with at most two writes
+    /// in flight, everything before it is durable once a third is
+    /// submitted.
+    pub before_batch: u64,
+    /// Where the last batch written began (0 before any).
+    pub batch_start: u64,
+    /// Where the last batch written ended: the next one goes here (or, if
+    /// pipelined, at the next block boundary).
     pub offset: u64,
 }
 
@@ -60,6 +79,43 @@ pub(crate) struct LogWriter {
     pub counters: Arc<Counters>,
 }
 
+/// The serving loop's bookkeeping.
+struct Serving {
+    notify: Option<std::sync::mpsc::Sender<Dones>>,
+    /// Why the log stopped, once a write or fdatasync failed.
+    failed: Option<String>,
+    /// Answers of the batches in flight, oldest first.
+    in_flight: VecDeque<Dones>,
+}
+
+impl Serving {
+    /// Answers a durable batch (through the notifier thread if it runs).
+    fn deliver(&mut self, mut dones: Dones) {
+        if let Some(n) = self.notify.as_ref() {
+            match n.send(dones) {
+                Ok(()) => return,
+                Err(unsent) => {
+                    self.notify = None;
+                    dones = unsent.0;
+                }
+            }
+        }
+        for done in dones {
+            let _ = done.send(Ok(()));
+        }
+    }
+
+    /// Fails a batch with `e` and stops the log.
+    fn fail(&mut self, dones: Dones, e: Error) {
+        let why = self.failed.get_or_insert_with(|| e.to_string()).clone();
+        let mut first = Some(e);
+        for done in dones {
+            let err = first.take().unwrap_or_else(|| Error::Stopped(why.clone()));
+            let _ = done.send(Err(err));
+        }
+    }
+}
+
 /// What the writer has done since the log was opened.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -74,8 +130,7 @@ impl LogWriter {
         // Waking hundreds of waiting appenders takes longer than a fast
         // fdatasync, so a second thread delivers the answers while this
         // one goes on to write the next batch.
-        let (notify, notifications) =
-            std::sync::mpsc::channel::<Vec<oneshot::Sender<Result<()>>>>();
+        let (notify, notifications) = std::sync::mpsc::channel::<Dones>();
         let notifier = std::thread::Builder::new()
             .name("wal-notify".into())
             .spawn(move || {
@@ -85,32 +140,62 @@ impl LogWriter {
                     }
                 }
             });
-        let mut notify = Some(notify);
-        self.serve(rx, &mut notify);
-        drop(notify);
+        let mut state = Serving {
+            notify: Some(notify),
+            failed: None,
+            in_flight: VecDeque::new(),
+        };
+        self.serve(&rx, &mut state);
+        // Answer whatever is still in flight before the answers' thread
+        // goes away.
+        while !state.in_flight.is_empty() {
+            self.finish_oldest(&mut state);
+        }
+        drop(state);
         if let Ok(handle) = notifier {
+            let _ = handle.join();
+        }
+        // No thread of this log outlives it: the next segment's
+        // preparation finishes (its file is removed as a leftover on the
+        // next open).
+        if let Some(handle) = self.prepared.take() {
             let _ = handle.join();
         }
     }
 
-    fn serve(
-        &mut self,
-        rx: Receiver<Command>,
-        notify: &mut Option<std::sync::mpsc::Sender<Vec<oneshot::Sender<Result<()>>>>>,
-    ) {
+    fn serve(&mut self, rx: &Receiver<Command>, state: &mut Serving) {
         let mut carry: Option<Command> = None;
-        let mut failed: Option<String> = None;
         loop {
-            let first = match carry.take() {
-                Some(c) => c,
-                None => match rx.recv() {
+            let next = if let Some(c) = carry.take() {
+                c
+            } else if state.in_flight.is_empty() {
+                match rx.recv() {
                     Ok(c) => c,
                     Err(_) => return,
-                },
+                }
+            } else if state.in_flight.len() < self.segment.writer.depth() && state.failed.is_none()
+            {
+                // Room for another write: appends already waiting go out
+                // at once, pipelined behind the write in flight.
+                match rx.try_recv() {
+                    Ok(c) => c,
+                    // Nothing waiting: the oldest write's answers come
+                    // first.
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => {
+                        self.finish_oldest(state);
+                        continue;
+                    }
+                }
+            } else {
+                self.finish_oldest(state);
+                continue;
             };
-            let (records, done) = match first {
+            let (records, done) = match next {
                 Command::Release { index, done } => {
-                    let r = match &failed {
+                    while !state.in_flight.is_empty() {
+                        self.finish_oldest(state);
+                    }
+                    let r = match &state.failed {
                         Some(why) => Err(Error::Stopped(why.clone())),
                         None => self.release(index),
                     };
@@ -120,7 +205,8 @@ impl LogWriter {
                 Command::Append { records, done } => (records, done),
             };
             let mut bytes: usize = records.iter().map(|r| framed_len(payload_len(r))).sum();
-            let mut batch = vec![(records, done)];
+            let mut batch = vec![records];
+            let mut dones = vec![done];
             while bytes < self.opts.max_batch_bytes {
                 match rx.try_recv() {
                     Ok(Command::Append { records, done }) => {
@@ -128,7 +214,8 @@ impl LogWriter {
                             .iter()
                             .map(|r| framed_len(payload_len(r)))
                             .sum::<usize>();
-                        batch.push((records, done));
+                        batch.push(records);
+                        dones.push(done);
                     }
                     Ok(other) => {
                         carry = Some(other);
@@ -137,49 +224,75 @@ impl LogWriter {
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
-            let result = match &failed {
+            // A batch that starts a new segment waits for every write in
+            // flight: writes never overlap across segments.
+            if self.must_roll(bytes, !state.in_flight.is_empty()) {
+                while !state.in_flight.is_empty() {
+                    self.finish_oldest(state);
+                }
+            }
+            let result = match &state.failed {
                 Some(why) => Err(Error::Stopped(why.clone())),
-                None => self.write_batch(batch.iter().flat_map(|(r, _)| r.iter()), bytes),
+                None => {
+                    self.submit_batch(batch.iter().flatten(), bytes, !state.in_flight.is_empty())
+                }
             };
             match result {
-                Ok(()) => {
-                    let mut dones: Vec<_> = batch.into_iter().map(|(_, done)| done).collect();
-                    if let Some(n) = notify.as_ref() {
-                        match n.send(dones) {
-                            Ok(()) => dones = Vec::new(),
-                            Err(unsent) => {
-                                *notify = None;
-                                dones = unsent.0;
-                            }
-                        }
-                    }
-                    // Without a notifier thread, answer here.
-                    for done in dones {
-                        let _ = done.send(Ok(()));
-                    }
-                }
-                Err(e) => {
-                    // After a failed write or fdatasync nothing later can be
-                    // trusted to be durable: refuse everything from now on.
-                    let why = failed.get_or_insert_with(|| e.to_string()).clone();
-                    let mut first = Some(e);
-                    for (_, done) in batch {
-                        let err = first.take().unwrap_or_else(|| Error::Stopped(why.clone()));
-                        let _ = done.send(Err(err));
-                    }
-                }
+                Ok(()) => state.in_flight.push_back(dones),
+                Err(e) => state.fail(dones, e),
             }
         }
     }
 
-    fn write_batch<'a>(
+    /// Waits for the oldest write in flight and answers its appends.
+    fn finish_oldest(&mut self, state: &mut Serving) {
+        let Some(dones) = state.in_flight.pop_front() else {
+            return;
+        };
+        let result = self.segment.writer.wait_oldest();
+        match (result, &state.failed) {
+            (Ok(()), None) => state.deliver(dones),
+            // After a failed write or fdatasync nothing later can be
+            // trusted to be durable: refuse everything from now on.
+            (Err(e), None) => {
+                let path = &self.segment.name.path;
+                state.fail(dones, Error::io(path, "write and fdatasync", e));
+            }
+            (_, Some(why)) => {
+                let why = why.clone();
+                state.fail(dones, Error::Stopped(why));
+            }
+        }
+    }
+
+    /// Whether a batch of `bytes` does not fit the rest of the open
+    /// segment (a segment holding only its first frames takes any batch).
+    fn must_roll(&self, bytes: usize, pipelined: bool) -> bool {
+        let header_only = self.segment.offset <= self.header_len();
+        let start = if pipelined {
+            self.segment.offset.next_multiple_of(BLOCK as u64) + framed_len(24) as u64
+        } else {
+            self.segment.offset
+        };
+        start + bytes as u64 > self.opts.segment_size && !header_only
+    }
+
+    /// Encodes `records` as one batch and submits its write. `pipelined`:
+    /// another write is in flight, so this batch starts on the next block
+    /// boundary behind a frame naming the batch before it.
+    fn submit_batch<'a>(
         &mut self,
         records: impl Iterator<Item = &'a Record> + Clone,
         bytes: usize,
+        pipelined: bool,
     ) -> Result<()> {
         let mut head = Vec::new();
-        let header_only = self.segment.offset <= self.header_len();
-        if self.segment.offset + bytes as u64 > self.opts.segment_size && !header_only {
+        if self.must_roll(bytes, pipelined) {
+            if self.segment.writer.in_flight() > 0 {
+                return Err(Error::Stopped(
+                    "internal error: segment roll with writes in flight".into(),
+                ));
+            }
             let first_index = records
                 .clone()
                 .find_map(|r| match r {
@@ -188,34 +301,51 @@ impl LogWriter {
                 })
                 .unwrap_or(self.last_index + 1);
             head = self.roll(first_index)?;
+        } else if pipelined {
+            head.push(Frame::Pipelined(Pipelined {
+                prev_start: self.segment.batch_start,
+                prev_end: self.segment.offset,
+                durable_end: self.segment.before_batch,
+            }));
         }
+        let pipelined = pipelined && self.segment.offset > 0;
+        let (batch_start, flags) = if pipelined {
+            (
+                self.segment.offset.next_multiple_of(BLOCK as u64),
+                FLAG_PIPELINED,
+            )
+        } else {
+            (self.segment.offset, 0)
+        };
         let seed = segment_seed(self.segment.name.seq);
-        let batch_start = self.segment.offset;
         let mut buf = Vec::with_capacity(bytes + 128);
         let mut rolling = self.rolling;
-        let head_frames = head.iter().map(|c| match c {
-            Frame::Chain(chain) => FrameRef::Chain(*chain),
-            Frame::Record(r) => FrameRef::Record(r),
-        });
-        let frames: Vec<FrameRef<'_>> = head_frames
-            .chain(records.map(|r: &Record| FrameRef::Record(r)))
-            .collect();
-        let count = frames.len() as u64;
+        let count = records.clone().count() as u64;
+        let frames = head
+            .iter()
+            .map(Frame::as_ref)
+            .chain(records.map(|r: &Record| FrameRef::Record(r)));
         for f in frames {
             let at = batch_start + buf.len() as u64;
-            rolling = roll(rolling, encode_frame(f, seed, batch_start, at, &mut buf));
+            rolling = roll(
+                rolling,
+                encode_frame(f, seed, batch_start, at, flags, &mut buf),
+            );
             match f {
                 FrameRef::Record(Record::Entry { index, .. }) => self.last_index = *index,
                 FrameRef::Record(r @ Record::HardState { .. }) => self.hard_state = Some(r.clone()),
                 _ => {}
             }
         }
+        let len = buf.len() as u64;
         let path = &self.segment.name.path;
         self.segment
             .writer
-            .write_durable(&buf, batch_start)
-            .map_err(|e| Error::io(path, "write and fdatasync", e))?;
-        self.segment.offset += buf.len() as u64;
+            .submit(IoBuf::unaligned(buf), batch_start)
+            .map_err(|e| Error::io(path, "write", e))?;
+        self.segment.before_batch = self.segment.offset;
+        self.segment.batch_start = batch_start;
+        self.segment.offset = batch_start + len;
         self.rolling = rolling;
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         self.counters.records.fetch_add(count, Ordering::Relaxed);
@@ -269,8 +399,10 @@ impl LogWriter {
         self.segments.push(name.clone());
         self.segment = OpenSegment {
             name,
-            writer: open_writer(file, self.backend, 0, self.opts.direct_io)
+            writer: open_writer(file, self.backend, 0, self.opts.writer_config())
                 .map_err(|e| Error::io(&self.dir, "io_uring setup", e))?,
+            before_batch: 0,
+            batch_start: 0,
             offset: 0,
         };
         self.prepare_next();

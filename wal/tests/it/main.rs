@@ -11,7 +11,9 @@ use wal::{Metadata, Options, Record, SnapshotMarker, Wal};
 
 /// Options for every test log: the backend comes from `WAL_TEST_BACKEND`
 /// (`plain`, `io_uring`, or unset for the default probe), so the whole
-/// suite runs once per backend (scripts/test.sh does both).
+/// suite runs once per backend (scripts/test.sh does both). On io_uring
+/// the suite uses the mode that keeps two writes in flight, whose
+/// pipelined batches recovery has the most to check on.
 pub fn opts() -> Options {
     let backend = match std::env::var("WAL_TEST_BACKEND").as_deref() {
         Ok("plain") => wal::Backend::Plain,
@@ -20,6 +22,8 @@ pub fn opts() -> Options {
     };
     Options {
         backend,
+        uring_mode: wal::UringMode::DsyncWrite,
+        uring_in_flight: 2,
         ..Options::default()
     }
 }

@@ -154,3 +154,63 @@ fn a_torn_batch_with_intact_records_after_the_tear_is_still_a_torn_tail() {
     assert_eq!(indexes(&rec), vec![1, 2, 3]);
     assert_eq!(rec.torn_tail.map(|t| t.1), Some(off));
 }
+
+#[test]
+fn a_write_lost_under_a_pipelined_one_is_a_torn_tail() {
+    // Appends queued faster than the disk takes them, in small batches:
+    // where the backend keeps two writes in flight, most batches are
+    // pipelined behind the one before.
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        max_batch_bytes: 600,
+        ..crate::opts()
+    };
+    let w = Wal::create(dir.path(), crate::META, opts.clone()).unwrap();
+    let pending: Vec<_> = (1..=40).map(|i| w.append(vec![entry(i, 1)])).collect();
+    for p in pending {
+        p.wait().unwrap();
+    }
+    let backend = w.backend();
+    w.close();
+    let seg = wal::dump(dir.path()).unwrap().remove(0);
+    let Some((at, last)) = seg.frames.iter().rev().find_map(|f| match f.frame {
+        wal::Frame::Pipelined(p) => Some((f.offset, p)),
+        _ => None,
+    }) else {
+        eprintln!("{backend} pipelines no batch; nothing to test");
+        assert_eq!(backend, wal::Resolved::Plain);
+        return;
+    };
+    assert!(at > last.prev_end && at % 4096 == 0);
+    assert!(last.durable_end <= last.prev_start);
+    // A crash with both writes in flight: the later one reached the disk,
+    // the one under it did not. Recovery must cut both, not skip the hole.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg.path)
+        .unwrap();
+    let hole = (last.prev_end - last.prev_start) as usize;
+    f.write_all_at(&vec![0u8; hole], last.prev_start).unwrap();
+    let expected: Vec<u64> = seg
+        .frames
+        .iter()
+        .filter(|f| f.offset < last.prev_start)
+        .filter_map(|f| match f.frame {
+            wal::Frame::Record(wal::Record::Entry { index, .. }) => Some(index),
+            _ => None,
+        })
+        .collect();
+    assert!(expected.len() < 40);
+    let (w, rec) = Wal::open(dir.path(), SnapshotMarker::default(), opts).unwrap();
+    assert_eq!(indexes(&rec), expected);
+    // Cut where the data durable before both writes ends.
+    assert_eq!(rec.torn_tail, Some((seg.path.clone(), last.durable_end)));
+    // Appending goes on from the cut, and what it wrote is kept.
+    let next = expected.last().map_or(1, |i| i + 1);
+    w.append(vec![entry(next, 1)]).wait().unwrap();
+    w.close();
+    let (_, rec) = open(dir.path()).unwrap();
+    assert_eq!(rec.entries.last().map(|e| e.index), Some(next));
+    assert_eq!(rec.entries.len(), expected.len() + 1);
+    assert!(rec.torn_tail.is_none());
+}
