@@ -167,28 +167,16 @@ fuzz_target!(|input: Input| {
     for e in std::fs::read_dir(dir.path()).expect("read dir").flatten() {
         let _ = std::fs::copy(e.path(), copy.path().join(e.file_name()));
     }
-    match Wal::open(
-        dir.path(),
-        SnapshotMarker::default(),
-        opts(false, input.pipelined),
-    ) {
-        Ok((w, rec)) => {
-            check_prefix(&rec.entries, &written);
-            w.close();
+    // Without repair, then with it on the copy. A missing or swapped
+    // segment, or a metadata record that is gone, is not something a
+    // truncation can repair: an error is a fine answer either way.
+    for (at, repair) in [(dir.path(), false), (copy.path(), true)] {
+        match Wal::open(at, SnapshotMarker::default(), opts(repair, input.pipelined)) {
+            Ok((w, rec)) => {
+                check_prefix(&rec.entries, &written);
+                w.close();
+            }
+            Err(e) => assert!(!e.to_string().is_empty()),
         }
-        Err(e) => assert!(!e.to_string().is_empty()),
-    }
-    match Wal::open(
-        copy.path(),
-        SnapshotMarker::default(),
-        opts(true, input.pipelined),
-    ) {
-        Ok((w, rec)) => {
-            check_prefix(&rec.entries, &written);
-            w.close();
-        }
-        // A missing or swapped segment, or a metadata record that is gone,
-        // is not something a truncation can repair.
-        Err(e) => assert!(!e.to_string().is_empty()),
     }
 });

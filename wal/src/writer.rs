@@ -286,8 +286,8 @@ impl LogWriter {
         bytes: usize,
         pipelined: bool,
     ) -> Result<()> {
-        let mut head = Vec::new();
-        if self.must_roll(bytes, pipelined) {
+        let (head, batch_start, flags) = if self.must_roll(bytes, pipelined) {
+            // The caller waited for every write in flight before a roll.
             if self.segment.writer.in_flight() > 0 {
                 return Err(Error::Stopped(
                     "internal error: segment roll with writes in flight".into(),
@@ -300,22 +300,17 @@ impl LogWriter {
                     _ => None,
                 })
                 .unwrap_or(self.last_index + 1);
-            head = self.roll(first_index)?;
+            (self.roll(first_index)?, 0, 0)
         } else if pipelined {
-            head.push(Frame::Pipelined(Pipelined {
+            let head = vec![Frame::Pipelined(Pipelined {
                 prev_start: self.segment.batch_start,
                 prev_end: self.segment.offset,
                 durable_end: self.segment.before_batch,
-            }));
-        }
-        let pipelined = pipelined && self.segment.offset > 0;
-        let (batch_start, flags) = if pipelined {
-            (
-                self.segment.offset.next_multiple_of(BLOCK as u64),
-                FLAG_PIPELINED,
-            )
+            })];
+            let start = self.segment.offset.next_multiple_of(BLOCK as u64);
+            (head, start, FLAG_PIPELINED)
         } else {
-            (self.segment.offset, 0)
+            (Vec::new(), self.segment.offset, 0)
         };
         let seed = segment_seed(self.segment.name.seq);
         let mut buf = Vec::with_capacity(bytes + 128);
