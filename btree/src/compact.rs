@@ -214,19 +214,37 @@ impl Db {
         }
         let mut stats = self.compact_into(&tmp)?;
         stats.source_bytes = w.file_len;
+        self.swap_in(&mut w, &tmp)?;
+        Ok(stats)
+    }
+
+    /// Replaces the database with the (complete, fsynced) database file at
+    /// `src`, which is renamed over this one: the next snapshot and every
+    /// later one read the new contents, writers carry on in the new file,
+    /// and snapshots taken before keep reading the old one. Installing a
+    /// snapshot received from a raft leader is this. `src` must be in the
+    /// same file system and have the same page size.
+    pub fn replace_with(&self, src: impl AsRef<Path>) -> Result<()> {
+        let mut w = self.lock_writer()?;
+        self.swap_in(&mut w, src.as_ref())
+    }
+
+    /// Renames `src` over the file and carries on writing to it.
+    fn swap_in(&self, w: &mut crate::db::Writer, src: &Path) -> Result<()> {
+        let path = self.path().to_path_buf();
         let copy = Db::open_with(
-            &tmp,
+            src,
             Options {
                 page_size: self.page_size(),
                 read_only: false,
                 io: self.shared.io_factory.clone(),
             },
         )?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, "rename", e))?;
+        std::fs::rename(src, &path).map_err(|e| Error::io(&path, "rename", e))?;
         crate::db::sync_parent_dir(&path)?;
         let copy = Arc::try_unwrap(copy.shared).map_err(|_| Error::Corrupt {
             page: 0,
-            reason: "the defragmented copy is still in use".into(),
+            reason: "the replacement file is still in use".into(),
         })?;
         let new_writer = copy.writer.into_inner().unwrap_or_else(|e| e.into_inner());
         let new_snap = copy.current.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -242,7 +260,7 @@ impl Db {
         w.version = version;
         w.durable_version = version;
         self.publish(
-            &mut w,
+            w,
             Arc::new(Snapshot {
                 version,
                 meta: new_snap.meta,
@@ -250,6 +268,6 @@ impl Db {
             }),
         );
         w.history.clear();
-        Ok(stats)
+        Ok(())
     }
 }

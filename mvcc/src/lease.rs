@@ -34,6 +34,10 @@ pub struct Lease {
     /// Seconds granted.
     pub ttl: i64,
     pub expiry: Instant,
+    /// Seconds left at the last checkpoint (0: none since the last
+    /// renewal). A new leader, or a restart, resumes the lease from here
+    /// rather than from its full TTL.
+    pub remaining_ttl: i64,
     pub keys: BTreeSet<Vec<u8>>,
 }
 
@@ -71,15 +75,21 @@ impl Lessor {
         ttl.max(MIN_TTL)
     }
 
-    pub(crate) fn insert(&mut self, id: i64, ttl: i64, now: Instant) {
+    pub(crate) fn insert(&mut self, id: i64, ttl: i64, remaining_ttl: i64, now: Instant) {
         let ttl = Self::effective_ttl(ttl);
         let keys = self.leases.remove(&id).map(|l| l.keys).unwrap_or_default();
+        let left = if remaining_ttl > 0 {
+            remaining_ttl
+        } else {
+            ttl
+        };
         self.leases.insert(
             id,
             Lease {
                 id,
                 ttl,
-                expiry: now + Duration::from_secs(ttl as u64),
+                expiry: now + Duration::from_secs(left as u64),
+                remaining_ttl,
                 keys,
             },
         );
@@ -109,11 +119,23 @@ impl Lessor {
         }
     }
 
-    /// Renews a lease for its full TTL; returns the TTL.
+    /// Renews a lease for its full TTL; returns the TTL. A lease whose
+    /// time is up is not renewed (its revocation is under way): a
+    /// keep-alive must not answer a full TTL for keys about to go.
     pub fn renew(&mut self, id: i64, now: Instant) -> Option<i64> {
         let l = self.leases.get_mut(&id)?;
+        if l.expiry <= now {
+            return None;
+        }
         l.expiry = now + Duration::from_secs(l.ttl as u64);
         Some(l.ttl)
+    }
+
+    /// Records a checkpoint: `remaining` seconds were left (0 clears it).
+    pub(crate) fn checkpoint(&mut self, id: i64, remaining: i64) {
+        if let Some(l) = self.leases.get_mut(&id) {
+            l.remaining_ttl = remaining;
+        }
     }
 
     /// Leases whose time is up: the leader proposes their revocation.
@@ -125,11 +147,25 @@ impl Lessor {
             .collect()
     }
 
-    /// Gives every lease a full TTL from `now` (after a restart or a
-    /// leader change, as etcd does).
-    pub fn refresh_all(&mut self, now: Instant) {
+    /// Gives every lease its checkpointed remaining TTL (or its full TTL)
+    /// plus `extend` from `now`: what a new leader does, so that no lease
+    /// expires because leadership moved (etcd's Promote).
+    pub fn refresh_all(&mut self, now: Instant, extend: Duration) {
         for l in self.leases.values_mut() {
-            l.expiry = now + Duration::from_secs(l.ttl as u64);
+            let left = if l.remaining_ttl > 0 {
+                l.remaining_ttl
+            } else {
+                l.ttl
+            };
+            l.expiry = now + extend + Duration::from_secs(left as u64);
         }
+    }
+
+    /// (id, seconds left) of every lease, for checkpoints.
+    pub fn remaining_all(&self, now: Instant) -> Vec<(i64, i64)> {
+        self.leases
+            .values()
+            .map(|l| (l.id, l.remaining(now)))
+            .collect()
     }
 }

@@ -44,8 +44,8 @@ pub use kv::KeyValue;
 pub use revision::Revision;
 pub use store::{
     spawn_watch_syncer, Apply, DeleteResult, Error, Event, EventKind, Limits, PutRequest,
-    PutResult, RangeRequest, RangeResult, Result, SortOrder, SortTarget, Store, WatchStream,
-    WatchSyncer,
+    PutResult, RangeRequest, RangeResult, Result, SnapshotInfo, SortOrder, SortTarget, Store,
+    WatchStream, WatchSyncer,
 };
 pub use txn::{
     Compare, CompareResult, CompareTarget, RequestOp, ResponseOp, TxnRequest, TxnResult,

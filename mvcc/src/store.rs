@@ -38,6 +38,8 @@ pub const LEASE_BUCKET: &[u8] = b"lease";
 /// Bucket of raised alarms, keyed by member ID (8 bytes big-endian) and
 /// alarm type (4 bytes big-endian).
 pub const ALARM_BUCKET: &[u8] = b"alarm";
+/// The cluster's members (etcd's `members` bucket), by member ID.
+pub const MEMBERS_BUCKET: &[u8] = b"members";
 const CONSISTENT_INDEX: &[u8] = b"consistent_index";
 const TERM: &[u8] = b"term";
 const COMPACTED_REVISION: &[u8] = b"finishedCompactRev";
@@ -301,6 +303,164 @@ fn be_u64(v: Option<&[u8]>) -> u64 {
         .map_or(0, u64::from_be_bytes)
 }
 
+/// What a database copy holds (see [`Store::snapshot_into`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotInfo {
+    pub stats: btree::CompactStats,
+    /// The raft index of the last entry applied in the copy.
+    pub consistent_index: u64,
+    /// That entry's raft term.
+    pub term: u64,
+}
+
+/// The consistent index and term recorded in a database file, read
+/// without rebuilding anything.
+pub fn read_snapshot_info(path: &std::path::Path) -> Result<SnapshotInfo> {
+    let db = Db::open_with(
+        path,
+        btree::Options {
+            read_only: true,
+            ..btree::Options::default()
+        },
+    )?;
+    let rx = db.begin_read();
+    let (consistent_index, term) = match rx.bucket(META_BUCKET)? {
+        Some(meta) => (be_u64(meta.get(CONSISTENT_INDEX)?), be_u64(meta.get(TERM)?)),
+        None => (0, 0),
+    };
+    Ok(SnapshotInfo {
+        stats: btree::CompactStats {
+            source_bytes: 0,
+            dest_bytes: 0,
+            buckets: 0,
+            keys: 0,
+        },
+        consistent_index,
+        term,
+    })
+}
+
+/// Reads a store's state from its database: creates missing buckets,
+/// rebuilds the key index and the leases, and picks up an unfinished
+/// compaction.
+fn load(db: &Db) -> Result<Shared> {
+    {
+        let mut tx = db.begin_write()?;
+        for b in [
+            KEY_BUCKET,
+            META_BUCKET,
+            LEASE_BUCKET,
+            ALARM_BUCKET,
+            MEMBERS_BUCKET,
+        ] {
+            tx.create_bucket_if_missing(b)?;
+        }
+        tx.commit()?;
+    }
+    let mut index = KeyIndex::new();
+    let mut lessor = Lessor::default();
+    // The lease of each live key's latest record.
+    let mut key_leases: std::collections::HashMap<Vec<u8>, i64> = Default::default();
+    let mut current = 0;
+    let (consistent_index, term, finished, scheduled) = {
+        let rx = db.begin_read();
+        let meta = rx.open_bucket(META_BUCKET)?;
+        let consistent_index = be_u64(meta.get(CONSISTENT_INDEX)?);
+        let term = be_u64(meta.get(TERM)?);
+        let finished = be_u64(meta.get(COMPACTED_REVISION)?) as i64;
+        let scheduled = be_u64(meta.get(SCHEDULED_COMPACTION)?) as i64;
+        let keys = rx.open_bucket(KEY_BUCKET)?;
+        for item in keys.range(b"", None) {
+            let (k, v) = item?;
+            let Some((rev, tombstone)) = Revision::from_key(k) else {
+                return Err(Error::Corrupt {
+                    rev: Revision::default(),
+                    reason: format!(
+                        "key bucket holds a key that is not a revision ({} bytes)",
+                        k.len()
+                    ),
+                });
+            };
+            // Only the head: copying every value would double the work.
+            let kv = KeyValueHead::decode(v).map_err(|e| Error::Corrupt {
+                rev,
+                reason: e.to_string(),
+            })?;
+            // Most keys have no lease: the map holds only those that do.
+            if !key_leases.is_empty() {
+                key_leases.remove(&kv.key);
+            }
+            if tombstone {
+                // An unfinished compaction may have removed the puts
+                // before a tombstone it had not reached yet; the index
+                // is compacted past it below anyway.
+                let unfinished = scheduled > finished && rev.main <= scheduled;
+                if index.tombstone(&kv.key, rev).is_err() && !unfinished {
+                    return Err(Error::Corrupt {
+                        rev,
+                        reason: "tombstone of a key that does not exist".into(),
+                    });
+                }
+            } else {
+                if kv.lease != 0 {
+                    key_leases.insert(kv.key.clone(), kv.lease);
+                }
+                index.restore(
+                    kv.key,
+                    Revision::new(kv.create_revision, 0),
+                    rev,
+                    kv.version,
+                );
+            }
+            current = rev.main;
+        }
+        // Leases come back with the time left at their last checkpoint,
+        // or their full TTL, from now.
+        let now = std::time::Instant::now();
+        for item in rx.open_bucket(LEASE_BUCKET)?.range(b"", None) {
+            let (_, v) = item?;
+            let rec = LeaseRecord::decode(v).map_err(|e| Error::Corrupt {
+                rev: Revision::default(),
+                reason: format!("lease record: {e}"),
+            })?;
+            lessor.insert(rec.id, rec.ttl, rec.remaining_ttl, now);
+        }
+        for (k, lease) in &key_leases {
+            lessor.attach(k, *lease);
+        }
+        (consistent_index, term, finished, scheduled)
+    };
+    // A compaction scheduled but not finished before a crash: the index
+    // was rebuilt from every record, so compact it again and let the
+    // physical steps run to the end.
+    let (compacted, pending_compaction) = if scheduled > finished {
+        let kept = index.compact(scheduled);
+        (
+            scheduled,
+            Some(PendingCompaction {
+                rev: scheduled,
+                kept,
+                next_key: Vec::new(),
+            }),
+        )
+    } else {
+        (finished, None)
+    };
+    // As in etcd, an empty store is at revision 1: the first change
+    // makes revision 2.
+    let current = current.max(compacted).max(1);
+    Ok(Shared {
+        index,
+        lessor,
+        current,
+        compacted,
+        consistent_index,
+        term,
+        poisoned: false,
+        pending_compaction,
+    })
+}
+
 impl Store {
     /// Opens (or creates) the store in the B+tree file at `path` and
     /// rebuilds the key index from the `key` bucket.
@@ -311,121 +471,32 @@ impl Store {
     /// Opens the store with request limits other than etcd's defaults.
     pub fn open_with(path: impl AsRef<std::path::Path>, limits: Limits) -> Result<Store> {
         let db = Db::open(path)?;
-        {
-            let mut tx = db.begin_write()?;
-            tx.create_bucket_if_missing(KEY_BUCKET)?;
-            tx.create_bucket_if_missing(META_BUCKET)?;
-            tx.create_bucket_if_missing(LEASE_BUCKET)?;
-            tx.create_bucket_if_missing(ALARM_BUCKET)?;
-            tx.commit()?;
-        }
-        let mut index = KeyIndex::new();
-        let mut lessor = Lessor::default();
-        // The lease of each live key's latest record.
-        let mut key_leases: std::collections::HashMap<Vec<u8>, i64> = Default::default();
-        let mut current = 0;
-        let (consistent_index, term, finished, scheduled) = {
-            let rx = db.begin_read();
-            let meta = rx.open_bucket(META_BUCKET)?;
-            let consistent_index = be_u64(meta.get(CONSISTENT_INDEX)?);
-            let term = be_u64(meta.get(TERM)?);
-            let finished = be_u64(meta.get(COMPACTED_REVISION)?) as i64;
-            let scheduled = be_u64(meta.get(SCHEDULED_COMPACTION)?) as i64;
-            let keys = rx.open_bucket(KEY_BUCKET)?;
-            for item in keys.range(b"", None) {
-                let (k, v) = item?;
-                let Some((rev, tombstone)) = Revision::from_key(k) else {
-                    return Err(Error::Corrupt {
-                        rev: Revision::default(),
-                        reason: format!(
-                            "key bucket holds a key that is not a revision ({} bytes)",
-                            k.len()
-                        ),
-                    });
-                };
-                // Only the head: copying every value would double the work.
-                let kv = KeyValueHead::decode(v).map_err(|e| Error::Corrupt {
-                    rev,
-                    reason: e.to_string(),
-                })?;
-                // Most keys have no lease: the map holds only those that do.
-                if !key_leases.is_empty() {
-                    key_leases.remove(&kv.key);
-                }
-                if tombstone {
-                    // An unfinished compaction may have removed the puts
-                    // before a tombstone it had not reached yet; the index
-                    // is compacted past it below anyway.
-                    let unfinished = scheduled > finished && rev.main <= scheduled;
-                    if index.tombstone(&kv.key, rev).is_err() && !unfinished {
-                        return Err(Error::Corrupt {
-                            rev,
-                            reason: "tombstone of a key that does not exist".into(),
-                        });
-                    }
-                } else {
-                    if kv.lease != 0 {
-                        key_leases.insert(kv.key.clone(), kv.lease);
-                    }
-                    index.restore(
-                        kv.key,
-                        Revision::new(kv.create_revision, 0),
-                        rev,
-                        kv.version,
-                    );
-                }
-                current = rev.main;
-            }
-            // Leases come back with a full TTL from now, as after a leader
-            // change in etcd.
-            let now = std::time::Instant::now();
-            for item in rx.open_bucket(LEASE_BUCKET)?.range(b"", None) {
-                let (_, v) = item?;
-                let rec = LeaseRecord::decode(v).map_err(|e| Error::Corrupt {
-                    rev: Revision::default(),
-                    reason: format!("lease record: {e}"),
-                })?;
-                lessor.insert(rec.id, rec.ttl, now);
-            }
-            for (k, lease) in &key_leases {
-                lessor.attach(k, *lease);
-            }
-            (consistent_index, term, finished, scheduled)
-        };
-        // A compaction scheduled but not finished before a crash: the index
-        // was rebuilt from every record, so compact it again and let the
-        // physical steps run to the end.
-        let (compacted, pending_compaction) = if scheduled > finished {
-            let kept = index.compact(scheduled);
-            (
-                scheduled,
-                Some(PendingCompaction {
-                    rev: scheduled,
-                    kept,
-                    next_key: Vec::new(),
-                }),
-            )
-        } else {
-            (finished, None)
-        };
-        // As in etcd, an empty store is at revision 1: the first change
-        // makes revision 2.
-        let current = current.max(compacted).max(1);
+        let shared = load(&db)?;
         Ok(Store {
             db,
             limits,
-            hub: Arc::new(Hub::new(current)),
-            shared: RwLock::new(Shared {
-                index,
-                lessor,
-                current,
-                compacted,
-                consistent_index,
-                term,
-                poisoned: false,
-                pending_compaction,
-            }),
+            hub: Arc::new(Hub::new(shared.current)),
+            shared: RwLock::new(shared),
         })
+    }
+
+    /// Replaces the whole key space with the database file at `path` (a
+    /// snapshot from a raft leader: complete and fsynced, in the same file
+    /// system), renamed over this store's file: the index, leases,
+    /// revisions and consistent index are rebuilt from it, and every
+    /// watcher replays what it has not seen from the new history (or is
+    /// told it was compacted). The caller applies nothing meanwhile.
+    pub fn install(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        self.db.replace_with(path)?;
+        let fresh = load(&self.db)?;
+        let current = fresh.current;
+        let mut hub = self.hub.lock();
+        *self.write_shared() = fresh;
+        if hub.publish_uncollected(current) {
+            drop(hub);
+            self.hub.wake();
+        }
+        Ok(())
     }
 
     fn read_shared(&self) -> RwLockReadGuard<'_, Shared> {
@@ -530,6 +601,27 @@ impl Store {
             l.remaining(std::time::Instant::now()),
             l.keys.iter().cloned().collect(),
         ))
+    }
+
+    /// A new leader's lease clock: every lease gets its checkpointed
+    /// remaining TTL (or its full TTL) plus `extend` from now, so that no
+    /// lease expires because leadership moved.
+    pub fn lease_promote(&self, extend: std::time::Duration) {
+        self.write_shared()
+            .lessor
+            .refresh_all(std::time::Instant::now(), extend);
+    }
+
+    /// (lease ID, seconds left) of every lease, for checkpoints.
+    pub fn lease_remaining(&self) -> Vec<(i64, i64)> {
+        self.read_shared()
+            .lessor
+            .remaining_all(std::time::Instant::now())
+    }
+
+    /// The remaining TTL a lease's last checkpoint recorded (0: none).
+    pub fn lease_checkpointed(&self, id: i64) -> Option<i64> {
+        self.read_shared().lessor.get(id).map(|l| l.remaining_ttl)
     }
 
     /// Every lease ID.
@@ -750,6 +842,22 @@ impl Store {
         Ok(out)
     }
 
+    /// Every record of the `members` bucket: (member ID, the server's
+    /// encoding of the member).
+    pub fn members(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+        let rx = self.db.begin_read();
+        let mut out = Vec::new();
+        for item in rx.open_bucket(MEMBERS_BUCKET)?.range(b"", None) {
+            let (k, v) = item?;
+            let id = <[u8; 8]>::try_from(k).map_err(|_| Error::Corrupt {
+                rev: Revision::default(),
+                reason: format!("member key of {} bytes", k.len()),
+            })?;
+            out.push((u64::from_be_bytes(id), v.to_vec()));
+        }
+        Ok(out)
+    }
+
     /// (file size, bytes in use) of the database file.
     pub fn db_size(&self) -> (u64, u64) {
         let file = std::fs::metadata(self.db.path()).map_or(0, |m| m.len());
@@ -758,9 +866,14 @@ impl Store {
 
     /// Writes a compact copy of the whole database, as of the latest
     /// applied batch, to a new file at `dest` (fsynced); a snapshot of the
-    /// member's state.
-    pub fn snapshot_into(&self, dest: impl AsRef<std::path::Path>) -> Result<btree::CompactStats> {
-        Ok(self.db.compact_into(dest)?)
+    /// member's state. Writes go on meanwhile (the copy reads one B+tree
+    /// snapshot). Returns what the copy holds.
+    pub fn snapshot_into(&self, dest: impl AsRef<std::path::Path>) -> Result<SnapshotInfo> {
+        let dest = dest.as_ref();
+        let stats = self.db.compact_into(dest)?;
+        let mut info = read_snapshot_info(dest)?;
+        info.stats = stats;
+        Ok(info)
     }
 
     /// Defragments the database file while it stays in use: small steps
@@ -1305,7 +1418,7 @@ impl<'s> Apply<'s> {
         self.store
             .write_shared()
             .lessor
-            .insert(id, ttl, std::time::Instant::now());
+            .insert(id, ttl, 0, std::time::Instant::now());
         Ok(ttl)
     }
 
@@ -1367,6 +1480,41 @@ impl<'s> Apply<'s> {
             self.tx().put(ALARM_BUCKET, &key, b"")?;
         } else {
             self.tx().delete(ALARM_BUCKET, &key)?;
+        }
+        Ok(())
+    }
+
+    /// Records a lease checkpoint: `remaining` seconds were left (0 clears
+    /// it, as a renewal does). A restart or a new leader resumes the lease
+    /// from there. An unknown lease is ignored (it was revoked meanwhile).
+    pub fn lease_checkpoint(&mut self, id: i64, remaining: i64) -> Result<()> {
+        let ttl = match self.store.read_shared().lessor.get(id) {
+            Some(l) => l.ttl,
+            None => return Ok(()),
+        };
+        let rec = LeaseRecord {
+            id,
+            ttl,
+            remaining_ttl: remaining.max(0),
+        };
+        self.tx()
+            .put(LEASE_BUCKET, &id.to_be_bytes(), &rec.encode_to_vec())?;
+        self.changed = true;
+        self.store
+            .write_shared()
+            .lessor
+            .checkpoint(id, remaining.max(0));
+        Ok(())
+    }
+
+    /// Stores (Some) or removes (None) a member record, durably with the
+    /// batch.
+    pub fn set_member(&mut self, id: u64, record: Option<&[u8]>) -> Result<()> {
+        match record {
+            Some(r) => self.tx().put(MEMBERS_BUCKET, &id.to_be_bytes(), r)?,
+            None => {
+                self.tx().delete(MEMBERS_BUCKET, &id.to_be_bytes())?;
+            }
         }
         Ok(())
     }

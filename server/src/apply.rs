@@ -18,6 +18,8 @@ pub enum Applied {
     LeaseGrant(pb::LeaseGrantResponse),
     LeaseRevoke(pb::LeaseRevokeResponse),
     Alarm(pb::AlarmResponse),
+    /// Member attributes or lease checkpoints were recorded.
+    Published,
 }
 
 /// What applying one entry produced: the answer (or etcd's error) and the
@@ -175,14 +177,21 @@ pub fn txn_response(t: mvcc::TxnResult) -> pb::TxnResponse {
     }
 }
 
+/// What applying a request may change besides the key space.
+pub struct ApplyContext<'a> {
+    pub alarms: &'a mut crate::alarms::Alarms,
+    pub members: &'a crate::membership::Membership,
+}
+
 /// Applies one committed request inside `batch`. Errors etcd returns to
 /// the client come back in the result; only a storage failure is `Err`
 /// (the batch is then unusable).
 pub fn apply(
     batch: &mut mvcc::Apply<'_>,
     req: &Request,
-    alarms: &mut crate::node::Alarms,
+    ctx: &mut ApplyContext<'_>,
 ) -> Result<ApplyResult, mvcc::Error> {
+    let alarms = &mut *ctx.alarms;
     let fatal = |e: &mvcc::Error| {
         matches!(
             e,
@@ -236,6 +245,21 @@ pub fn apply(
                 header: header(rev),
             })
         }),
+        Some(Op::MemberAttributes(m)) => {
+            if let Some(mut member) = ctx.members.get(m.id) {
+                member.name = m.name.clone();
+                member.client_urls = m.client_urls.clone();
+                batch.set_member(m.id, Some(&member.encode()))?;
+                ctx.members.set(member);
+            }
+            Ok(Applied::Published)
+        }
+        Some(Op::LeaseCheckpoints(c)) => {
+            for cp in &c.checkpoints {
+                batch.lease_checkpoint(cp.id, cp.remaining_ttl)?;
+            }
+            Ok(Applied::Published)
+        }
         Some(Op::Alarm(a)) => {
             use pb::alarm_request::AlarmAction;
             let resp = alarms.apply(a);

@@ -8,6 +8,37 @@ use std::time::Duration;
 
 use clap::Parser;
 
+/// A flag whose value the server cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("unsupported URL {0:?} (only http:// is served)")]
+    UnsupportedUrl(String),
+    #[error("bad URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("--initial-cluster: {0}")]
+    InitialCluster(String),
+    #[error("couldn't find local name {0:?} in the initial cluster configuration")]
+    NameNotInCluster(String),
+    #[error("--initial-cluster has {name}={initial} but missing from --initial-advertise-peer-urls={advertised}")]
+    PeerUrlsMismatch {
+        name: String,
+        initial: String,
+        advertised: String,
+    },
+    #[error("initial cluster {0} has duplicate url")]
+    DuplicateUrl(String),
+    #[error("unexpected value {0:?} for --initial-cluster-state (use \"new\" or \"existing\")")]
+    ClusterState(String),
+    #[error("--initial-cluster-state existing: joining a running cluster is not supported yet (membership changes are the next issue)")]
+    JoinUnsupported,
+    #[error("--election-timeout[{election}ms] should be at least as 5 times as --heartbeat-interval[{heartbeat}ms]")]
+    ElectionTimeout { election: u64, heartbeat: u64 },
+    #[error("--heartbeat-interval must be at least 1 ms")]
+    HeartbeatInterval,
+    #[error("{0}")]
+    AutoCompaction(String),
+}
+
 /// An etcd-compatible, strongly consistent key-value server.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "kvserver", version, about, long_about = None)]
@@ -49,7 +80,8 @@ pub struct Config {
     #[arg(long, env = "ETCD_INITIAL_CLUSTER", default_value = "")]
     pub initial_cluster: String,
 
-    /// `new` for a new cluster, `existing` to join one.
+    /// `new` for a new cluster, `existing` to join one (not supported yet:
+    /// refused at start).
     #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
     pub initial_cluster_state: String,
 
@@ -72,6 +104,33 @@ pub struct Config {
     /// Milliseconds without a leader before an election.
     #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
     pub election_timeout: u64,
+
+    /// Raft's pre-vote: a member that was cut off asks whether it could
+    /// win before it starts an election, so it does not depose a healthy
+    /// leader when it comes back.
+    #[arg(long, env = "ETCD_PRE_VOTE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pre_vote: bool,
+
+    /// Entries a leader keeps in its log after a raft snapshot, so that a
+    /// follower that fell a little behind catches up from the log rather
+    /// than by a whole snapshot.
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES",
+        default_value_t = 5000
+    )]
+    pub experimental_snapshot_catchup_entries: u64,
+
+    /// How often the leader records every lease's remaining TTL through
+    /// raft (a restart or a new leader resumes leases from there), e.g.
+    /// `5m`, `10s`.
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_LEASE_CHECKPOINT_INTERVAL",
+        default_value = "5m",
+        value_parser = humantime::parse_duration
+    )]
+    pub experimental_lease_checkpoint_interval: Duration,
 
     /// Database size that raises the NOSPACE alarm; 0 means 2 GiB.
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
@@ -135,8 +194,41 @@ impl Config {
     }
 
     /// The addresses to listen on for clients.
-    pub fn client_listen_addrs(&self) -> Result<Vec<SocketAddr>, String> {
+    pub fn client_listen_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
         parse_urls(&self.listen_client_urls)
+    }
+
+    /// The addresses to listen on for peers.
+    pub fn peer_listen_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        parse_urls(&self.listen_peer_urls)
+    }
+
+    /// How long a request waits for raft (etcd's: 5 s plus two election
+    /// timeouts).
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(5) + 2 * Duration::from_millis(self.election_timeout)
+    }
+
+    /// Checks what the flags say together, as etcd does at start.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_interval == 0 {
+            return Err(ConfigError::HeartbeatInterval);
+        }
+        if self.election_timeout < 5 * self.heartbeat_interval {
+            return Err(ConfigError::ElectionTimeout {
+                election: self.election_timeout,
+                heartbeat: self.heartbeat_interval,
+            });
+        }
+        match self.initial_cluster_state.as_str() {
+            "new" => {}
+            "existing" => return Err(ConfigError::JoinUnsupported),
+            other => return Err(ConfigError::ClusterState(other.to_string())),
+        }
+        self.client_listen_addrs()?;
+        self.peer_listen_addrs()?;
+        self.auto_compaction()?;
+        Ok(())
     }
 
     /// The client URLs advertised (the listen URLs when none are given).
@@ -158,11 +250,11 @@ impl Config {
         split(urls)
     }
 
-    pub fn auto_compaction(&self) -> Result<AutoCompaction, String> {
+    pub fn auto_compaction(&self) -> Result<AutoCompaction, ConfigError> {
         let r = self.auto_compaction_retention.trim();
         match self.auto_compaction_mode.as_str() {
             "periodic" => {
-                let d = parse_retention(r)?;
+                let d = parse_retention(r).map_err(ConfigError::AutoCompaction)?;
                 Ok(if d.is_zero() {
                     AutoCompaction::Off
                 } else {
@@ -170,16 +262,18 @@ impl Config {
                 })
             }
             "revision" => {
-                let n: i64 = r
-                    .parse()
-                    .map_err(|_| format!("invalid revision retention {r:?}"))?;
+                let n: i64 = r.parse().map_err(|_| {
+                    ConfigError::AutoCompaction(format!("invalid revision retention {r:?}"))
+                })?;
                 Ok(if n <= 0 {
                     AutoCompaction::Off
                 } else {
                     AutoCompaction::Revision(n)
                 })
             }
-            m => Err(format!("unknown auto-compaction mode {m:?}")),
+            m => Err(ConfigError::AutoCompaction(format!(
+                "unknown auto-compaction mode {m:?}"
+            ))),
         }
     }
 }
@@ -192,18 +286,21 @@ fn split(urls: &str) -> Vec<String> {
         .collect()
 }
 
-fn parse_urls(urls: &str) -> Result<Vec<SocketAddr>, String> {
+fn parse_urls(urls: &str) -> Result<Vec<SocketAddr>, ConfigError> {
     split(urls)
         .iter()
         .map(|u| {
             let rest = u
                 .strip_prefix("http://")
-                .ok_or_else(|| format!("unsupported URL {u:?} (only http:// is served)"))?;
+                .ok_or_else(|| ConfigError::UnsupportedUrl(u.clone()))?;
             let hostport = rest.trim_end_matches('/');
             let hostport = hostport.replacen("localhost:", "127.0.0.1:", 1);
             hostport
                 .parse::<SocketAddr>()
-                .map_err(|e| format!("bad URL {u:?}: {e}"))
+                .map_err(|e| ConfigError::BadUrl {
+                    url: u.clone(),
+                    reason: e.to_string(),
+                })
         })
         .collect()
 }

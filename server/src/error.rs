@@ -13,6 +13,12 @@ pub enum ServerError {
     NoLeader,
     #[error("etcdserver: request timed out")]
     Timeout,
+    #[error("etcdserver: request timed out, possibly due to previous leader failure")]
+    TimeoutLeaderFail,
+    #[error("etcdserver: request timed out, possibly due to connection lost")]
+    TimeoutConnectionLost,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
     #[error("etcdserver: server stopped")]
     Stopped,
     #[error("etcdserver: mvcc: database space exceeded")]
@@ -56,10 +62,45 @@ impl From<ServerError> for Status {
             ServerError::Mvcc(_, code) => *code,
             ServerError::TooLarge => Code::InvalidArgument,
             ServerError::NoLeader | ServerError::Stopped => Code::Unavailable,
-            ServerError::Timeout => Code::Unavailable,
+            ServerError::Timeout
+            | ServerError::TimeoutLeaderFail
+            | ServerError::TimeoutConnectionLost
+            | ServerError::LeaderChanged => Code::Unavailable,
             ServerError::NoSpace => Code::ResourceExhausted,
             ServerError::Internal(_) => Code::Internal,
         };
         Status::new(code, e.to_string())
     }
+}
+
+/// Why a member could not start or stopped: returned to `main`, which
+/// prints it and exits non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    DataDir(#[from] crate::datadir::DataDirError),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the database: {0}")]
+    Database(#[from] mvcc::Error),
+    #[error("the WAL: {0}")]
+    Wal(#[from] wal::Error),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("starting the {what} thread: {source}")]
+    Thread {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Inconsistent(String),
+    #[error("the {0} thread panicked")]
+    Panicked(&'static str),
+    #[error("fatal: {0}")]
+    Fatal(String),
 }

@@ -1,39 +1,79 @@
 //! # kvserver: etcd's v3 API on raft-rs, the wal crate and the mvcc crate
 //!
-//! The server a client talks to. A write goes: gRPC handler
-//! ([`services`]) → raft proposal ([`node`]) → WAL append, fsynced → commit
-//! (one member: at once; later by a quorum) → apply to mvcc ([`apply`]) →
-//! B+tree → answer. A linearizable read: ReadIndex → wait until applied →
-//! read an mvcc snapshot. A serializable read skips the ReadIndex.
+//! The server a client talks to. A write goes: gRPC handler ([`api`]) →
+//! raft proposal ([`raft`], forwarded to the leader from a follower) → the
+//! leader's WAL, fsynced, and the followers' ([`transport`]) → committed
+//! once a quorum has it durable → applied to mvcc on every member
+//! ([`raft::applier`], [`apply`]) → B+tree → answered by the member the
+//! client called. A linearizable read: ReadIndex at the leader → wait
+//! until applied here → read an mvcc snapshot. A serializable read skips
+//! the ReadIndex.
+//!
+//! ## Layout
+//! - [`config`]: etcd's flags; [`datadir`]: where files live.
+//! - [`membership`]: members, their IDs, the member list.
+//! - [`raft`]: the raft thread, the apply thread, bootstrap, housekeeping.
+//! - [`transport`]: the peer service and per-peer senders.
+//! - [`api`]: one file per client gRPC service.
+//! - [`apply`]: one committed request applied to the key space.
+//! - [`alarms`], [`error`], [`restore`], [`shared`].
 //!
 //! ## Invariants
-//! - A write is answered only after its entry is durable in the WAL and
-//!   applied.
+//! - A write is answered only after its entry is durable in the WAL of a
+//!   quorum and applied on the member answering.
 //! - Entries are applied in log order, each exactly once: the B+tree
 //!   records the index of the last one applied in the same transaction.
+//! - The WAL covers the database: it holds every entry after the
+//!   database's consistent index (a start-up error otherwise).
 //! - Errors carry etcd's gRPC codes and messages ([`error`]).
 
+pub mod alarms;
+pub mod api;
 pub mod apply;
-pub mod concurrency;
+pub mod authority;
 pub mod config;
+pub mod datadir;
 pub mod error;
-pub mod node;
+pub mod membership;
 pub mod pb;
+pub mod raft;
 pub mod restore;
-pub mod services;
+pub mod shared;
+pub mod transport;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use config::Config;
+use error::StartError;
 use pb::etcdserverpb as etcd;
+
+pub use shared::Shared;
+
+/// Keeps `Arc` in the public API readable.
+pub type SharedState = Arc<Shared>;
 
 /// Runs a member until `shutdown` resolves, then stops cleanly: stops
 /// accepting requests, ends open streams, syncs the database and closes
 /// the WAL.
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     run_with_state(cfg, shutdown, None).await
+}
+
+async fn bind(addrs: &[std::net::SocketAddr]) -> Result<Vec<tokio::net::TcpListener>, StartError> {
+    let mut listeners = Vec::new();
+    for addr in addrs {
+        listeners.push(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: *addr,
+                    source,
+                })?,
+        );
+    }
+    Ok(listeners)
 }
 
 /// [`run`], handing the member's shared state to `state` once it serves
@@ -42,74 +82,88 @@ pub async fn run_with_state(
     cfg: Config,
     shutdown: impl Future<Output = ()>,
     state: Option<tokio::sync::oneshot::Sender<SharedState>>,
-) -> Result<(), String> {
-    let addrs = cfg.client_listen_addrs()?;
-    let mut listeners = Vec::new();
-    for addr in &addrs {
-        listeners.push(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("listening on {addr}: {e}"))?,
-        );
-    }
-    let (shared, raft_thread) = node::start(&cfg)?;
+) -> Result<(), StartError> {
+    cfg.validate()?;
+    let client_listeners = bind(&cfg.client_listen_addrs()?).await?;
+    let peer_listeners = bind(&cfg.peer_listen_addrs()?).await?;
+    let (shared, threads) = raft::start(&cfg)?;
     let _syncer = mvcc::spawn_watch_syncer(
         &shared.store,
         Duration::from_millis(20),
         Duration::from_secs(600),
     )
-    .map_err(|e| format!("starting the watch syncer: {e}"))?;
+    .map_err(|source| StartError::Thread {
+        what: "watch syncer",
+        source,
+    })?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = Vec::new();
+
+    // Peers first, so that the cluster can elect a leader.
+    let peer_routes = tonic::service::Routes::new(
+        pb::kvserverpb::peer_server::PeerServer::new(transport::service::PeerService(
+            shared.clone(),
+        ))
+        .max_decoding_message_size(transport::MAX_PEER_MESSAGE)
+        .max_encoding_message_size(transport::MAX_PEER_MESSAGE),
+    );
+    for listener in peer_listeners {
+        servers.push(serve(listener, peer_routes.clone(), stop_rx.clone()));
+    }
+
     let routes =
-        tonic::service::Routes::new(etcd::kv_server::KvServer::new(services::Kv(shared.clone())))
-            .add_service(etcd::watch_server::WatchServer::new(services::Watch(
+        tonic::service::Routes::new(etcd::kv_server::KvServer::new(api::kv::Kv(shared.clone())))
+            .add_service(etcd::watch_server::WatchServer::new(api::watch::Watch(
                 shared.clone(),
                 stop_rx.clone(),
             )))
-            .add_service(etcd::lease_server::LeaseServer::new(services::Lease(
+            .add_service(etcd::lease_server::LeaseServer::new(api::lease::Lease(
                 shared.clone(),
             )))
-            .add_service(etcd::cluster_server::ClusterServer::new(services::Cluster(
-                shared.clone(),
-            )))
+            .add_service(etcd::cluster_server::ClusterServer::new(
+                api::cluster::Cluster(shared.clone()),
+            ))
             .add_service(etcd::maintenance_server::MaintenanceServer::new(
-                services::Maintenance(shared.clone()),
+                api::maintenance::Maintenance(shared.clone()),
             ))
-            .add_service(etcd::auth_server::AuthServer::new(services::Auth(
+            .add_service(etcd::auth_server::AuthServer::new(api::auth::Auth(
                 shared.clone(),
             )))
-            .add_service(pb::v3lockpb::lock_server::LockServer::new(
-                concurrency::Lock(shared.clone()),
-            ))
+            .add_service(pb::v3lockpb::lock_server::LockServer::new(api::lock::Lock(
+                shared.clone(),
+            )))
             .add_service(pb::v3electionpb::election_server::ElectionServer::new(
-                concurrency::Election(shared.clone()),
+                api::election::Election(shared.clone()),
             ));
     tracing::info!(
         name = %cfg.name,
         member_id = format!("{:x}", shared.member_id),
         cluster_id = format!("{:x}", shared.cluster_id),
-        "serving clients on {}",
-        cfg.listen_client_urls
+        "serving peers on {}",
+        cfg.listen_peer_urls
     );
-    let mut servers = Vec::new();
-    for listener in listeners {
-        let routes = routes.clone();
-        let mut stop = stop_rx.clone();
-        servers.push(tokio::spawn(async move {
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            tonic::transport::Server::builder()
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop.changed().await;
-                })
-                .await
-        }));
-    }
-    if let Some(tx) = state {
-        let _ = tx.send(shared.clone());
-    }
-    shutdown.await;
+    // As etcd, clients are served once this member's attributes are
+    // published through raft (the cluster has a quorum and a leader, and
+    // the member list shows this member's client URLs).
+    let shutdown = std::pin::pin!(shutdown);
+    let mut shutdown = shutdown;
+    let failed = tokio::select! {
+        _ = publish(shared.clone()) => {
+            tracing::info!("serving clients on {}", cfg.listen_client_urls);
+            for listener in client_listeners {
+                servers.push(serve(listener, routes.clone(), stop_rx.clone()));
+            }
+            if let Some(tx) = state {
+                let _ = tx.send(shared.clone());
+            }
+            tokio::select! {
+                _ = &mut shutdown => None,
+                _ = shared.failed.notified() => shared.failure.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            }
+        }
+        _ = &mut shutdown => None,
+        _ = shared.failed.notified() => shared.failure.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+    };
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     for s in servers {
@@ -118,11 +172,58 @@ pub async fn run_with_state(
     }
     shared.stop();
     drop(shared);
-    tokio::task::spawn_blocking(move || raft_thread.join())
+    tokio::task::spawn_blocking(move || threads.join())
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|_| "the raft thread panicked".to_string())?;
-    Ok(())
+        .map_err(|_| StartError::Panicked("shutdown"))??;
+    match failed {
+        Some(why) => Err(StartError::Fatal(why)),
+        None => Ok(()),
+    }
+}
+
+fn serve(
+    listener: tokio::net::TcpListener,
+    routes: tonic::service::Routes,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
+    use tokio_stream::StreamExt as _;
+    tokio::spawn(async move {
+        // etcdctl 3.4 sends an :authority with a scheme on some
+        // connections; `authority` lets them through as etcd does.
+        let incoming = tonic::transport::server::TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .map(|conn| conn.map(authority::AuthorityFix::new));
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.changed().await;
+            })
+            .await
+    })
+}
+
+/// Publishes this member's name and client URLs through raft once it can
+/// (etcd's publish), retrying until it is applied, so that every member's
+/// list shows them.
+async fn publish(s: Arc<Shared>) {
+    use pb::kvserverpb::{request::Op, MemberAttributes};
+    loop {
+        if s.leader() != 0 {
+            let attrs = MemberAttributes {
+                id: s.member_id,
+                name: s.name.clone(),
+                client_urls: s.client_urls.clone(),
+            };
+            match s.propose(Op::MemberAttributes(attrs)).await {
+                Ok(_) => {
+                    tracing::info!("published {} {:?} to the cluster", s.name, s.client_urls);
+                    return;
+                }
+                Err(e) => tracing::debug!("publishing this member's attributes: {e}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -141,6 +242,3 @@ pub async fn signalled() {
         _ = term.recv() => {}
     }
 }
-
-/// Keeps `Arc` in the public API readable.
-pub type SharedState = Arc<node::Shared>;

@@ -17,8 +17,42 @@ use protobuf::Message as _;
 use raft::eraftpb::ConfState;
 use sha2::{Digest, Sha256};
 
-use crate::config::Config;
-use crate::node::{cluster_identity, db_path, wal_dir, write_marker};
+use crate::config::{Config, ConfigError};
+use crate::datadir::{db_path, wal_dir, write_marker, DataDirError};
+use crate::membership::{initial_cluster, Member};
+
+/// Why a restore failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("{path}: {op}: {source}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{0}: the SHA-256 at the end of the snapshot does not match its contents")]
+    HashMismatch(PathBuf),
+    #[error("data-dir {0:?} exists")]
+    Exists(PathBuf),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("the snapshot's database: {0}")]
+    Database(#[from] mvcc::Error),
+    #[error("writing the WAL: {0}")]
+    Wal(#[from] wal::Error),
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error("encoding the membership: {0}")]
+    Encode(String),
+}
+
+fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> RestoreError + 'a {
+    move |source| RestoreError::Io {
+        path: path.to_path_buf(),
+        op,
+        source,
+    }
+}
 
 /// What a restore produced.
 #[derive(Debug, Clone)]
@@ -48,52 +82,54 @@ pub fn snapshot_layout(len: u64, page_size: u64) -> (u64, bool) {
 /// Checks a snapshot file's trailing SHA-256 (when it has one) and copies
 /// its database part to `dest`, fsynced. Returns whether a hash was
 /// checked.
-pub fn extract_database(snapshot: &Path, dest: &Path) -> Result<bool, String> {
-    let data =
-        std::fs::read(snapshot).map_err(|e| format!("reading {}: {e}", snapshot.display()))?;
+pub fn extract_database(snapshot: &Path, dest: &Path) -> Result<bool, RestoreError> {
+    let data = std::fs::read(snapshot).map_err(io(snapshot, "read"))?;
     let (db_len, has_hash) = snapshot_layout(data.len() as u64, 4096);
     let db_len = db_len as usize;
     if has_hash {
         let want = &data[db_len..];
         let got = Sha256::digest(&data[..db_len]);
         if got.as_slice() != want {
-            return Err(format!(
-                "{}: the SHA-256 at the end of the snapshot does not match its contents",
-                snapshot.display()
-            ));
+            return Err(RestoreError::HashMismatch(snapshot.to_path_buf()));
         }
     }
     write_synced(dest, &data[..db_len])?;
     Ok(has_hash)
 }
 
-fn write_synced(dest: &Path, bytes: &[u8]) -> Result<(), String> {
+fn write_synced(dest: &Path, bytes: &[u8]) -> Result<(), RestoreError> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(dest)
-        .map_err(|e| format!("creating {}: {e}", dest.display()))?;
+        .map_err(io(dest, "create"))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
-        .map_err(|e| format!("writing {}: {e}", dest.display()))
+        .map_err(io(dest, "write"))
 }
 
 /// Creates `cfg.data_dir()` for member `cfg.name` of the cluster
 /// `cfg.initial_cluster` from `snapshot`. The data directory must not exist
 /// yet (or be empty).
-pub fn restore(cfg: &Config, snapshot: &Path) -> Result<Restored, String> {
+pub fn restore(cfg: &Config, snapshot: &Path) -> Result<Restored, RestoreError> {
     let data_dir = cfg.data_dir();
     if data_dir.exists() {
         let empty = std::fs::read_dir(&data_dir)
             .map(|mut d| d.next().is_none())
             .unwrap_or(false);
         if !empty {
-            return Err(format!("data-dir {:?} exists", data_dir.display()));
+            return Err(RestoreError::Exists(data_dir));
         }
     }
-    let (members, me, cluster_id) = cluster_identity(cfg)?;
-    let made = restore_into(snapshot, &data_dir, &members, &me, cluster_id);
+    let initial = initial_cluster(cfg)?;
+    let made = restore_into(
+        snapshot,
+        &data_dir,
+        &initial.members,
+        &initial.me,
+        initial.cluster_id,
+    );
     if made.is_err() {
         // Leave nothing half made behind.
         let _ = std::fs::remove_dir_all(&data_dir);
@@ -104,21 +140,30 @@ pub fn restore(cfg: &Config, snapshot: &Path) -> Result<Restored, String> {
 fn restore_into(
     snapshot: &Path,
     data_dir: &Path,
-    members: &[crate::node::Member],
-    me: &crate::node::Member,
+    members: &[Member],
+    me: &Member,
     cluster_id: u64,
-) -> Result<Restored, String> {
+) -> Result<Restored, RestoreError> {
     let data_dir = data_dir.to_path_buf();
-    let snap_dir = data_dir.join("member").join("snap");
-    std::fs::create_dir_all(&snap_dir)
-        .map_err(|e| format!("creating {}: {e}", snap_dir.display()))?;
+    let snap_dir = crate::datadir::snap_dir(&data_dir);
+    crate::datadir::create_dir_synced(&snap_dir)?;
     let db = db_path(&data_dir);
     let hash_checked = extract_database(snapshot, &db)?;
 
     // Reading the database through the store checks that it is one, and
     // gives the point the new raft log starts from.
+    // The new cluster's member list replaces the old one's.
     let (index, term, revision) = {
-        let store = mvcc::Store::open(&db).map_err(|e| format!("the snapshot's database: {e}"))?;
+        let store = mvcc::Store::open(&db)?;
+        let mut batch = store.apply()?;
+        for (id, _) in store.members()? {
+            batch.set_member(id, None)?;
+        }
+        for m in members {
+            batch.set_member(m.id, Some(&m.encode()))?;
+        }
+        batch.commit(store.consistent_index())?;
+        store.sync()?;
         (
             store.consistent_index(),
             store.term().max(1),
@@ -133,14 +178,15 @@ fn restore_into(
             cluster_id,
         },
         wal::Options::default(),
-    )
-    .map_err(|e| format!("creating the WAL: {e}"))?;
+    )?;
     let conf = ConfState::from((voters, vec![]));
     log.append(vec![
         wal::Record::Snapshot {
             index,
             term,
-            conf_state: conf.write_to_bytes().map_err(|e| e.to_string())?,
+            conf_state: conf
+                .write_to_bytes()
+                .map_err(|e| RestoreError::Encode(e.to_string()))?,
         },
         wal::Record::HardState {
             term,
@@ -148,14 +194,12 @@ fn restore_into(
             commit: index,
         },
     ])
-    .wait()
-    .map_err(|e| format!("writing the WAL: {e}"))?;
+    .wait()?;
     log.close();
-    write_marker(&data_dir, wal::SnapshotMarker { index, term })
-        .map_err(|e| format!("writing the snapshot marker: {e}"))?;
+    write_marker(&data_dir, wal::SnapshotMarker { index, term })?;
     std::fs::File::open(&snap_dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| format!("fsync {}: {e}", snap_dir.display()))?;
+        .map_err(io(&snap_dir, "fsync"))?;
     Ok(Restored {
         data_dir,
         member_id: me.id,

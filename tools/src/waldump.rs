@@ -140,6 +140,20 @@ fn describe_entry(data: &[u8]) -> String {
                             a.action, a.member_id, a.alarm
                         )
                     }
+                    Some(request::Op::MemberAttributes(m)) => format!(
+                        "MemberAttributes member={:x} name={} client_urls={}",
+                        m.id,
+                        m.name,
+                        m.client_urls.join(",")
+                    ),
+                    Some(request::Op::LeaseCheckpoints(c)) => format!(
+                        "LeaseCheckpoints {}",
+                        c.checkpoints
+                            .iter()
+                            .map(|cp| format!("{}:{}s", cp.id, cp.remaining_ttl))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ),
                     None => "empty request".into(),
                 };
                 format!("{what} (request id {})", r.id)

@@ -46,7 +46,7 @@ use tokio::sync::oneshot;
 
 pub use error::{Error, Result};
 pub use record::{Chain, Frame, Pipelined, Record, MAX_PAYLOAD};
-pub use recover::{Recovered, Repair};
+pub use recover::{Recovered, Repair, SnapshotRecord};
 pub use segment::{segment_file_name, SegmentEnd};
 
 pub use backend::{Backend, Resolved, UringMode};

@@ -16,13 +16,26 @@ pub struct Recovered {
     pub metadata: Metadata,
     /// The latest hard state, if any was written.
     pub hard_state: Option<HardState>,
-    /// Entries after the snapshot index, in order; where a later entry
+    /// The latest snapshot record at or after the marker asked for: the
+    /// marker's own, or a later one (a snapshot received from a leader, or
+    /// taken after the marker was last written). Entries start after it.
+    pub snapshot: Option<SnapshotRecord>,
+    /// Entries after the latest snapshot, in order; where a later entry
     /// reused an index, it replaced the earlier one and everything after it.
     pub entries: Vec<Entry>,
     /// Where a torn tail (a record cut short by a crash) was cut off.
     pub torn_tail: Option<(PathBuf, u64)>,
     /// What an explicit repair dropped.
     pub repaired: Option<Repair>,
+}
+
+/// A snapshot record as recovery found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    pub index: u64,
+    pub term: u64,
+    /// The membership at the snapshot (opaque to this crate).
+    pub conf_state: Vec<u8>,
 }
 
 /// What `Options::repair` dropped at a corrupt record.
@@ -107,6 +120,9 @@ pub(crate) fn recover(
     let mut entries: Vec<Entry> = Vec::new();
     let mut last_index = 0;
     let mut snapshot_found = snap.index == 0;
+    // Entries at or below `base` are covered by a snapshot.
+    let mut base = snap.index;
+    let mut latest_snapshot: Option<SnapshotRecord> = None;
     let mut rolling: Option<u32> = None;
     let mut torn_tail = None;
     let mut repaired = None;
@@ -196,13 +212,13 @@ pub(crate) fn recover(
                 }
                 Record::Entry { index, term, data } => {
                     last_index = *index;
-                    if *index <= snap.index {
+                    if *index <= base {
                         continue;
                     }
                     if let Some(pos) = entries.iter().position(|e| e.index >= *index) {
                         entries.truncate(pos);
                     }
-                    let expected = entries.last().map_or(snap.index + 1, |e| e.index + 1);
+                    let expected = entries.last().map_or(base + 1, |e| e.index + 1);
                     if *index != expected {
                         return Err(Error::EntryGap {
                             segment: seg.path.clone(),
@@ -223,18 +239,36 @@ pub(crate) fn recover(
                         commit: *commit,
                     })
                 }
-                Record::Snapshot { index, term, .. } if *index == snap.index => {
-                    if *term != snap.term {
-                        return Err(Error::SnapshotMismatch {
-                            dir: dir.to_path_buf(),
+                Record::Snapshot {
+                    index,
+                    term,
+                    conf_state,
+                } => {
+                    if *index == snap.index {
+                        if *term != snap.term {
+                            return Err(Error::SnapshotMismatch {
+                                dir: dir.to_path_buf(),
+                                index: *index,
+                                term: snap.term,
+                                found: *term,
+                            });
+                        }
+                        snapshot_found = true;
+                    }
+                    // A snapshot at or after the marker rebases the log:
+                    // entries it covers go, and the next entry may follow
+                    // it with a gap (a follower that installed a leader's
+                    // snapshot continues from its index).
+                    if *index >= snap.index && *index >= base {
+                        base = *index;
+                        entries.retain(|e| e.index > base);
+                        latest_snapshot = Some(SnapshotRecord {
                             index: *index,
-                            term: snap.term,
-                            found: *term,
+                            term: *term,
+                            conf_state: conf_state.clone(),
                         });
                     }
-                    snapshot_found = true;
                 }
-                Record::Snapshot { .. } => {}
             }
         }
         rolling = Some(r);
@@ -296,6 +330,7 @@ pub(crate) fn recover(
         Recovered {
             metadata,
             hard_state,
+            snapshot: latest_snapshot,
             entries,
             torn_tail,
             repaired,

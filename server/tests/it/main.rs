@@ -1,12 +1,20 @@
 //! Integration tests of kvserver through `etcd-client`, a real etcd client
 //! written by others: a started `kvserver` process per test.
 
+mod catchup;
+mod cluster;
+mod cluster_lease;
 mod concurrency;
 mod crash;
+mod failover;
+mod jepsen;
 mod kv;
 mod lease;
+mod linearizability;
 mod maintenance;
 mod operations;
+mod partition;
+mod replication;
 mod streams;
 mod watch;
 

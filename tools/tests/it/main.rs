@@ -33,7 +33,7 @@ pub struct Member {
     pub data_dir: PathBuf,
     pub endpoint: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    running: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    running: Option<tokio::task::JoinHandle<Result<(), server::error::StartError>>>,
 }
 
 impl Member {

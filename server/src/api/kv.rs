@@ -1,0 +1,93 @@
+//! The KV service: ranges (linearizable through ReadIndex, or
+//! serializable from this member's copy), and puts, deletes, transactions
+//! and compactions through raft.
+
+use std::sync::Arc;
+
+use prost::Message as _;
+use tonic::{Request, Response, Status};
+
+use super::{check_size, mvcc_err, Rpc};
+use crate::apply::{self, Applied};
+use crate::pb::etcdserverpb as pb;
+use crate::pb::kvserverpb::request::Op;
+use crate::shared::Shared;
+
+#[derive(Clone)]
+pub struct Kv(pub Arc<Shared>);
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for Kv {
+    async fn range(&self, req: Request<pb::RangeRequest>) -> Rpc<pb::RangeResponse> {
+        let r = req.into_inner();
+        if r.key.is_empty() {
+            return Err(mvcc_err(mvcc::Error::EmptyKey));
+        }
+        if !r.serializable {
+            self.0.read_index().await?;
+        }
+        let res = self
+            .0
+            .store
+            .range(&apply::range_request(&r))
+            .map_err(mvcc_err)?;
+        let mut resp = apply::range_response(res);
+        resp.header = Some(self.0.header(resp.header.map_or(0, |h| h.revision)));
+        Ok(Response::new(resp))
+    }
+
+    async fn put(&self, req: Request<pb::PutRequest>) -> Rpc<pb::PutResponse> {
+        let r = req.into_inner();
+        check_size(&self.0, r.encoded_len())?;
+        if r.key.is_empty() {
+            return Err(mvcc_err(mvcc::Error::EmptyKey));
+        }
+        match self.0.propose(Op::Put(r)).await? {
+            (Applied::Put(mut p), rev) => {
+                p.header = Some(self.0.header(rev));
+                Ok(Response::new(p))
+            }
+            _ => Err(Status::internal("mismatched answer")),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        req: Request<pb::DeleteRangeRequest>,
+    ) -> Rpc<pb::DeleteRangeResponse> {
+        let r = req.into_inner();
+        check_size(&self.0, r.encoded_len())?;
+        if r.key.is_empty() {
+            return Err(mvcc_err(mvcc::Error::EmptyKey));
+        }
+        match self.0.propose(Op::DeleteRange(r)).await? {
+            (Applied::DeleteRange(mut d), rev) => {
+                d.header = Some(self.0.header(rev));
+                Ok(Response::new(d))
+            }
+            _ => Err(Status::internal("mismatched answer")),
+        }
+    }
+
+    async fn txn(&self, req: Request<pb::TxnRequest>) -> Rpc<pb::TxnResponse> {
+        let r = req.into_inner();
+        check_size(&self.0, r.encoded_len())?;
+        match self.0.propose(Op::Txn(r)).await? {
+            (Applied::Txn(mut t), rev) => {
+                t.header = Some(self.0.header(rev));
+                Ok(Response::new(t))
+            }
+            _ => Err(Status::internal("mismatched answer")),
+        }
+    }
+
+    async fn compact(&self, req: Request<pb::CompactionRequest>) -> Rpc<pb::CompactionResponse> {
+        match self.0.propose(Op::Compaction(req.into_inner())).await? {
+            (Applied::Compaction(mut c), rev) => {
+                c.header = Some(self.0.header(rev));
+                Ok(Response::new(c))
+            }
+            _ => Err(Status::internal("mismatched answer")),
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The Maintenance service: alarms, status, defragmentation, hashes and
+//! database snapshots.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{mvcc_err, BoxStream, Rpc};
+use crate::apply::Applied;
+use crate::error::ServerError;
+use crate::pb::etcdserverpb as pb;
+use crate::pb::kvserverpb::request::Op;
+use crate::shared::Shared;
+
+#[derive(Clone)]
+pub struct Maintenance(pub Arc<Shared>);
+
+#[tonic::async_trait]
+impl pb::maintenance_server::Maintenance for Maintenance {
+    async fn alarm(&self, req: Request<pb::AlarmRequest>) -> Rpc<pb::AlarmResponse> {
+        let r = req.into_inner();
+        let rev = self.0.store.current_revision();
+        if r.action() == pb::alarm_request::AlarmAction::Get {
+            let mut resp = self
+                .0
+                .alarms
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .apply(&r);
+            resp.header = Some(self.0.header(rev));
+            return Ok(Response::new(resp));
+        }
+        match self.0.propose(Op::Alarm(r)).await? {
+            (Applied::Alarm(mut a), rev) => {
+                a.header = Some(self.0.header(rev));
+                Ok(Response::new(a))
+            }
+            _ => Err(Status::internal("mismatched answer")),
+        }
+    }
+
+    async fn status(&self, _req: Request<pb::StatusRequest>) -> Rpc<pb::StatusResponse> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.0;
+        let (db_size, in_use) = s.store.db_size();
+        let mut errors: Vec<String> = s
+            .alarms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .list()
+            .iter()
+            .map(|a| {
+                format!(
+                    "memberID:{} alarm:{} ",
+                    a.member_id,
+                    a.alarm().as_str_name()
+                )
+            })
+            .collect();
+        let leader = s.leader();
+        if leader == 0 {
+            errors.push(ServerError::NoLeader.to_string());
+        }
+        Ok(Response::new(pb::StatusResponse {
+            header: Some(s.header(s.store.current_revision())),
+            version: super::ETCD_API_VERSION.into(),
+            db_size: db_size as i64,
+            leader,
+            raft_index: s.raft.commit_index.load(Relaxed),
+            raft_term: s.raft.term.load(Relaxed),
+            raft_applied_index: s.applied_index(),
+            errors,
+            db_size_in_use: in_use as i64,
+            is_learner: false,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _req: Request<pb::DefragmentRequest>,
+    ) -> Rpc<pb::DefragmentResponse> {
+        let store = self.0.store.clone();
+        let stats = tokio::task::spawn_blocking(move || store.defragment())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(mvcc_err)?;
+        tracing::info!(
+            before = stats.source_bytes,
+            after = stats.dest_bytes,
+            "defragmented the database"
+        );
+        Ok(Response::new(pb::DefragmentResponse {
+            header: Some(self.0.header(self.0.store.current_revision())),
+        }))
+    }
+
+    async fn hash(&self, _req: Request<pb::HashRequest>) -> Rpc<pb::HashResponse> {
+        let store = self.0.store.clone();
+        let hash = tokio::task::spawn_blocking(move || store.hash())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(mvcc_err)?;
+        Ok(Response::new(pb::HashResponse {
+            header: Some(self.0.header(self.0.store.current_revision())),
+            hash,
+        }))
+    }
+
+    async fn hash_kv(&self, req: Request<pb::HashKvRequest>) -> Rpc<pb::HashKvResponse> {
+        let rev = req.into_inner().revision;
+        let store = self.0.store.clone();
+        let (hash, current, compacted) = tokio::task::spawn_blocking(move || store.hash_kv(rev))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(mvcc_err)?;
+        Ok(Response::new(pb::HashKvResponse {
+            header: Some(self.0.header(current)),
+            hash,
+            compact_revision: compacted,
+        }))
+    }
+
+    async fn snapshot(
+        &self,
+        _req: Request<pb::SnapshotRequest>,
+    ) -> Rpc<BoxStream<pb::SnapshotResponse>> {
+        let shared = self.0.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = send_snapshot(&shared, &tx) {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Streams a compact copy of the database followed by its sha256, as etcd
+/// does (clients check the digest).
+fn send_snapshot(
+    shared: &Shared,
+    tx: &mpsc::Sender<Result<pb::SnapshotResponse, Status>>,
+) -> Result<(), Status> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = crate::datadir::snap_dir(&shared.data_dir)
+        .join(format!("snapshot-{}-{n}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let io = |e: std::io::Error| Status::internal(format!("{}: {e}", path.display()));
+    let result = (|| {
+        shared.store.snapshot_into(&path).map_err(mvcc_err)?;
+        let mut file = std::fs::File::open(&path).map_err(io)?;
+        let size = file.metadata().map_err(io)?.len();
+        let header = Some(shared.header(shared.store.current_revision()));
+        let mut remaining = size + 32;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = file.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            remaining -= n as u64;
+            let resp = pb::SnapshotResponse {
+                header,
+                remaining_bytes: remaining,
+                blob: buf[..n].to_vec(),
+            };
+            if tx.blocking_send(Ok(resp)).is_err() {
+                return Ok(());
+            }
+        }
+        let digest = hasher.finalize().to_vec();
+        let _ = tx.blocking_send(Ok(pb::SnapshotResponse {
+            header,
+            remaining_bytes: 0,
+            blob: digest,
+        }));
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&path);
+    result
+}

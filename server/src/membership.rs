@@ -1,0 +1,259 @@
+//! The cluster's members: who they are, how their IDs are derived, and the
+//! list every member keeps (in the database's `members` bucket, changed
+//! only through raft, so every member holds the same list).
+//!
+//! IDs are etcd's: a member's ID is the first 8 bytes (big-endian) of the
+//! SHA-1 of its sorted peer URLs joined together followed by the cluster
+//! token; the cluster ID is the first 8 bytes of the SHA-1 of the sorted
+//! member IDs (8 bytes big-endian each). So a cluster started from the same
+//! flags has the same IDs under etcd and kvserver.
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+use prost::Message as _;
+use sha1::{Digest, Sha1};
+
+use crate::config::{Config, ConfigError};
+use crate::pb::etcdserverpb as pb;
+
+/// A member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    /// Empty until the member has started and published it.
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    /// Empty until the member has started and published them.
+    pub client_urls: Vec<String>,
+    pub is_learner: bool,
+}
+
+impl Member {
+    pub fn to_pb(&self) -> pb::Member {
+        pb::Member {
+            id: self.id,
+            name: self.name.clone(),
+            peer_ur_ls: self.peer_urls.clone(),
+            client_ur_ls: self.client_urls.clone(),
+            is_learner: self.is_learner,
+        }
+    }
+
+    pub fn from_pb(m: pb::Member) -> Member {
+        Member {
+            id: m.id,
+            name: m.name,
+            peer_urls: m.peer_ur_ls,
+            client_urls: m.client_ur_ls,
+            is_learner: m.is_learner,
+        }
+    }
+
+    /// The record stored in the `members` bucket: etcd's `Member` message.
+    pub fn encode(&self) -> Vec<u8> {
+        self.to_pb().encode_to_vec()
+    }
+}
+
+fn sha1_u64(bytes: &[u8]) -> u64 {
+    let d = Sha1::digest(bytes);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(b)
+}
+
+/// etcd's member ID for a member of a new cluster.
+pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    let mut b = urls.concat().into_bytes();
+    b.extend_from_slice(token.as_bytes());
+    sha1_u64(&b)
+}
+
+/// etcd's cluster ID for a new cluster of these members.
+pub fn cluster_id(member_ids: &[u64]) -> u64 {
+    let mut ids = member_ids.to_vec();
+    ids.sort();
+    let b: Vec<u8> = ids.iter().flat_map(|i| i.to_be_bytes()).collect();
+    sha1_u64(&b)
+}
+
+/// The cluster `--initial-cluster` describes, and this member in it.
+#[derive(Debug, Clone)]
+pub struct InitialCluster {
+    pub members: Vec<Member>,
+    pub me: Member,
+    pub cluster_id: u64,
+}
+
+/// Reads `--initial-cluster` (this member alone when it is empty) and
+/// checks it against `--name` and `--initial-advertise-peer-urls`.
+pub fn initial_cluster(cfg: &Config) -> Result<InitialCluster, ConfigError> {
+    let spec = if cfg.initial_cluster.is_empty() {
+        format!("{}={}", cfg.name, cfg.peer_urls().join(","))
+    } else {
+        cfg.initial_cluster.clone()
+    };
+    let mut by_name: Vec<(String, Vec<String>)> = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, url) = part
+            .split_once('=')
+            .ok_or_else(|| ConfigError::InitialCluster(format!("bad entry {part:?}")))?;
+        match by_name.iter_mut().find(|(n, _)| n == name) {
+            Some((_, urls)) => urls.push(url.to_string()),
+            None => by_name.push((name.to_string(), vec![url.to_string()])),
+        }
+    }
+    let mut members: Vec<Member> = Vec::new();
+    for (name, mut urls) in by_name {
+        urls.sort();
+        let id = member_id(&urls, &cfg.initial_cluster_token);
+        let dup = urls.windows(2).any(|w| w[0] == w[1])
+            || members
+                .iter()
+                .any(|m| m.peer_urls.iter().any(|u| urls.contains(u)));
+        if dup {
+            return Err(ConfigError::DuplicateUrl(spec.clone()));
+        }
+        members.push(Member {
+            id,
+            name,
+            peer_urls: urls,
+            client_urls: Vec::new(),
+            is_learner: false,
+        });
+    }
+    let me = members
+        .iter()
+        .find(|m| m.name == cfg.name)
+        .cloned()
+        .ok_or_else(|| ConfigError::NameNotInCluster(cfg.name.clone()))?;
+    let mut advertised = cfg.peer_urls();
+    advertised.sort();
+    if advertised != me.peer_urls {
+        return Err(ConfigError::PeerUrlsMismatch {
+            name: cfg.name.clone(),
+            initial: me.peer_urls.join(","),
+            advertised: advertised.join(","),
+        });
+    }
+    let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+    Ok(InitialCluster {
+        cluster_id: cluster_id(&ids),
+        members,
+        me,
+    })
+}
+
+/// The member list as this member has applied it.
+#[derive(Debug, Default)]
+pub struct Membership {
+    members: RwLock<BTreeMap<u64, Member>>,
+}
+
+impl Membership {
+    /// The list stored in the database.
+    pub fn from_store(store: &mvcc::Store) -> Result<Membership, mvcc::Error> {
+        let mut members = BTreeMap::new();
+        for (id, bytes) in store.members()? {
+            let m = pb::Member::decode(bytes.as_slice()).map_err(|e| mvcc::Error::Corrupt {
+                rev: mvcc::Revision::default(),
+                reason: format!("member record {id:x}: {e}"),
+            })?;
+            members.insert(id, Member::from_pb(m));
+        }
+        Ok(Membership {
+            members: RwLock::new(members),
+        })
+    }
+
+    pub fn list(&self) -> Vec<Member> {
+        self.members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn get(&self, id: u64) -> Option<Member> {
+        self.members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// IDs of the voting members.
+    pub fn voters(&self) -> Vec<u64> {
+        self.list()
+            .iter()
+            .filter(|m| !m.is_learner)
+            .map(|m| m.id)
+            .collect()
+    }
+
+    pub fn learners(&self) -> Vec<u64> {
+        self.list()
+            .iter()
+            .filter(|m| m.is_learner)
+            .map(|m| m.id)
+            .collect()
+    }
+
+    /// Replaces (or adds) a member; the caller stores it with the batch.
+    pub fn set(&self, m: Member) {
+        self.members
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(m.id, m);
+    }
+
+    /// Reloads the list from the store (after a snapshot was installed).
+    pub fn reload(&self, store: &mvcc::Store) -> Result<(), mvcc::Error> {
+        let fresh = Membership::from_store(store)?;
+        let list = fresh
+            .members
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
+        *self.members.write().unwrap_or_else(|e| e.into_inner()) = list;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_derived_from_sorted_urls_and_the_token() {
+        let a = member_id(&["http://b:1".into(), "http://a:1".into()], "t");
+        let b = member_id(&["http://a:1".into(), "http://b:1".into()], "t");
+        assert_eq!(a, b);
+        assert_ne!(
+            a,
+            member_id(&["http://a:1".into(), "http://b:1".into()], "u")
+        );
+        assert_eq!(cluster_id(&[1, 2, 3]), cluster_id(&[3, 1, 2]));
+    }
+
+    #[test]
+    fn ids_match_etcd() {
+        // Values etcd 3.4 derives for the same flags.
+        let token = "etcd-cluster";
+        let default = member_id(&["http://localhost:2380".into()], token);
+        assert_eq!(default, 0x8e9e05c52164694d);
+        assert_eq!(cluster_id(&[default]), 0xcdf818194e3a8c32);
+        let ids: Vec<u64> = [12380, 22380, 32380]
+            .iter()
+            .map(|p| member_id(&[format!("http://127.0.0.1:{p}")], token))
+            .collect();
+        assert_eq!(
+            ids,
+            vec![0xddd67b312462fd7b, 0x9e737febb6b99eee, 0x628170c800dbcee]
+        );
+        assert_eq!(cluster_id(&ids), 0x73841b4a9097c907);
+    }
+}

@@ -1,0 +1,355 @@
+//! The apply thread: applies committed entries to the key space in log
+//! order (each exactly once: the database records the index of the last
+//! one applied in the same transaction), answers the handlers waiting for
+//! them, releases linearizable reads, installs snapshots from the leader,
+//! takes the periodic raft snapshot, and runs compaction steps between
+//! batches.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, EntryType};
+use tokio::sync::oneshot;
+
+use crate::apply::{self, ApplyContext, ApplyResult};
+use crate::datadir;
+use crate::error::ServerError;
+use crate::pb::kvserverpb::{request::Op, Request};
+use crate::raft::Command;
+use crate::shared::Shared;
+
+/// Work for the apply thread, in log order.
+pub enum ApplyTask {
+    Entries(Vec<Entry>),
+    /// Reads to release once everything up to `index` is applied.
+    ReadBarrier {
+        index: u64,
+        waiters: ReadWaiters,
+    },
+    /// A leader's snapshot at (index, term), durable in the WAL; its
+    /// database waits at `datadir::received_db_path(index)`.
+    Install {
+        index: u64,
+        term: u64,
+    },
+    Stop,
+}
+
+type ReadWaiters = Vec<oneshot::Sender<Result<(), ServerError>>>;
+
+pub struct Applier {
+    shared: Arc<Shared>,
+    log: Arc<wal::Wal>,
+    raft: Sender<Command>,
+    /// Applied entries between raft snapshots.
+    snapshot_count: u64,
+    /// Index of the last raft snapshot.
+    last_snapshot: u64,
+    /// Term of the last entry applied.
+    last_term: u64,
+    reads: Vec<(u64, ReadWaiters)>,
+    /// Physical compactions answer once the records are gone.
+    physical_waiters: Vec<(oneshot::Sender<ApplyResult>, ApplyResult)>,
+    compaction_pending: bool,
+}
+
+impl Applier {
+    pub fn new(
+        shared: Arc<Shared>,
+        log: Arc<wal::Wal>,
+        raft: Sender<Command>,
+        snapshot_count: u64,
+        last_snapshot: u64,
+    ) -> Applier {
+        let last_term = shared.store.term();
+        Applier {
+            shared,
+            log,
+            raft,
+            snapshot_count,
+            last_snapshot,
+            last_term,
+            reads: Vec::new(),
+            physical_waiters: Vec::new(),
+            compaction_pending: true,
+        }
+    }
+
+    pub fn run(mut self, rx: Receiver<ApplyTask>) {
+        loop {
+            let task = if self.compaction_pending {
+                match rx.recv_timeout(Duration::from_millis(1)) {
+                    Ok(t) => Some(t),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(t) => Some(t),
+                    Err(_) => break,
+                }
+            };
+            let result = match task {
+                None => Ok(()),
+                Some(ApplyTask::Stop) => break,
+                Some(ApplyTask::Entries(entries)) => {
+                    // Batches already queued are applied together.
+                    let mut entries = entries;
+                    let mut stop = false;
+                    let mut later = Vec::new();
+                    while let Ok(t) = rx.try_recv() {
+                        match t {
+                            ApplyTask::Entries(more) if later.is_empty() => entries.extend(more),
+                            ApplyTask::Stop => {
+                                stop = true;
+                                break;
+                            }
+                            other => {
+                                later.push(other);
+                                break;
+                            }
+                        }
+                    }
+                    let mut r = self.apply(entries);
+                    for t in later {
+                        if r.is_ok() {
+                            r = self.handle(t);
+                        }
+                    }
+                    if stop {
+                        if let Err(e) = r {
+                            self.shared.fail(e);
+                        }
+                        break;
+                    }
+                    r
+                }
+                Some(t) => self.handle(t),
+            };
+            let result = result.and_then(|()| self.compact_step());
+            let result = result.and_then(|()| self.maybe_snapshot());
+            if let Err(e) = result {
+                // The database or the log failed: nothing more is applied
+                // or acknowledged. A restart recovers from the WAL.
+                tracing::error!("the apply thread stops: {e}");
+                self.shared.fail(format!("the apply thread stopped: {e}"));
+                break;
+            }
+        }
+        if let Err(e) = self.shared.store.sync() {
+            tracing::error!("syncing the database at shutdown: {e}");
+        }
+        tracing::info!("apply thread stopped");
+    }
+
+    fn handle(&mut self, task: ApplyTask) -> Result<(), String> {
+        match task {
+            ApplyTask::Entries(e) => self.apply(e),
+            ApplyTask::ReadBarrier { index, waiters } => {
+                self.reads.push((index, waiters));
+                self.release_reads();
+                Ok(())
+            }
+            ApplyTask::Install { index, term } => self.install(index, term),
+            ApplyTask::Stop => Ok(()),
+        }
+    }
+
+    fn release_reads(&mut self) {
+        let applied = self.shared.applied_index();
+        let mut i = 0;
+        while i < self.reads.len() {
+            if self.reads[i].0 <= applied {
+                for w in self.reads.swap_remove(i).1 {
+                    let _ = w.send(Ok(()));
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Applies committed entries to the key space in one batch.
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), String> {
+        let Some(last) = entries.last().map(|e| (e.index, e.term)) else {
+            return Ok(());
+        };
+        let store = self.shared.store.clone();
+        let done = store.consistent_index();
+        let entries: Vec<Entry> = entries.into_iter().filter(|e| e.index > done).collect();
+        if entries.is_empty() {
+            // Replayed after a restart: already in the database.
+            self.set_applied(last.0.max(done), last.1);
+            return Ok(());
+        }
+        let mut batch = store.apply().map_err(|e| e.to_string())?;
+        let mut answers: Vec<(u64, ApplyResult, bool)> = Vec::new();
+        for e in &entries {
+            if e.get_entry_type() != EntryType::EntryNormal {
+                continue;
+            }
+            if e.get_data().is_empty() {
+                // A new leader's first entry: once everything before it is
+                // applied, the leader takes over leases' clocks, giving
+                // each its remaining TTL plus an election timeout, so none
+                // expires because leadership moved (etcd's Promote).
+                let s = &self.shared;
+                if s.is_leader() && e.term == s.raft.term.load(Ordering::Acquire) {
+                    s.store.lease_promote(s.election_timeout);
+                }
+                continue;
+            }
+            let req = match Request::decode(e.get_data()) {
+                Ok(r) => r,
+                Err(err) => {
+                    tracing::error!("entry {} does not decode: {err}", e.index);
+                    continue;
+                }
+            };
+            let physical = matches!(&req.op, Some(Op::Compaction(c)) if c.physical);
+            let mut alarms = self.shared.alarms.lock().unwrap_or_else(|e| e.into_inner());
+            let mut ctx = ApplyContext {
+                alarms: &mut alarms,
+                members: &self.shared.members,
+            };
+            let result = apply::apply(&mut batch, &req, &mut ctx)
+                .map_err(|err| format!("applying entry {}: {err}", e.index))?;
+            drop(alarms);
+            if req.id != 0 {
+                answers.push((req.id, result, physical));
+            }
+        }
+        batch.set_term(last.1).map_err(|e| e.to_string())?;
+        batch.commit(last.0).map_err(|e| e.to_string())?;
+        self.set_applied(last.0, last.1);
+        for (id, result, physical) in answers {
+            if let Some(w) = self.shared.waiters.take(id) {
+                if physical && result.0.is_ok() {
+                    self.physical_waiters.push((w, result));
+                    self.compaction_pending = true;
+                } else {
+                    let _ = w.send(result);
+                }
+            }
+        }
+        self.compaction_pending = true;
+        self.release_reads();
+        Ok(())
+    }
+
+    fn set_applied(&mut self, index: u64, term: u64) {
+        self.last_term = term;
+        self.shared
+            .raft
+            .applied_index
+            .store(index, Ordering::Release);
+    }
+
+    /// Replaces the key space with the leader's snapshot database, then
+    /// moves the WAL's restart point to it.
+    fn install(&mut self, index: u64, term: u64) -> Result<(), String> {
+        let s = self.shared.clone();
+        let path = datadir::received_db_path(&s.data_dir, index);
+        if s.store.consistent_index() >= index {
+            // Already there (installed before a crash, on restart).
+            let _ = std::fs::remove_file(&path);
+        } else {
+            s.store
+                .install(&path)
+                .map_err(|e| format!("installing the snapshot at index {index}: {e}"))?;
+        }
+        s.members
+            .reload(&s.store)
+            .map_err(|e| format!("reading the snapshot's members: {e}"))?;
+        *s.alarms.lock().unwrap_or_else(|e| e.into_inner()) =
+            crate::alarms::Alarms::from_store(&s.store)
+                .map_err(|e| format!("reading the snapshot's alarms: {e}"))?;
+        for m in s.members.list() {
+            if m.id != s.member_id {
+                s.transport.add_peer(m.id, m.peer_urls.clone());
+            }
+        }
+        let applied = s.store.consistent_index();
+        self.set_applied(applied, term);
+        datadir::write_marker(&s.data_dir, wal::SnapshotMarker { index, term })
+            .map_err(|e| e.to_string())?;
+        self.log
+            .release_to(index)
+            .wait()
+            .map_err(|e| format!("releasing WAL segments: {e}"))?;
+        self.last_snapshot = index;
+        datadir::remove_stale_snapshots(&s.data_dir, None);
+        tracing::info!(
+            index,
+            term,
+            revision = s.store.current_revision(),
+            "installed the leader's snapshot"
+        );
+        self.release_reads();
+        Ok(())
+    }
+
+    /// Removes compacted records in bounded steps between batches.
+    fn compact_step(&mut self) -> Result<(), String> {
+        if !self.compaction_pending {
+            return Ok(());
+        }
+        let done = self
+            .shared
+            .store
+            .compact_step(10_000)
+            .map_err(|e| e.to_string())?;
+        if done {
+            self.compaction_pending = false;
+            for (w, r) in self.physical_waiters.drain(..) {
+                let _ = w.send(r);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every `--snapshot-count` applied entries: make the database durable
+    /// up to the applied index, record a snapshot there in the WAL and the
+    /// marker, then drop the log before it (WAL segments, and raft's
+    /// in-memory entries less the catch-up ones). A restart reads the WAL
+    /// from the marker on.
+    fn maybe_snapshot(&mut self) -> Result<(), String> {
+        let s = &self.shared;
+        let applied = s.applied_index();
+        if applied < self.last_snapshot + self.snapshot_count {
+            return Ok(());
+        }
+        let term = self.last_term;
+        s.store.sync().map_err(|e| e.to_string())?;
+        let conf = ConfState::from((s.members.voters(), s.members.learners()));
+        self.log
+            .append(vec![wal::Record::Snapshot {
+                index: applied,
+                term,
+                conf_state: conf.write_to_bytes().map_err(|e| e.to_string())?,
+            }])
+            .wait()
+            .map_err(|e| format!("WAL snapshot record: {e}"))?;
+        datadir::write_marker(
+            &s.data_dir,
+            wal::SnapshotMarker {
+                index: applied,
+                term,
+            },
+        )
+        .map_err(|e| format!("writing the snapshot marker: {e}"))?;
+        let released = self
+            .log
+            .release_to(applied)
+            .wait()
+            .map_err(|e| format!("releasing WAL segments: {e}"))?;
+        let _ = self.raft.send(Command::CompactLog(applied));
+        self.last_snapshot = applied;
+        tracing::info!(index = applied, term, released, "raft snapshot");
+        Ok(())
+    }
+}

@@ -1,0 +1,321 @@
+//! Starting a member: a new one writes its database's member list and a
+//! fresh WAL; a restarting one takes its identity from the WAL and its
+//! membership from the database (ignoring the initial-cluster flags, as
+//! etcd does), rebuilds raft's log from the WAL, and checks that the WAL
+//! covers everything the database has applied.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use raft::prelude::*;
+use raft::storage::MemStorage;
+
+use crate::alarms::Alarms;
+use crate::config::Config;
+use crate::datadir;
+use crate::error::StartError;
+use crate::membership::{initial_cluster, Member, Membership};
+use crate::raft::applier::{Applier, ApplyTask};
+use crate::raft::ready::RaftLoop;
+use crate::shared::{RaftStatus, RequestIds, Shared, Waiters};
+use crate::transport::Transport;
+
+/// The member's two threads; join both after [`Shared::stop`].
+pub struct Threads {
+    pub raft: std::thread::JoinHandle<()>,
+    pub apply: std::thread::JoinHandle<()>,
+}
+
+impl Threads {
+    /// Waits for both threads; an error names the one that panicked.
+    pub fn join(self) -> Result<(), StartError> {
+        let raft = self.raft.join();
+        let apply = self.apply.join();
+        raft.map_err(|_| StartError::Panicked("raft"))?;
+        apply.map_err(|_| StartError::Panicked("apply"))?;
+        Ok(())
+    }
+}
+
+/// Logs raft-rs's messages through `tracing`.
+struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+    fn log(&self, r: &slog::Record<'_>, _kv: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        match r.level() {
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::error!(target: "raft", "{}", r.msg())
+            }
+            slog::Level::Warning => tracing::warn!(target: "raft", "{}", r.msg()),
+            slog::Level::Info => tracing::info!(target: "raft", "{}", r.msg()),
+            _ => tracing::debug!(target: "raft", "{}", r.msg()),
+        }
+        Ok(())
+    }
+}
+
+fn conf_state(members: &Membership) -> ConfState {
+    ConfState::from((members.voters(), members.learners()))
+}
+
+/// Starts the member: opens (or creates) the database and the WAL,
+/// rebuilds raft's log, and runs the raft and apply threads. Must be
+/// called inside a tokio runtime (the transport's tasks run on it).
+pub fn start(cfg: &Config) -> Result<(Arc<Shared>, Threads), StartError> {
+    cfg.validate()?;
+    let data_dir = cfg.data_dir();
+    let initial = initial_cluster(cfg)?;
+    datadir::create_dir_synced(&datadir::snap_dir(&data_dir))?;
+    let store = Arc::new(mvcc::Store::open_with(
+        datadir::db_path(&data_dir),
+        mvcc::Limits {
+            max_put_bytes: cfg.max_request_bytes,
+            max_txn_ops: cfg.max_txn_ops,
+        },
+    )?);
+    let wal_path = datadir::wal_dir(&data_dir);
+    let wal_opts = wal::Options::default();
+    let storage = MemStorage::new();
+    let has_wal =
+        wal_path.is_dir() && std::fs::read_dir(&wal_path).is_ok_and(|mut d| d.next().is_some());
+
+    let (log, member_id, cluster_id, members, snapshot_index) = if has_wal {
+        let marker = datadir::read_marker(&data_dir)?;
+        let (log, rec) = wal::Wal::open(&wal_path, marker, wal_opts)?;
+        let member_id = rec.metadata.member_id;
+        let cluster_id = rec.metadata.cluster_id;
+        let (snap_index, snap_term) = match &rec.snapshot {
+            Some(s) => (s.index, s.term),
+            None => (marker.index, marker.term),
+        };
+        if snap_index > store.consistent_index() {
+            // A leader's snapshot was made durable in the WAL but the
+            // database it came with was not installed before a crash.
+            let received = datadir::received_db_path(&data_dir, snap_index);
+            if !received.exists() {
+                return Err(StartError::Inconsistent(format!(
+                    "the WAL starts at a snapshot at index {snap_index}, but the database has \
+                     applied entries only up to {} and the snapshot's database {} is missing",
+                    store.consistent_index(),
+                    received.display()
+                )));
+            }
+            tracing::info!(
+                index = snap_index,
+                "installing a received snapshot left by a crash"
+            );
+            store.install(&received)?;
+        }
+        datadir::remove_stale_snapshots(&data_dir, None);
+        let entries: Vec<Entry> = rec
+            .entries
+            .iter()
+            .map(|e| Entry::parse_from_bytes(&e.data))
+            .collect::<Result<_, _>>()
+            .map_err(|e| StartError::Inconsistent(format!("a WAL entry does not decode: {e}")))?;
+        let last = entries.last().map_or(snap_index, |e| e.index);
+        let applied = store.consistent_index();
+        if applied > last {
+            return Err(StartError::Inconsistent(format!(
+                "the database has applied raft entries up to index {applied}, but the WAL in {} \
+                 ends at index {last}: it was cut short or replaced, and starting would lose or \
+                 diverge from what was applied",
+                wal_path.display()
+            )));
+        }
+        let members = Membership::from_store(&store)?;
+        if members.list().is_empty() {
+            // A data directory written before member lists were stored:
+            // it can only be a one-member cluster.
+            seed_members(
+                &store,
+                &[Member {
+                    id: member_id,
+                    name: cfg.name.clone(),
+                    peer_urls: cfg.peer_urls(),
+                    client_urls: Vec::new(),
+                    is_learner: false,
+                }],
+            )?;
+            members.reload(&store)?;
+        }
+        {
+            let mut core = storage.wl();
+            let mut cs = conf_state(&members);
+            if snap_index > 0 {
+                let mut snap = Snapshot::default();
+                let meta = snap.mut_metadata();
+                meta.index = snap_index;
+                meta.term = snap_term;
+                meta.set_conf_state(cs.clone());
+                core.apply_snapshot(snap)?;
+            } else {
+                core.set_conf_state(std::mem::take(&mut cs));
+            }
+            if !entries.is_empty() {
+                core.append(&entries)?;
+            }
+            let hs = rec.hard_state.unwrap_or(wal::HardState {
+                term: snap_term,
+                vote: 0,
+                commit: snap_index,
+            });
+            core.set_hardstate(HardState {
+                term: hs.term.max(snap_term),
+                vote: hs.vote,
+                // Everything applied was committed; the commit index in the
+                // log may lag behind it.
+                commit: hs.commit.max(applied).max(snap_index).min(last),
+                ..Default::default()
+            });
+        }
+        tracing::info!(
+            entries = entries.len(),
+            applied,
+            snapshot = snap_index,
+            "recovered the raft log from the WAL"
+        );
+        (log, member_id, cluster_id, members, snap_index)
+    } else {
+        if store.consistent_index() > 0 {
+            return Err(StartError::Inconsistent(format!(
+                "the database has applied raft entries up to index {}, but {} holds no WAL: \
+                 without it this member cannot rejoin its cluster safely",
+                store.consistent_index(),
+                wal_path.display()
+            )));
+        }
+        let log = wal::Wal::create(
+            &wal_path,
+            wal::Metadata {
+                member_id: initial.me.id,
+                cluster_id: initial.cluster_id,
+            },
+            wal_opts,
+        )?;
+        seed_members(&store, &initial.members)?;
+        let members = Membership::from_store(&store)?;
+        storage.wl().set_conf_state(conf_state(&members));
+        (log, initial.me.id, initial.cluster_id, members, 0)
+    };
+
+    let hard_state = storage.rl().hard_state().clone();
+    let applied = store
+        .consistent_index()
+        .max(snapshot_index)
+        .min(hard_state.commit);
+    let election_tick = (cfg.election_timeout / cfg.heartbeat_interval).max(2) as usize;
+    let raft_cfg = raft::Config {
+        id: member_id,
+        heartbeat_tick: 1,
+        election_tick,
+        applied,
+        check_quorum: true,
+        pre_vote: cfg.pre_vote,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 256,
+        ..Default::default()
+    };
+    let logger = slog::Logger::root(TracingDrain, slog::o!());
+    let voters = members.voters();
+    let mut node = RawNode::new(&raft_cfg, storage, &logger)?;
+    if voters == [member_id] {
+        // Alone in the cluster: no reason to wait for an election timeout.
+        node.campaign()?;
+    }
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let transport = Transport::start(
+        member_id,
+        cluster_id,
+        tx.clone(),
+        store.clone(),
+        data_dir.clone(),
+    );
+    for m in members.list() {
+        if m.id != member_id {
+            transport.add_peer(m.id, m.peer_urls.clone());
+        }
+    }
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        member_id,
+        cluster_id,
+        name: cfg.name.clone(),
+        client_urls: cfg.client_urls(),
+        members,
+        raft: RaftStatus {
+            term: AtomicU64::new(hard_state.term),
+            applied_index: AtomicU64::new(applied),
+            commit_index: AtomicU64::new(hard_state.commit),
+            ..Default::default()
+        },
+        alarms: Mutex::new(Alarms::from_store(&store)?),
+        waiters: Waiters::default(),
+        ids: RequestIds::new(member_id),
+        transport: transport.clone(),
+        max_request_bytes: cfg.max_request_bytes,
+        data_dir: data_dir.clone(),
+        request_timeout: cfg.request_timeout(),
+        election_timeout: Duration::from_millis(cfg.election_timeout),
+        commands: Mutex::new(Some(tx.clone())),
+        failure: Mutex::new(None),
+        failed: tokio::sync::Notify::new(),
+    });
+    let log = Arc::new(log);
+    let (apply_tx, apply_rx) = std::sync::mpsc::channel::<ApplyTask>();
+    let applier = Applier::new(
+        shared.clone(),
+        log.clone(),
+        tx,
+        cfg.snapshot_count.max(1),
+        snapshot_index,
+    );
+    let apply = std::thread::Builder::new()
+        .name("apply".into())
+        .spawn(move || applier.run(apply_rx))
+        .map_err(|source| StartError::Thread {
+            what: "apply",
+            source,
+        })?;
+    let mut lp = RaftLoop {
+        node,
+        log,
+        shared: shared.clone(),
+        apply: apply_tx,
+        tick: Duration::from_millis(cfg.heartbeat_interval),
+        backlog: Vec::new(),
+        pending_reads: Vec::new(),
+        reads_in_flight: Vec::new(),
+        next_read: 0,
+        catchup_entries: cfg.experimental_snapshot_catchup_entries,
+        housekeeping: crate::raft::housekeeping::Housekeeping::new(cfg)?,
+        last_leader: 0,
+        last_housekeeping: Instant::now(),
+    };
+    let raft = std::thread::Builder::new()
+        .name("raft".into())
+        .spawn(move || lp.run(rx))
+        .map_err(|source| StartError::Thread {
+            what: "raft",
+            source,
+        })?;
+    shared.raft.term.store(hard_state.term, Ordering::Relaxed);
+    Ok((shared, Threads { raft, apply }))
+}
+
+/// Writes the member list of a new cluster into the database (every
+/// member writes the same list, before any raft entry).
+fn seed_members(store: &mvcc::Store, members: &[Member]) -> Result<(), mvcc::Error> {
+    let mut batch = store.apply()?;
+    for m in members {
+        batch.set_member(m.id, Some(&m.encode()))?;
+    }
+    let index = store.consistent_index();
+    batch.commit(index)?;
+    store.sync()
+}

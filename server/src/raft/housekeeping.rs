@@ -1,0 +1,151 @@
+//! The leader's periodic duties, run by the raft thread every 100 ms:
+//! proposing the revocation of expired leases (again if one gets lost),
+//! lease checkpoints, the NOSPACE alarm when the database passes its
+//! quota, and auto-compaction. Followers do none of it.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::config::{AutoCompaction, Config, ConfigError};
+use crate::pb::etcdserverpb as pb;
+use crate::pb::kvserverpb::{request::Op, LeaseCheckpoint, LeaseCheckpoints};
+use crate::raft::ready::RaftLoop;
+
+/// Most leases one checkpoint proposal carries (etcd's batch size).
+const CHECKPOINT_BATCH: usize = 1000;
+
+/// A revocation not applied within this is proposed again.
+const REVOKE_RETRY: Duration = Duration::from_secs(3);
+
+pub struct Housekeeping {
+    quota_bytes: i64,
+    auto_compaction: AutoCompaction,
+    /// (when, revision) samples for periodic auto-compaction.
+    revision_marks: Vec<(Instant, i64)>,
+    checkpoint_interval: Duration,
+    last_checkpoint: Instant,
+    /// Expired leases whose revocation was proposed, and when.
+    revoking: HashMap<i64, Instant>,
+}
+
+impl Housekeeping {
+    pub fn new(cfg: &Config) -> Result<Housekeeping, ConfigError> {
+        Ok(Housekeeping {
+            quota_bytes: cfg.quota_bytes(),
+            auto_compaction: cfg.auto_compaction()?,
+            revision_marks: Vec::new(),
+            checkpoint_interval: cfg.experimental_lease_checkpoint_interval,
+            last_checkpoint: Instant::now(),
+            revoking: HashMap::new(),
+        })
+    }
+
+    /// A new term of leadership: nothing proposed before is still pending.
+    pub fn became_leader(&mut self) {
+        self.revoking.clear();
+        self.last_checkpoint = Instant::now();
+    }
+}
+
+impl RaftLoop {
+    pub(crate) fn housekeep(&mut self) {
+        if !self.is_leader() || !self.can_serve_reads() {
+            return;
+        }
+        let store = self.shared.store.clone();
+        let now = Instant::now();
+        let expired = store.expired_leases(now);
+        self.housekeeping
+            .revoking
+            .retain(|id, _| expired.contains(id));
+        for id in expired {
+            let due = match self.housekeeping.revoking.get(&id) {
+                None => true,
+                Some(at) => now.duration_since(*at) >= REVOKE_RETRY,
+            };
+            if due {
+                self.housekeeping.revoking.insert(id, now);
+                self.propose_internal(Op::LeaseRevoke(pb::LeaseRevokeRequest { id }));
+            }
+        }
+        if self.housekeeping.last_checkpoint.elapsed() >= self.housekeeping.checkpoint_interval {
+            self.housekeeping.last_checkpoint = Instant::now();
+            let all = store.lease_remaining();
+            for chunk in all.chunks(CHECKPOINT_BATCH) {
+                self.propose_internal(Op::LeaseCheckpoints(LeaseCheckpoints {
+                    checkpoints: chunk
+                        .iter()
+                        .map(|&(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl })
+                        .collect(),
+                }));
+            }
+        }
+        let (file, _) = store.db_size();
+        let no_space = self
+            .shared
+            .alarms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .no_space();
+        if file as i64 > self.housekeeping.quota_bytes && !no_space {
+            tracing::warn!(
+                "database size {file} exceeds the quota {}: raising NOSPACE",
+                self.housekeeping.quota_bytes
+            );
+            self.propose_internal(Op::Alarm(pb::AlarmRequest {
+                action: pb::alarm_request::AlarmAction::Activate as i32,
+                member_id: self.shared.member_id,
+                alarm: pb::AlarmType::Nospace as i32,
+            }));
+        }
+        if let Some(target) = self.housekeeping.auto_compact_target(&store) {
+            tracing::info!("auto-compaction at revision {target}");
+            self.propose_internal(Op::Compaction(pb::CompactionRequest {
+                revision: target,
+                physical: false,
+            }));
+        }
+    }
+}
+
+impl Housekeeping {
+    fn auto_compact_target(&mut self, store: &mvcc::Store) -> Option<i64> {
+        let current = store.current_revision();
+        let target = match self.auto_compaction {
+            AutoCompaction::Off => return None,
+            AutoCompaction::Revision(keep) => {
+                // etcd checks every five minutes; so does this.
+                let now = Instant::now();
+                if self
+                    .revision_marks
+                    .last()
+                    .is_some_and(|(t, _)| now.duration_since(*t) < Duration::from_secs(300))
+                {
+                    return None;
+                }
+                self.revision_marks = vec![(now, current)];
+                current - keep
+            }
+            AutoCompaction::Periodic(keep) => {
+                let now = Instant::now();
+                let sample_every = (keep / 10).max(Duration::from_secs(1));
+                if self
+                    .revision_marks
+                    .last()
+                    .is_none_or(|(t, _)| now.duration_since(*t) >= sample_every)
+                {
+                    self.revision_marks.push((now, current));
+                }
+                // The newest revision at least `keep` old.
+                let pos = self
+                    .revision_marks
+                    .iter()
+                    .rposition(|(t, _)| now.duration_since(*t) >= keep)?;
+                let rev = self.revision_marks[pos].1;
+                self.revision_marks.drain(..=pos);
+                rev
+            }
+        };
+        (target > store.compacted_revision() && target <= current).then_some(target)
+    }
+}

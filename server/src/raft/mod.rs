@@ -1,0 +1,146 @@
+//! Consensus: raft-rs driven by one thread, persisted through the WAL,
+//! applied to the key space by another.
+//!
+//! - [`bootstrap`]: opening or creating the member's data (database, WAL,
+//!   raft's log rebuilt from it) and starting both threads.
+//! - [`ready`]: the raft thread. It ticks, steps messages from peers,
+//!   proposes, and handles each Ready: messages to the transport, entries
+//!   and hard state to the WAL (one fdatasync for the lot), committed
+//!   entries to the apply thread.
+//! - [`applier`]: the apply thread. It applies committed entries in
+//!   order, answers the handlers waiting for them, releases linearizable
+//!   reads, installs snapshots from the leader, takes the periodic raft
+//!   snapshot (database fsync, WAL snapshot record, marker) and runs the
+//!   compaction steps, so the raft thread never waits for any of it.
+//! - [`housekeeping`]: the leader's periodic duties (lease expiry and
+//!   checkpoints, the space quota, auto-compaction).
+//!
+//! ## A write, step by step
+//! 1. A handler calls [`Shared::propose`]: a fresh request ID (unique
+//!    across members), a waiter registered under it, [`Command::Propose`].
+//! 2. The raft thread proposes it; on a follower raft forwards it to the
+//!    leader.
+//! 3. The leader appends it to its WAL (fsynced) and replicates it; once a
+//!    quorum has it durable it is committed.
+//! 4. Every member's apply thread applies it; the member where the handler
+//!    waits answers it with the result.
+//!
+//! ## A linearizable read
+//! Handlers send [`Command::ReadIndex`]; the reads waiting when the raft
+//! thread takes its turn share one raft ReadIndex request (sent to the
+//! leader from a follower). When raft confirms the index, the apply thread
+//! releases them once it has applied that far, and they read an mvcc
+//! snapshot.
+
+pub mod applier;
+pub mod bootstrap;
+pub mod housekeeping;
+pub mod ready;
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use prost::Message as _;
+use tokio::sync::oneshot;
+
+use crate::apply::Applied;
+use crate::error::ServerError;
+use crate::pb::kvserverpb::{request::Op, Request};
+use crate::shared::Shared;
+
+pub use bootstrap::{start, Threads};
+
+/// Work for the raft thread.
+pub enum Command {
+    /// A request (already encoded) whose waiter is registered under `id`.
+    Propose {
+        id: u64,
+        data: Vec<u8>,
+    },
+    /// Resolves once the applied index has reached a read index confirmed
+    /// after the command was sent.
+    ReadIndex {
+        reply: oneshot::Sender<Result<(), ServerError>>,
+    },
+    /// A raft message from a peer.
+    Step(Box<raft::eraftpb::Message>),
+    /// The transport could not deliver to this peer.
+    Unreachable(u64),
+    /// How a snapshot sent to a peer ended.
+    SnapshotSent {
+        to: u64,
+        ok: bool,
+    },
+    /// The apply thread took a raft snapshot at this index: the log before
+    /// it may go (less the catch-up entries kept).
+    CompactLog(u64),
+    Stop,
+}
+
+/// Slack on top of `--max-request-bytes` for the request's envelope.
+const ENVELOPE_BYTES: usize = 4096;
+
+impl Shared {
+    pub(crate) fn send(&self, cmd: Command) -> Result<(), ServerError> {
+        let guard = self.commands.lock().unwrap_or_else(|e| e.into_inner());
+        match guard.as_ref() {
+            Some(tx) => tx.send(cmd).map_err(|_| ServerError::Stopped),
+            None => Err(ServerError::Stopped),
+        }
+    }
+
+    /// Proposes `op` through raft and waits for its answer (on this
+    /// member, whichever member leads).
+    pub async fn propose(&self, op: Op) -> Result<(Applied, i64), ServerError> {
+        let start = Instant::now();
+        let changes = self.raft.leader_changes.load(Ordering::Acquire);
+        let id = self.ids.next();
+        let data = Request { id, op: Some(op) }.encode_to_vec();
+        if data.len() > self.max_request_bytes + ENVELOPE_BYTES {
+            return Err(ServerError::TooLarge);
+        }
+        let rx = self.waiters.register(id);
+        // Whatever happens to this call (answered, timed out, the client
+        // gone), the waiter goes with it.
+        struct Forget<'a>(&'a Shared, u64);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                self.0.waiters.take(self.1);
+            }
+        }
+        let _forget = Forget(self, id);
+        self.send(Command::Propose { id, data })?;
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok((Ok(a), rev))) => Ok((a, rev)),
+            Ok(Ok((Err(e), _))) => Err(e),
+            Ok(Err(_)) => Err(ServerError::Stopped),
+            Err(_) => Err(self.timeout_error(start, changes)),
+        }
+    }
+
+    /// Waits until this member has applied everything committed before
+    /// the call (raft's ReadIndex, at the leader).
+    pub async fn read_index(&self) -> Result<(), ServerError> {
+        let start = Instant::now();
+        let changes = self.raft.leader_changes.load(Ordering::Acquire);
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::ReadIndex { reply })?;
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(ServerError::Stopped),
+            Err(_) => Err(self.timeout_error(start, changes)),
+        }
+    }
+
+    /// etcd's reading of a request that timed out: no leader now, a leader
+    /// change while it waited, or a plain timeout.
+    fn timeout_error(&self, _start: Instant, leader_changes: u64) -> ServerError {
+        if self.leader() == 0 {
+            ServerError::NoLeader
+        } else if self.raft.leader_changes.load(Ordering::Acquire) != leader_changes {
+            ServerError::TimeoutLeaderFail
+        } else {
+            ServerError::Timeout
+        }
+    }
+}

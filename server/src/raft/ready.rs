@@ -1,0 +1,402 @@
+//! The raft thread: one loop that ticks raft, steps peers' messages,
+//! proposes, and handles every Ready. It waits for the WAL (entries and
+//! hard state must be durable before raft hears they are) and for nothing
+//! else: applying, database fsyncs and compaction run on the apply thread.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use raft::prelude::*;
+use raft::storage::MemStorage;
+use raft::StateRole;
+use tokio::sync::oneshot;
+
+use crate::error::{ServerError, StartError};
+use crate::raft::applier::ApplyTask;
+use crate::raft::housekeeping::Housekeeping;
+use crate::raft::Command;
+use crate::shared::Shared;
+
+/// Proposals held while no leader is known, at most.
+const MAX_BACKLOG: usize = 10_000;
+
+/// A ReadIndex request not answered within this is asked again (a message
+/// to the leader may have been lost).
+const READ_RETRY: Duration = Duration::from_millis(500);
+
+type ReadReply = oneshot::Sender<Result<(), ServerError>>;
+
+pub(crate) struct ReadBatch {
+    ctx: Vec<u8>,
+    sent: Instant,
+    waiters: Vec<ReadReply>,
+}
+
+pub struct RaftLoop {
+    pub(crate) node: RawNode<MemStorage>,
+    pub(crate) log: Arc<wal::Wal>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) apply: Sender<ApplyTask>,
+    pub(crate) tick: Duration,
+    /// Proposals (request IDs and data) that arrived while no leader was
+    /// known.
+    pub(crate) backlog: Vec<(u64, Vec<u8>)>,
+    pub(crate) pending_reads: Vec<ReadReply>,
+    pub(crate) reads_in_flight: Vec<ReadBatch>,
+    pub(crate) next_read: u64,
+    pub(crate) catchup_entries: u64,
+    pub(crate) housekeeping: Housekeeping,
+    pub(crate) last_leader: u64,
+    pub(crate) last_housekeeping: Instant,
+}
+
+impl RaftLoop {
+    pub fn run(&mut self, rx: Receiver<Command>) {
+        if let Err(e) = self.run_inner(rx) {
+            // The log failed: stop here rather than acknowledge anything
+            // not durable. A restart recovers from the WAL.
+            // Nothing may be acknowledged any more: the member stops with
+            // this error (main exits non-zero, a supervisor restarts it).
+            tracing::error!("the raft thread stops: {e}");
+            let _ = self.apply.send(ApplyTask::Stop);
+            self.shared.fail(format!("the raft thread stopped: {e}"));
+        }
+    }
+
+    fn run_inner(&mut self, rx: Receiver<Command>) -> Result<(), StartError> {
+        let mut next_tick = Instant::now() + self.tick;
+        'outer: loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(cmd) => {
+                    if !self.handle(cmd) {
+                        break 'outer;
+                    }
+                    // Everything already queued joins this turn.
+                    for _ in 0..100_000 {
+                        match rx.try_recv() {
+                            Ok(cmd) => {
+                                if !self.handle(cmd) {
+                                    break 'outer;
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if Instant::now() >= next_tick {
+                self.node.tick();
+                next_tick += self.tick;
+                if next_tick < Instant::now() {
+                    next_tick = Instant::now() + self.tick;
+                }
+            }
+            self.advance_applied();
+            if self.last_housekeeping.elapsed() >= Duration::from_millis(100) {
+                self.last_housekeeping = Instant::now();
+                self.housekeep();
+            }
+            self.start_reads();
+            self.on_ready()?;
+            if !self.backlog.is_empty() && self.leader() != 0 {
+                for (id, data) in std::mem::take(&mut self.backlog) {
+                    self.propose(id, data);
+                }
+            }
+        }
+        let _ = self.apply.send(ApplyTask::Stop);
+        tracing::info!("raft loop stopped");
+        Ok(())
+    }
+
+    fn leader(&self) -> u64 {
+        self.node.raft.leader_id
+    }
+
+    pub(crate) fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
+    /// Leader whose log has an entry of its own term committed (raft-rs
+    /// drops read requests before that).
+    pub(crate) fn can_serve_reads(&self) -> bool {
+        let log = &self.node.raft.raft_log;
+        if self.is_leader() {
+            log.term(log.committed).unwrap_or(0) == self.node.raft.term
+        } else {
+            self.leader() != 0
+        }
+    }
+
+    /// Returns false when the loop must stop.
+    fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::ReadIndex { reply } => self.pending_reads.push(reply),
+            Command::Propose { id, data } => {
+                if self.leader() == 0 {
+                    if self.backlog.len() >= MAX_BACKLOG {
+                        self.fail(id, ServerError::NoLeader);
+                    } else {
+                        self.backlog.push((id, data));
+                    }
+                } else {
+                    self.propose(id, data);
+                }
+            }
+            Command::Step(m) => {
+                if let Err(e) = self.node.step(*m) {
+                    tracing::debug!("raft message dropped: {e}");
+                }
+            }
+            Command::Unreachable(id) => self.node.report_unreachable(id),
+            Command::SnapshotSent { to, ok } => {
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.node.report_snapshot(to, status);
+            }
+            Command::CompactLog(index) => self.compact_log(index),
+            Command::Stop => return false,
+        }
+        true
+    }
+
+    fn fail(&self, id: u64, e: ServerError) {
+        if let Some(w) = self.shared.waiters.take(id) {
+            let _ = w.send((Err(e), 0));
+        }
+    }
+
+    fn propose(&mut self, id: u64, data: Vec<u8>) {
+        // A handler that gave up no longer waits: its request is not
+        // proposed at all.
+        if !self.shared.waiters.contains(id) {
+            return;
+        }
+        if let Err(e) = self.node.propose(Vec::new(), data) {
+            tracing::debug!("proposal dropped: {e}");
+            self.fail(id, ServerError::NoLeader);
+        }
+    }
+
+    pub(crate) fn propose_internal(&mut self, op: crate::pb::kvserverpb::request::Op) {
+        use prost::Message as _;
+        let data = crate::pb::kvserverpb::Request {
+            id: 0,
+            op: Some(op),
+        }
+        .encode_to_vec();
+        if let Err(e) = self.node.propose(Vec::new(), data) {
+            tracing::warn!("internal proposal dropped: {e}");
+        }
+    }
+
+    /// Tells raft how far the apply thread has got.
+    fn advance_applied(&mut self) {
+        let applied = self.shared.applied_index();
+        let log = &self.node.raft.raft_log;
+        let high = log.committed.min(log.persisted);
+        if applied > log.applied && applied <= high {
+            self.node.advance_apply_to(applied);
+        }
+    }
+
+    /// One ReadIndex request for every read waiting now; requests not
+    /// answered for a while are asked again.
+    fn start_reads(&mut self) {
+        if !self.can_serve_reads() {
+            return;
+        }
+        let now = Instant::now();
+        let mut retry = Vec::new();
+        self.reads_in_flight.retain_mut(|b| {
+            if now.duration_since(b.sent) >= READ_RETRY {
+                retry.append(&mut b.waiters);
+                false
+            } else {
+                true
+            }
+        });
+        self.pending_reads.append(&mut retry);
+        if self.pending_reads.is_empty() {
+            return;
+        }
+        self.next_read += 1;
+        let mut ctx = self.shared.member_id.to_be_bytes().to_vec();
+        ctx.extend_from_slice(&self.next_read.to_be_bytes());
+        self.reads_in_flight.push(ReadBatch {
+            ctx: ctx.clone(),
+            sent: now,
+            waiters: std::mem::take(&mut self.pending_reads),
+        });
+        self.node.read_index(ctx);
+    }
+
+    /// A new leader (or none): reads in flight fail as etcd's do, since
+    /// the old leader's answer can no longer be trusted to arrive.
+    fn on_leader_change(&mut self, leader: u64) {
+        let s = &self.shared;
+        s.raft.leader.store(leader, Ordering::Release);
+        s.raft.is_leader.store(self.is_leader(), Ordering::Release);
+        s.raft.leader_changes.fetch_add(1, Ordering::AcqRel);
+        *s.raft
+            .leader_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = (leader != 0).then(Instant::now);
+        for b in self.reads_in_flight.drain(..) {
+            for w in b.waiters {
+                let _ = w.send(Err(ServerError::LeaderChanged));
+            }
+        }
+        if leader == 0 {
+            tracing::info!(term = self.node.raft.term, "no leader");
+        } else {
+            tracing::info!(
+                term = self.node.raft.term,
+                leader = format!("{leader:x}"),
+                "leader elected"
+            );
+        }
+        if self.is_leader() {
+            // Leases are promoted when this leader's first entry is
+            // applied (the apply thread), after everything before it.
+            self.housekeeping.became_leader();
+        }
+        self.last_leader = leader;
+    }
+
+    fn on_ready(&mut self) -> Result<(), StartError> {
+        if !self.node.has_ready() {
+            return Ok(());
+        }
+        let store = self.node.store().clone();
+        let mut rd = self.node.ready();
+        if let Some(ss) = rd.ss() {
+            let leader = ss.leader_id;
+            if leader != self.last_leader || self.is_leader() != self.shared.is_leader() {
+                self.on_leader_change(leader);
+            }
+        }
+        // A leader sends before it persists (raft thesis 10.2.1).
+        if !rd.messages().is_empty() {
+            self.send(rd.take_messages());
+        }
+        let mut records = Vec::with_capacity(rd.entries().len() + 2);
+        let mut install = None;
+        if !rd.snapshot().is_empty() {
+            let snap = rd.snapshot().clone();
+            let meta = snap.get_metadata();
+            records.push(wal::Record::Snapshot {
+                index: meta.index,
+                term: meta.term,
+                conf_state: meta
+                    .get_conf_state()
+                    .write_to_bytes()
+                    .map_err(|e| StartError::Fatal(format!("encoding a conf state: {e}")))?,
+            });
+            install = Some((meta.index, meta.term));
+            store.wl().apply_snapshot(snap)?;
+        }
+        for rs in rd.take_read_states() {
+            if let Some(pos) = self
+                .reads_in_flight
+                .iter()
+                .position(|b| b.ctx == rs.request_ctx)
+            {
+                let b = self.reads_in_flight.remove(pos);
+                let _ = self.apply.send(ApplyTask::ReadBarrier {
+                    index: rs.index,
+                    waiters: b.waiters,
+                });
+            }
+        }
+        let committed = rd.take_committed_entries();
+        if !committed.is_empty() {
+            let _ = self.apply.send(ApplyTask::Entries(committed));
+        }
+        for e in rd.entries() {
+            let data = e
+                .write_to_bytes()
+                .map_err(|err| StartError::Fatal(format!("encoding entry {}: {err}", e.index)))?;
+            records.push(wal::Record::Entry {
+                index: e.index,
+                term: e.term,
+                data,
+            });
+        }
+        if let Some(hs) = rd.hs() {
+            records.push(wal::Record::HardState {
+                term: hs.term,
+                vote: hs.vote,
+                commit: hs.commit,
+            });
+            self.shared.raft.term.store(hs.term, Ordering::Relaxed);
+            self.shared
+                .raft
+                .commit_index
+                .store(hs.commit, Ordering::Relaxed);
+        }
+        if !records.is_empty() {
+            self.log.append(records).wait()?;
+        }
+        if let Some((index, term)) = install {
+            // The snapshot is durable in the WAL; its database is installed
+            // by the apply thread, in order with the entries after it.
+            let _ = self.apply.send(ApplyTask::Install { index, term });
+        }
+        if !rd.entries().is_empty() {
+            store.wl().append(rd.entries())?;
+        }
+        if let Some(hs) = rd.hs() {
+            store.wl().set_hardstate(hs.clone());
+        }
+        if !rd.persisted_messages().is_empty() {
+            self.send(rd.take_persisted_messages());
+        }
+        let mut light = self.node.advance_append(rd);
+        if let Some(commit) = light.commit_index() {
+            store.wl().mut_hard_state().set_commit(commit);
+            self.shared
+                .raft
+                .commit_index
+                .store(commit, Ordering::Relaxed);
+        }
+        if !light.messages().is_empty() {
+            self.send(light.take_messages());
+        }
+        let committed = light.take_committed_entries();
+        if !committed.is_empty() {
+            let _ = self.apply.send(ApplyTask::Entries(committed));
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, msgs: Vec<Message>) {
+        for id in self.shared.transport.send(msgs) {
+            self.node.report_unreachable(id);
+        }
+    }
+
+    /// Drops raft's in-memory log up to `index` less the catch-up entries
+    /// a slow follower may still need.
+    fn compact_log(&mut self, index: u64) {
+        let target = index.saturating_sub(self.catchup_entries);
+        let applied = self.node.raft.raft_log.applied;
+        let store = self.node.store().clone();
+        let mut core = store.wl();
+        let target = target.min(applied).min(core.hard_state().commit);
+        if target > 0 {
+            if let Err(e) = core.compact(target) {
+                tracing::warn!("compacting the raft log at {target}: {e}");
+            }
+        }
+    }
+}

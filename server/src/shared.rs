@@ -1,0 +1,170 @@
+//! What every part of a member shares: the key space, the member's
+//! identity, raft's state as last seen, the member list, the alarms, and
+//! the ways to reach the raft thread (proposals, reads) and the peers.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::alarms::Alarms;
+use crate::apply::ApplyResult;
+use crate::membership::Membership;
+use crate::pb::etcdserverpb as pb;
+use crate::raft::Command;
+use crate::transport::Transport;
+
+/// raft's state as the raft thread last published it.
+#[derive(Debug, Default)]
+pub struct RaftStatus {
+    pub term: AtomicU64,
+    /// 0: no leader known.
+    pub leader: AtomicU64,
+    pub is_leader: AtomicBool,
+    pub commit_index: AtomicU64,
+    /// The index of the last entry applied to the key space.
+    pub applied_index: AtomicU64,
+    /// Bumped at every change of leader (reads in flight then fail).
+    pub leader_changes: AtomicU64,
+    /// When the current leader was elected (or seen first).
+    pub leader_since: Mutex<Option<Instant>>,
+}
+
+/// Handlers waiting for their proposal to be applied, by request ID (the
+/// apply thread answers them, on whichever member they were proposed).
+#[derive(Default)]
+pub struct Waiters {
+    map: Mutex<HashMap<u64, oneshot::Sender<ApplyResult>>>,
+}
+
+impl Waiters {
+    pub fn register(&self, id: u64) -> oneshot::Receiver<ApplyResult> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(id, tx);
+        rx
+    }
+
+    pub fn take(&self, id: u64) -> Option<oneshot::Sender<ApplyResult>> {
+        self.lock().remove(&id)
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.lock().contains_key(&id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<ApplyResult>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// etcd's request IDs: the low 16 bits of the member ID in the top 16
+/// bits, then the start time in milliseconds (40 bits) and a counter (8
+/// bits) that counts on from there, so IDs are unique across members and
+/// restarts.
+pub struct RequestIds {
+    prefix: u64,
+    suffix: AtomicU64,
+}
+
+const SUFFIX_BITS: u32 = 48;
+
+impl RequestIds {
+    pub fn new(member_id: u64) -> RequestIds {
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        RequestIds {
+            prefix: (member_id & 0xffff) << SUFFIX_BITS,
+            suffix: AtomicU64::new((millis & ((1 << 40) - 1)) << 8),
+        }
+    }
+
+    pub fn next(&self) -> u64 {
+        let s = self.suffix.fetch_add(1, Ordering::Relaxed) + 1;
+        self.prefix | (s & ((1 << SUFFIX_BITS) - 1))
+    }
+}
+
+/// What the handlers share with the raft and apply threads.
+pub struct Shared {
+    pub store: Arc<mvcc::Store>,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub name: String,
+    pub client_urls: Vec<String>,
+    pub members: Membership,
+    pub raft: RaftStatus,
+    pub alarms: Mutex<Alarms>,
+    pub waiters: Waiters,
+    pub ids: RequestIds,
+    pub transport: Arc<Transport>,
+    pub max_request_bytes: usize,
+    pub data_dir: PathBuf,
+    pub request_timeout: Duration,
+    pub election_timeout: Duration,
+    pub(crate) commands: Mutex<Option<std::sync::mpsc::Sender<Command>>>,
+    /// Set when a thread of the member hit an error it cannot go on from
+    /// (a failed WAL write, say); [`crate::run`] then stops and returns it.
+    pub failure: Mutex<Option<String>>,
+    pub failed: tokio::sync::Notify,
+}
+
+impl Shared {
+    /// etcd's response header, at revision `revision`.
+    pub fn header(&self, revision: i64) -> pb::ResponseHeader {
+        pb::ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: self.raft.term.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The leader this member knows of (0: none).
+    pub fn leader(&self) -> u64 {
+        self.raft.leader.load(Ordering::Acquire)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.is_leader.load(Ordering::Acquire)
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.raft.applied_index.load(Ordering::Acquire)
+    }
+
+    /// Records a fatal error: the member stops serving and `run` returns
+    /// it.
+    pub fn fail(&self, why: String) {
+        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            *f = Some(why);
+        }
+        drop(f);
+        self.failed.notify_one();
+    }
+
+    /// Stops the raft loop (it finishes its current turn, and the apply
+    /// thread syncs the database and the WAL is closed).
+    pub fn stop(&self) {
+        let tx = self
+            .commands
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(tx) = tx {
+            let _ = tx.send(Command::Stop);
+        }
+    }
+}

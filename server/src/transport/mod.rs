@@ -1,0 +1,211 @@
+//! The peer transport: how raft messages, snapshots and forwarded lease
+//! calls travel between members, over etcd's peer URLs with gRPC
+//! (`kvserverpb.Peer`, `proto/kvserverpb/peer.proto`).
+//!
+//! - Every peer has one bounded queue and one task ([`sender`]) that keeps
+//!   a stream open to it and writes the queue into it, one batch per
+//!   Ready. When the queue is full the batch is dropped and raft is told
+//!   the peer is unreachable, as etcd does; a broken stream is reopened
+//!   with backoff.
+//! - A snapshot for a follower too far behind goes on its own call
+//!   ([`snapshot`]): the database copied from one read transaction (writes
+//!   go on meanwhile), streamed in chunks with a SHA-256, installed by the
+//!   follower only once whole and verified.
+//! - Every message names the sender's cluster; the receiver ([`service`])
+//!   refuses another cluster's with a clear log line.
+//! - [`faults`] is a test hook that drops or delays traffic per peer.
+
+pub mod faults;
+pub mod sender;
+pub mod service;
+pub mod snapshot;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::pb::kvserverpb::peer_client::PeerClient;
+use crate::pb::kvserverpb::RaftBatch;
+use crate::raft::Command;
+use faults::Faults;
+
+/// Batches a peer's queue holds before new ones are dropped (etcd's
+/// stream buffer holds 4096 messages; a batch is one Ready's worth).
+const QUEUE_BATCHES: usize = 1024;
+
+/// The largest message a peer call may carry (entries can be 1.5 MiB each
+/// and a batch holds several).
+pub const MAX_PEER_MESSAGE: usize = 256 << 20;
+
+/// A batch waiting in a peer's queue, with when it was queued (for the
+/// test hook's delays).
+pub(crate) struct Queued {
+    pub at: Instant,
+    pub batch: RaftBatch,
+}
+
+struct Peer {
+    urls: Vec<String>,
+    queue: mpsc::Sender<Queued>,
+    channel: Channel,
+    /// A snapshot is being sent to it.
+    snapshot_busy: Arc<AtomicBool>,
+}
+
+pub struct Transport {
+    pub me: u64,
+    pub cluster_id: u64,
+    raft: Mutex<Sender<Command>>,
+    pub(crate) store: Arc<mvcc::Store>,
+    pub(crate) data_dir: PathBuf,
+    peers: Mutex<HashMap<u64, Peer>>,
+    pub faults: Arc<Faults>,
+    runtime: tokio::runtime::Handle,
+}
+
+fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        // A peer that stops answering (paused, cut off) is noticed within
+        // a few seconds and its stream reopened.
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(3))
+        .keep_alive_while_idle(true)
+        .http2_adaptive_window(true))
+}
+
+impl Transport {
+    /// A transport for member `me` of `cluster_id`; must be called inside
+    /// a tokio runtime (its tasks run there).
+    pub fn start(
+        me: u64,
+        cluster_id: u64,
+        raft: Sender<Command>,
+        store: Arc<mvcc::Store>,
+        data_dir: PathBuf,
+    ) -> Arc<Transport> {
+        let t = Arc::new(Transport {
+            me,
+            cluster_id,
+            raft: Mutex::new(raft),
+            store,
+            data_dir,
+            peers: Mutex::new(HashMap::new()),
+            faults: Arc::new(Faults::default()),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        t.faults.watch_env();
+        t
+    }
+
+    pub(crate) fn to_raft(&self, cmd: Command) {
+        let _ = self
+            .raft
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(cmd);
+    }
+
+    /// Adds a peer (or changes its URLs) and starts its sender.
+    pub fn add_peer(self: &Arc<Self>, id: u64, urls: Vec<String>) {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if peers.get(&id).is_some_and(|p| p.urls == urls) {
+            return;
+        }
+        let Some(channel) = urls.iter().find_map(|u| match endpoint(u) {
+            Ok(e) => Some(e.connect_lazy()),
+            Err(e) => {
+                tracing::warn!("peer {id:x}: bad peer URL {u:?}: {e}");
+                None
+            }
+        }) else {
+            return;
+        };
+        let (queue, rx) = mpsc::channel(QUEUE_BATCHES);
+        peers.insert(
+            id,
+            Peer {
+                urls,
+                queue,
+                channel: channel.clone(),
+                snapshot_busy: Arc::new(AtomicBool::new(false)),
+            },
+        );
+        let t = self.clone();
+        self.runtime
+            .spawn(async move { sender::stream_to(t, id, channel, rx).await });
+    }
+
+    /// A client for calls to peer `id`.
+    pub fn client(&self, id: u64) -> Option<PeerClient<Channel>> {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.get(&id).map(|p| {
+            PeerClient::new(p.channel.clone())
+                .max_decoding_message_size(MAX_PEER_MESSAGE)
+                .max_encoding_message_size(MAX_PEER_MESSAGE)
+        })
+    }
+
+    /// Queues raft's messages, one batch per peer. Returns the peers that
+    /// could not take theirs (raft should hear they are unreachable).
+    pub fn send(self: &Arc<Self>, msgs: Vec<Message>) -> Vec<u64> {
+        let mut by_peer: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
+        let mut unreachable = Vec::new();
+        for m in msgs {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                snapshot::send(self, m);
+                continue;
+            }
+            match m.write_to_bytes() {
+                Ok(b) => by_peer.entry(m.to).or_default().push(b),
+                Err(e) => tracing::error!("encoding a raft message: {e}"),
+            }
+        }
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        for (to, messages) in by_peer {
+            let Some(peer) = peers.get(&to) else {
+                unreachable.push(to);
+                continue;
+            };
+            if self.faults.drops_out(to) {
+                continue;
+            }
+            let batch = RaftBatch {
+                cluster_id: self.cluster_id,
+                from: self.me,
+                to,
+                messages,
+            };
+            let queued = Queued {
+                at: Instant::now(),
+                batch,
+            };
+            if peer.queue.try_send(queued).is_err() {
+                tracing::debug!("the queue to peer {to:x} is full: messages dropped");
+                unreachable.push(to);
+            }
+        }
+        unreachable
+    }
+
+    pub(crate) fn snapshot_busy(&self, id: u64) -> Option<Arc<AtomicBool>> {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.get(&id).map(|p| p.snapshot_busy.clone())
+    }
+
+    pub(crate) fn spawn<F>(&self, f: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.runtime.spawn(f);
+    }
+}

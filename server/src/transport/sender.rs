@@ -1,0 +1,90 @@
+//! One peer's sender: keeps a `Peer.Raft` stream open and writes the
+//! peer's queue into it; reopens a broken stream with backoff, telling
+//! raft the peer was unreachable (so it probes again rather than assume
+//! the lost messages arrived).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use super::{Queued, Transport, MAX_PEER_MESSAGE};
+use crate::pb::kvserverpb::peer_client::PeerClient;
+use crate::raft::Command;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+pub(crate) async fn stream_to(
+    t: Arc<Transport>,
+    peer: u64,
+    channel: Channel,
+    mut queue: mpsc::Receiver<Queued>,
+) {
+    let mut backoff = MIN_BACKOFF;
+    let mut down_since: Option<Instant> = None;
+    loop {
+        let mut client = PeerClient::new(channel.clone())
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE);
+        let (tx, rx) = mpsc::channel(64);
+        let mut call = Box::pin(client.raft(ReceiverStream::new(rx)));
+        let opened = Instant::now();
+        let mut sent_any = false;
+        let ended: Result<(), tonic::Status> = loop {
+            tokio::select! {
+                r = &mut call => break r.map(|_| ()),
+                q = queue.recv() => {
+                    let Some(q) = q else { return };
+                    let delay = t.faults.get(peer).delay;
+                    if !delay.is_zero() {
+                        tokio::time::sleep_until((q.at + delay).into()).await;
+                    }
+                    if tx.send(q.batch).await.is_err() {
+                        break Err(tonic::Status::unavailable("the stream closed"));
+                    }
+                    if !sent_any {
+                        sent_any = true;
+                        if let Some(since) = down_since.take() {
+                            tracing::info!(
+                                "peer {peer:x} is reachable again (after {:.1?})",
+                                since.elapsed()
+                            );
+                        }
+                    }
+                }
+            }
+        };
+        t.to_raft(Command::Unreachable(peer));
+        match &ended {
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                tracing::error!(
+                    "peer {peer:x} refuses this member's messages: {}",
+                    s.message()
+                );
+            }
+            Err(s) if down_since.is_none() => {
+                tracing::warn!("lost the stream to peer {peer:x}: {}", s.message());
+            }
+            _ => {}
+        }
+        if down_since.is_none() {
+            down_since = Some(Instant::now());
+        }
+        backoff = if opened.elapsed() > Duration::from_secs(1) {
+            MIN_BACKOFF
+        } else {
+            (backoff * 2).min(MAX_BACKOFF)
+        };
+        // What is queued meanwhile cannot be delivered: raft resends.
+        let until = tokio::time::Instant::now() + backoff;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
+                q = queue.recv() => if q.is_none() { return },
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The peer service a member serves on its peer URLs: raft messages and
+//! snapshots from the other members, and the lease calls followers pass
+//! on to the leader.
+
+use std::sync::Arc;
+
+use protobuf::Message as _;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::pb::etcdserverpb as pb;
+use crate::pb::kvserverpb::{self as kpb, peer_server::Peer};
+use crate::raft::Command;
+use crate::shared::Shared;
+
+pub struct PeerService(pub Arc<Shared>);
+
+impl PeerService {
+    /// Refuses what comes from another cluster, or was meant for another
+    /// member.
+    fn check(&self, cluster_id: u64, from: u64, to: Option<u64>) -> Result<(), Status> {
+        let s = &self.0;
+        if cluster_id != s.cluster_id {
+            tracing::warn!(
+                "refusing a message from member {from:x} of cluster {cluster_id:x}: this member \
+                 ({:x}) belongs to cluster {:x}",
+                s.member_id,
+                s.cluster_id
+            );
+            return Err(Status::failed_precondition("cluster ID mismatch"));
+        }
+        if let Some(to) = to.filter(|to| *to != s.member_id) {
+            tracing::warn!(
+                "refusing a message from member {from:x} for member {to:x}: this member is {:x}",
+                s.member_id
+            );
+            return Err(Status::failed_precondition("member ID mismatch"));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn raft(
+        &self,
+        req: Request<Streaming<kpb::RaftBatch>>,
+    ) -> Result<Response<kpb::PeerAck>, Status> {
+        let mut inbound = req.into_inner();
+        while let Some(batch) = inbound.message().await? {
+            self.check(batch.cluster_id, batch.from, Some(batch.to))?;
+            if self.0.transport.faults.drops_in(batch.from) {
+                continue;
+            }
+            for bytes in &batch.messages {
+                let m = raft::eraftpb::Message::parse_from_bytes(bytes)
+                    .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
+                if m.from != batch.from {
+                    return Err(Status::invalid_argument("raft message from another member"));
+                }
+                self.0.transport.to_raft(Command::Step(Box::new(m)));
+            }
+        }
+        Ok(Response::new(kpb::PeerAck {}))
+    }
+
+    async fn snapshot(
+        &self,
+        req: Request<Streaming<kpb::SnapshotChunk>>,
+    ) -> Result<Response<kpb::PeerAck>, Status> {
+        let shared = self.0.clone();
+        let mut inbound = req.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        self.check(first.cluster_id, first.from, Some(first.to))?;
+        if shared.transport.faults.drops_in(first.from) {
+            return Err(Status::unavailable("dropped by the test faults"));
+        }
+        let msg = super::snapshot::receive(&shared, first, &mut inbound).await?;
+        shared.transport.to_raft(Command::Step(Box::new(msg)));
+        Ok(Response::new(kpb::PeerAck {}))
+    }
+
+    async fn lease_renew(
+        &self,
+        req: Request<kpb::LeaseRenewRequest>,
+    ) -> Result<Response<kpb::LeaseRenewResponse>, Status> {
+        let r = req.into_inner();
+        self.check(r.cluster_id, 0, None)?;
+        let s = &self.0;
+        if !s.is_leader() {
+            return Err(Status::failed_precondition("not the leader"));
+        }
+        let resp = match crate::api::lease::renew_here(s, r.id) {
+            Some(ttl) => kpb::LeaseRenewResponse {
+                found: true,
+                ttl,
+                revision: s.store.current_revision(),
+            },
+            None => kpb::LeaseRenewResponse {
+                found: false,
+                ttl: 0,
+                revision: s.store.current_revision(),
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<kpb::LeaseTtlRequest>,
+    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let r = req.into_inner();
+        self.check(r.cluster_id, 0, None)?;
+        let s = &self.0;
+        if !s.is_leader() {
+            return Err(Status::failed_precondition("not the leader"));
+        }
+        let inner = r.request.unwrap_or_default();
+        Ok(Response::new(crate::api::lease::time_to_live_here(
+            s, &inner,
+        )))
+    }
+}

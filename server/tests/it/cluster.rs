@@ -1,0 +1,278 @@
+//! A cluster of kvserver processes on free loopback ports, for the tests
+//! of replication, failover, partitions and catch-up. Every member gets a
+//! faults file (the transport's test hook, `KVSERVER_TEST_PEER_FAULTS`)
+//! through which a test cuts or delays links. Members are killed by PID
+//! when the cluster is dropped.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_client::Client;
+
+use crate::free_port;
+
+pub const TOKEN: &str = "etcd-cluster";
+
+pub struct Member {
+    pub name: String,
+    pub id: u64,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data_dir: PathBuf,
+    pub faults: PathBuf,
+    child: Option<Child>,
+}
+
+impl Member {
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+}
+
+pub struct Cluster {
+    pub members: Vec<Member>,
+    initial_cluster: String,
+    extra: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) on the pid of a child this harness started and has
+    // not reaped yet.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+impl Cluster {
+    /// Starts `n` members with `extra` flags and waits until every one
+    /// serves clients.
+    pub async fn start(n: usize, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut members = Vec::new();
+        for i in 1..=n {
+            let peer_port = free_port();
+            let peer = format!("http://127.0.0.1:{peer_port}");
+            let name = format!("m{i}");
+            members.push(Member {
+                id: server::membership::member_id(std::slice::from_ref(&peer), TOKEN),
+                data_dir: dir.path().join(format!("{name}.data")),
+                faults: dir.path().join(format!("{name}.faults")),
+                name,
+                client_port: free_port(),
+                peer_port,
+                child: None,
+            });
+        }
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Cluster {
+            members,
+            initial_cluster,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            _dir: dir,
+        };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        for i in 0..n {
+            c.wait_serving(i).await;
+        }
+        c
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        std::fs::write(&m.faults, "").unwrap();
+        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(m.data_dir.with_extension("log"))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_kvserver"))
+            .args(["--name", &m.name, "--data-dir"])
+            .arg(&m.data_dir)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-token", TOKEN])
+            .args(&self.extra)
+            .env("KVSERVER_TEST_PEER_FAULTS", &m.faults)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start kvserver");
+        m.child = Some(child);
+    }
+
+    /// Waits (at most 30 s) until member `i` answers a serializable read.
+    pub async fn wait_serving(&mut self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let endpoint = self.members[i].endpoint();
+        loop {
+            if let Ok(mut c) = Client::connect([endpoint.as_str()], None).await {
+                let opts = etcd_client::GetOptions::new().with_serializable();
+                if c.get("health", Some(opts)).await.is_ok() {
+                    return;
+                }
+            }
+            if !self.members[i].is_running() {
+                panic!(
+                    "member {} exited:\n{}",
+                    self.members[i].name,
+                    self.log_tail(i)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {} did not serve within 30 s:\n{}",
+                self.members[i].name,
+                self.log_tail(i)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_tail(&self, i: usize) -> String {
+        let log = std::fs::read_to_string(self.members[i].data_dir.with_extension("log"))
+            .unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    pub async fn client(&self, i: usize) -> Client {
+        Client::connect([self.members[i].endpoint()], None)
+            .await
+            .expect("connect")
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Member::endpoint).collect()
+    }
+
+    /// The index of the member every running member agrees leads, waiting
+    /// (at most `within`) until they do.
+    pub async fn leader(&mut self, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut seen = Vec::new();
+            for i in 0..self.members.len() {
+                if !self.members[i].is_running() {
+                    continue;
+                }
+                let ep = self.members[i].endpoint();
+                let status = async {
+                    let mut c = Client::connect([ep.as_str()], None).await.ok()?;
+                    c.status().await.ok()
+                };
+                match tokio::time::timeout(Duration::from_secs(1), status).await {
+                    Ok(Some(s)) => seen.push(s.leader()),
+                    _ => seen.push(0),
+                }
+            }
+            if let Some(&l) = seen.first() {
+                if l != 0 && seen.iter().all(|x| *x == l) {
+                    if let Some(i) = self.members.iter().position(|m| m.id == l) {
+                        if self.members[i].is_running() {
+                            return i;
+                        }
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {within:?}: {seen:x?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGSTOP / SIGCONT.
+    pub fn pause(&self, i: usize) {
+        if let Some(pid) = self.members[i].pid() {
+            signal(pid, libc::SIGSTOP);
+        }
+    }
+
+    pub fn resume(&self, i: usize) {
+        if let Some(pid) = self.members[i].pid() {
+            signal(pid, libc::SIGCONT);
+        }
+    }
+
+    /// Starts a stopped member again on its data and ports.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+    }
+
+    /// Cuts every link between members of different groups (both ways).
+    /// Members in no group keep all their links.
+    pub fn partition(&self, groups: &[&[usize]]) {
+        let group_of = |i: usize| groups.iter().position(|g| g.contains(&i));
+        for i in 0..self.members.len() {
+            let mut rules = String::new();
+            for j in 0..self.members.len() {
+                if i != j
+                    && group_of(i).is_some()
+                    && group_of(j).is_some()
+                    && group_of(i) != group_of(j)
+                {
+                    rules.push_str(&format!("drop {:x}\n", self.members[j].id));
+                }
+            }
+            std::fs::write(&self.members[i].faults, rules).unwrap();
+        }
+        // The hook reads its file every 50 ms.
+        std::thread::sleep(Duration::from_millis(150));
+    }
+
+    /// Writes raw fault rules for member `i`.
+    pub fn faults(&self, i: usize, rules: &str) {
+        std::fs::write(&self.members[i].faults, rules).unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+    }
+
+    pub fn heal(&self) {
+        for m in &self.members {
+            std::fs::write(&m.faults, "").unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.resume(i);
+            self.kill(i);
+        }
+    }
+}
