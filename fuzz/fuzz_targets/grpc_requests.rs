@@ -19,7 +19,8 @@ use server::pb::kvserverpb::Request;
 struct Member {
     _dir: tempfile::TempDir,
     store: Arc<mvcc::Store>,
-    alarms: Mutex<server::node::Alarms>,
+    alarms: Mutex<server::alarms::Alarms>,
+    members: server::membership::Membership,
     index: Mutex<u64>,
 }
 
@@ -40,7 +41,8 @@ fn member() -> &'static Member {
         Member {
             _dir: dir,
             store,
-            alarms: Mutex::new(server::node::Alarms::default()),
+            alarms: Mutex::new(server::alarms::Alarms::default()),
+            members: server::membership::Membership::default(),
             index: Mutex::new(0),
         }
     })
@@ -71,7 +73,11 @@ fuzz_target!(|data: &[u8]| {
     *index += 1;
     let mut batch = m.store.apply().expect("a batch");
     let mut alarms = m.alarms.lock().unwrap_or_else(|e| e.into_inner());
-    let applied = server::apply::apply(&mut batch, &req, &mut alarms);
+    let mut ctx = server::apply::ApplyContext {
+        alarms: &mut alarms,
+        members: &m.members,
+    };
+    let applied = server::apply::apply(&mut batch, &req, &mut ctx);
     assert!(applied.is_ok(), "storage failure: {applied:?}");
     batch.commit(*index).expect("commit");
     let _ = m.store.finish_compaction();

@@ -947,6 +947,92 @@ impl Store {
         Ok(out)
     }
 
+    /// A transaction that only reads (its branches hold nothing but
+    /// ranges, nested transactions included): every compare and range is
+    /// evaluated at one revision, on snapshots, without a write batch, so
+    /// it needs no raft entry (etcd serves such transactions as reads).
+    /// A transaction with a write in it is refused
+    /// ([`Error::ValueProvided`]): the caller checks first.
+    pub fn read_txn(&self, req: &TxnRequest) -> Result<TxnResult> {
+        self.check_read_txn(req)?;
+        let at = self.current_revision();
+        self.read_txn_at(req, at)
+    }
+
+    fn check_read_txn(&self, req: &TxnRequest) -> Result<()> {
+        let max = self.limits.max_txn_ops;
+        if req.compare.len() > max || req.success.len() > max || req.failure.len() > max {
+            return Err(Error::TooManyOps);
+        }
+        for op in req.success.iter().chain(&req.failure) {
+            match op {
+                RequestOp::Range(r) if r.key.is_empty() => return Err(Error::EmptyKey),
+                RequestOp::Range(_) => {}
+                RequestOp::Txn(t) => self.check_read_txn(t)?,
+                RequestOp::Put(_) | RequestOp::DeleteRange { .. } => {
+                    return Err(Error::ValueProvided)
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_txn_at(&self, req: &TxnRequest, at: i64) -> Result<TxnResult> {
+        let mut succeeded = true;
+        for c in &req.compare {
+            let kvs = self
+                .range(&RangeRequest {
+                    key: c.key.clone(),
+                    range_end: c.range_end.clone(),
+                    revision: at,
+                    ..RangeRequest::default()
+                })?
+                .kvs;
+            // As in a batch: a value compare on a missing key fails, the
+            // others compare against a key whose fields are all zero.
+            let holds = if kvs.is_empty() {
+                !matches!(c.target, CompareTarget::Value(_)) && c.holds_for(&KeyValue::default())
+            } else {
+                kvs.iter().all(|kv| c.holds_for(kv))
+            };
+            if !holds {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            responses.push(match op {
+                RequestOp::Range(q) => {
+                    if q.revision > at {
+                        return Err(Error::FutureRevision);
+                    }
+                    let mut q = q.clone();
+                    if q.revision <= 0 {
+                        q.revision = at;
+                    }
+                    let mut r = self.range(&q)?;
+                    r.revision = at;
+                    ResponseOp::Range(r)
+                }
+                RequestOp::Txn(t) => ResponseOp::Txn(self.read_txn_at(t, at)?),
+                RequestOp::Put(_) | RequestOp::DeleteRange { .. } => {
+                    return Err(Error::ValueProvided)
+                }
+            });
+        }
+        Ok(TxnResult {
+            succeeded,
+            responses,
+            revision: at,
+        })
+    }
+
     /// Starts a batch of writes (one B+tree transaction).
     pub fn apply(&self) -> Result<Apply<'_>> {
         let s = self.read_shared();

@@ -149,6 +149,20 @@ pub fn txn_is_read_only(t: &pb::TxnRequest) -> bool {
         })
 }
 
+/// Whether every range in a read-only transaction is serializable (then
+/// it needs no ReadIndex either).
+pub fn txn_is_serializable(t: &pb::TxnRequest) -> bool {
+    use pb::request_op::Request as R;
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match &op.request {
+            Some(R::RequestRange(r)) => r.serializable,
+            Some(R::RequestTxn(t)) => txn_is_serializable(t),
+            _ => true,
+        })
+}
+
 pub fn txn_response(t: mvcc::TxnResult) -> pb::TxnResponse {
     use pb::response_op::Response as R;
     let revision = t.revision;

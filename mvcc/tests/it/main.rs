@@ -1,6 +1,7 @@
 //! Integration tests of the mvcc crate, one binary with a module per area.
 
 mod index_model;
+mod install;
 mod restart;
 mod store_basics;
 mod store_model;

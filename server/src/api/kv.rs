@@ -72,6 +72,21 @@ impl pb::kv_server::Kv for Kv {
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Rpc<pb::TxnResponse> {
         let r = req.into_inner();
         check_size(&self.0, r.encoded_len())?;
+        if apply::txn_is_read_only(&r) {
+            // A read: no raft entry, a ReadIndex unless every range in it
+            // is serializable (as etcd serves it).
+            if !apply::txn_is_serializable(&r) {
+                self.0.read_index().await?;
+            }
+            let res = self
+                .0
+                .store
+                .read_txn(&apply::txn_request(&r))
+                .map_err(mvcc_err)?;
+            let mut t = apply::txn_response(res);
+            t.header = Some(self.0.header(t.header.map_or(0, |h| h.revision)));
+            return Ok(Response::new(t));
+        }
         match self.0.propose(Op::Txn(r)).await? {
             (Applied::Txn(mut t), rev) => {
                 t.header = Some(self.0.header(rev));

@@ -17,6 +17,14 @@ use crate::raft::Command;
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
+/// While a peer stays unreachable, its failure is logged again at this
+/// pace, not at every retry.
+const LOG_EVERY: Duration = Duration::from_secs(30);
+
+fn log_again(last: &mut Option<Instant>) -> bool {
+    last.is_none_or(|t| t.elapsed() >= LOG_EVERY)
+}
+
 pub(crate) async fn stream_to(
     t: Arc<Transport>,
     peer: u64,
@@ -25,6 +33,7 @@ pub(crate) async fn stream_to(
 ) {
     let mut backoff = MIN_BACKOFF;
     let mut down_since: Option<Instant> = None;
+    let mut last_logged: Option<Instant> = None;
     loop {
         let mut client = PeerClient::new(channel.clone())
             .max_decoding_message_size(MAX_PEER_MESSAGE)
@@ -33,6 +42,7 @@ pub(crate) async fn stream_to(
         let mut call = Box::pin(client.raft(ReceiverStream::new(rx)));
         let opened = Instant::now();
         let mut sent_any = false;
+        let was_down = down_since.is_some();
         let ended: Result<(), tonic::Status> = loop {
             tokio::select! {
                 r = &mut call => break r.map(|_| ()),
@@ -45,15 +55,7 @@ pub(crate) async fn stream_to(
                     if tx.send(q.batch).await.is_err() {
                         break Err(tonic::Status::unavailable("the stream closed"));
                     }
-                    if !sent_any {
-                        sent_any = true;
-                        if let Some(since) = down_since.take() {
-                            tracing::info!(
-                                "peer {peer:x} is reachable again (after {:.1?})",
-                                since.elapsed()
-                            );
-                        }
-                    }
+                    sent_any = true;
                 }
             }
         };

@@ -14,25 +14,49 @@ use crate::shared::Shared;
 
 pub struct PeerService(pub Arc<Shared>);
 
+/// A refused sender is logged at most this often.
+const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether a refusal of `from` should be logged now.
+fn log_refusal(from: u64) -> bool {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::Instant;
+    static LAST: Mutex<Option<HashMap<u64, Instant>>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let map = last.get_or_insert_with(HashMap::new);
+    match map.get(&from) {
+        Some(t) if t.elapsed() < LOG_EVERY => false,
+        _ => {
+            map.insert(from, Instant::now());
+            true
+        }
+    }
+}
+
 impl PeerService {
     /// Refuses what comes from another cluster, or was meant for another
     /// member.
     fn check(&self, cluster_id: u64, from: u64, to: Option<u64>) -> Result<(), Status> {
         let s = &self.0;
         if cluster_id != s.cluster_id {
-            tracing::warn!(
+            if log_refusal(from) {
+                tracing::warn!(
                 "refusing a message from member {from:x} of cluster {cluster_id:x}: this member \
                  ({:x}) belongs to cluster {:x}",
                 s.member_id,
                 s.cluster_id
-            );
+                );
+            }
             return Err(Status::failed_precondition("cluster ID mismatch"));
         }
         if let Some(to) = to.filter(|to| *to != s.member_id) {
-            tracing::warn!(
-                "refusing a message from member {from:x} for member {to:x}: this member is {:x}",
-                s.member_id
-            );
+            if log_refusal(from) {
+                tracing::warn!(
+                    "refusing a message from member {from:x} for member {to:x}: this member is {:x}",
+                    s.member_id
+                );
+            }
             return Err(Status::failed_precondition("member ID mismatch"));
         }
         Ok(())

@@ -45,6 +45,8 @@ pub struct Cluster {
     pub members: Vec<Member>,
     initial_cluster: String,
     extra: Vec<String>,
+    /// Flags for one member only (after `extra`).
+    own: Vec<Vec<String>>,
     _dir: tempfile::TempDir,
 }
 
@@ -60,6 +62,16 @@ impl Cluster {
     /// Starts `n` members with `extra` flags and waits until every one
     /// serves clients.
     pub async fn start(n: usize, extra: &[&str]) -> Cluster {
+        let mut c = Cluster::spawn_all(n, extra, &[]);
+        for i in 0..n {
+            c.wait_serving(i).await;
+        }
+        c
+    }
+
+    /// Starts `n` members, member `i` with `own[i]` flags too, without
+    /// waiting for them.
+    pub fn spawn_all(n: usize, extra: &[&str], own: &[&[&str]]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut members = Vec::new();
         for i in 1..=n {
@@ -85,13 +97,17 @@ impl Cluster {
             members,
             initial_cluster,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            own: (0..n)
+                .map(|i| {
+                    own.get(i)
+                        .map(|f| f.iter().map(|s| s.to_string()).collect())
+                        .unwrap_or_default()
+                })
+                .collect(),
             _dir: dir,
         };
         for i in 0..n {
             c.spawn(i);
-        }
-        for i in 0..n {
-            c.wait_serving(i).await;
         }
         c
     }
@@ -114,8 +130,15 @@ impl Cluster {
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &self.initial_cluster])
-            .args(["--initial-cluster-token", TOKEN])
+            .args(
+                if self.own[i].iter().any(|f| f == "--initial-cluster-token") {
+                    vec![]
+                } else {
+                    vec!["--initial-cluster-token", TOKEN]
+                },
+            )
             .args(&self.extra)
+            .args(&self.own[i])
             .env("KVSERVER_TEST_PEER_FAULTS", &m.faults)
             .stdout(Stdio::null())
             .stderr(log)
@@ -152,9 +175,12 @@ impl Cluster {
         }
     }
 
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.members[i].data_dir.with_extension("log")).unwrap_or_default()
+    }
+
     pub fn log_tail(&self, i: usize) -> String {
-        let log = std::fs::read_to_string(self.members[i].data_dir.with_extension("log"))
-            .unwrap_or_default();
+        let log = self.log(i);
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }

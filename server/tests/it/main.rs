@@ -15,6 +15,7 @@ mod maintenance;
 mod operations;
 mod partition;
 mod replication;
+mod startup;
 mod streams;
 mod watch;
 

@@ -286,3 +286,50 @@ fn reopen_after_a_roll_over_at_every_boundary() {
     }
     assert!(wal::dump(dir.path()).unwrap().len() >= 3);
 }
+
+fn snapshot(index: u64, term: u64) -> Record {
+    Record::Snapshot {
+        index,
+        term,
+        conf_state: vec![index as u8],
+    }
+}
+
+#[test]
+fn a_later_snapshot_record_rebases_the_log() {
+    // A local snapshot at 3 while entries run to 5: the entries after it
+    // stay. Then a leader's snapshot at 10, past every entry this log has:
+    // the entries before it go, and 11 may follow it.
+    let dir = tempfile::tempdir().unwrap();
+    let w = Wal::create(dir.path(), META, crate::opts()).unwrap();
+    for i in 1..=5 {
+        w.append(vec![entry(i, 1)]).wait().unwrap();
+    }
+    w.append(vec![snapshot(3, 1)]).wait().unwrap();
+    w.close();
+    let (w, rec) = open(dir.path()).unwrap();
+    assert_eq!(indexes(&rec), vec![4, 5]);
+    assert_eq!(
+        rec.snapshot.as_ref().map(|s| (s.index, s.term)),
+        Some((3, 1))
+    );
+    w.append(vec![snapshot(10, 2), entry(11, 2), entry(12, 2)])
+        .wait()
+        .unwrap();
+    w.close();
+    for marker in [
+        SnapshotMarker::default(),
+        SnapshotMarker { index: 3, term: 1 },
+    ] {
+        let (w, rec) = Wal::open(dir.path(), marker, crate::opts()).unwrap();
+        assert_eq!(indexes(&rec), vec![11, 12], "from marker {marker:?}");
+        let s = rec.snapshot.clone().unwrap();
+        assert_eq!((s.index, s.term, s.conf_state), (10, 2, vec![10]));
+        w.close();
+    }
+    // A gap without a snapshot record to explain it is still an error.
+    let (w, _) = open(dir.path()).unwrap();
+    w.append(vec![entry(20, 2)]).wait().unwrap();
+    w.close();
+    assert!(matches!(open(dir.path()), Err(wal::Error::EntryGap { .. })));
+}
