@@ -21,7 +21,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// pace, not at every retry.
 const LOG_EVERY: Duration = Duration::from_secs(30);
 
-fn log_again(last: &mut Option<Instant>) -> bool {
+fn log_again(last: &Option<Instant>) -> bool {
     last.is_none_or(|t| t.elapsed() >= LOG_EVERY)
 }
 
@@ -60,22 +60,35 @@ pub(crate) async fn stream_to(
             }
         };
         t.to_raft(Command::Unreachable(peer));
-        match &ended {
-            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-                tracing::error!(
-                    "peer {peer:x} refuses this member's messages: {}",
-                    s.message()
+        // A stream that carried messages for a while was a working link:
+        // its end is a new failure worth a line. While the peer stays
+        // unreachable, the failure is logged again only now and then.
+        let lived = sent_any && opened.elapsed() > Duration::from_secs(1);
+        if lived {
+            if let Some(since) = down_since.take() {
+                tracing::info!(
+                    "peer {peer:x} had been unreachable for {:.1?}",
+                    since.elapsed()
                 );
             }
-            Err(s) if down_since.is_none() => {
-                tracing::warn!("lost the stream to peer {peer:x}: {}", s.message());
+        }
+        if !was_down || lived || log_again(&last_logged) {
+            match &ended {
+                Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                    tracing::error!(
+                        "peer {peer:x} refuses this member's messages: {}",
+                        s.message()
+                    );
+                }
+                Err(s) => tracing::warn!("lost the stream to peer {peer:x}: {}", s.message()),
+                Ok(()) => tracing::warn!("peer {peer:x} closed the stream"),
             }
-            _ => {}
+            last_logged = Some(Instant::now());
         }
         if down_since.is_none() {
             down_since = Some(Instant::now());
         }
-        backoff = if opened.elapsed() > Duration::from_secs(1) {
+        backoff = if lived {
             MIN_BACKOFF
         } else {
             (backoff * 2).min(MAX_BACKOFF)
