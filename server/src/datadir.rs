@@ -138,19 +138,31 @@ pub fn write_marker(data_dir: &Path, m: wal::SnapshotMarker) -> Result<(), DataD
     sync_parent(&path)
 }
 
-/// Removes received snapshot databases other than `keep` (older ones, and
-/// partial transfers a crash left behind).
-pub fn remove_stale_snapshots(data_dir: &Path, keep: Option<&Path>) {
+/// Removes every received snapshot database and partial transfer (at
+/// start-up, once the latest is installed: nothing is in flight then).
+pub fn remove_stale_snapshots(data_dir: &Path) {
+    remove_received(data_dir, |_| true, true);
+}
+
+/// Removes the received snapshot databases at or below `index` (once the
+/// one at `index` is installed; a newer one may be waiting).
+pub fn remove_received_up_to(data_dir: &Path, index: u64) {
+    remove_received(data_dir, |i| i <= index, false);
+}
+
+fn remove_received(data_dir: &Path, doomed: impl Fn(u64) -> bool, parts: bool) {
     let Ok(dir) = std::fs::read_dir(snap_dir(data_dir)) else {
         return;
     };
     for entry in dir.flatten() {
-        let path = entry.path();
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let stale = name.ends_with(".snap.db") || name.ends_with(".snap.db.part");
-        if stale && keep != Some(path.as_path()) {
-            let _ = std::fs::remove_file(&path);
+        let go = match name.strip_suffix(".snap.db") {
+            Some(hex) => u64::from_str_radix(hex, 16).is_ok_and(&doomed),
+            None => parts && name.ends_with(".snap.db.part"),
+        };
+        if go {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }

@@ -31,6 +31,12 @@ pub struct RaftStatus {
     pub leader_changes: AtomicU64,
     /// When the current leader was elected (or seen first).
     pub leader_since: Mutex<Option<Instant>>,
+    /// The term in which this member, as leader, took over the leases'
+    /// clocks (it expires leases only from then on: before, their
+    /// deadlines are a follower's stale ones).
+    pub lease_term: AtomicU64,
+    /// The term of the last entry applied.
+    pub applied_term: AtomicU64,
 }
 
 /// Handlers waiting for their proposal to be applied, by request ID (the
@@ -138,6 +144,15 @@ impl Shared {
 
     pub fn is_leader(&self) -> bool {
         self.raft.is_leader.load(Ordering::Acquire)
+    }
+
+    /// Leads and has taken over the leases' clocks in this term: only then
+    /// are keep-alives and TimeToLive answered here (etcd's primary
+    /// lessor).
+    pub fn is_lease_primary(&self) -> bool {
+        self.is_leader()
+            && self.raft.lease_term.load(Ordering::Acquire)
+                == self.raft.term.load(Ordering::Acquire)
     }
 
     pub fn applied_index(&self) -> u64 {

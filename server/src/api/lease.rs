@@ -78,10 +78,10 @@ where
     let deadline = Instant::now() + s.request_timeout;
     loop {
         let leader = s.leader();
-        if leader == s.member_id && s.is_leader() {
+        if leader == s.member_id && s.is_lease_primary() {
             return Ok(here(s));
         }
-        if leader != 0 && !s.transport.faults.drops_out(leader) {
+        if leader != 0 && leader != s.member_id && !s.transport.faults.drops_out(leader) {
             if let Some(client) = s.transport.client(leader) {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match tokio::time::timeout(left, there(client)).await {

@@ -200,6 +200,7 @@ impl Applier {
                 let s = &self.shared;
                 if s.is_leader() && e.term == s.raft.term.load(Ordering::Acquire) {
                     s.store.lease_promote(s.election_timeout);
+                    s.raft.lease_term.store(e.term, Ordering::Release);
                 }
                 continue;
             }
@@ -243,6 +244,7 @@ impl Applier {
 
     fn set_applied(&mut self, index: u64, term: u64) {
         self.last_term = term;
+        self.shared.raft.applied_term.store(term, Ordering::Release);
         self.shared
             .raft
             .applied_index
@@ -282,7 +284,8 @@ impl Applier {
             .wait()
             .map_err(|e| format!("releasing WAL segments: {e}"))?;
         self.last_snapshot = index;
-        datadir::remove_stale_snapshots(&s.data_dir, None);
+        // A newer one may have arrived meanwhile: only this and older go.
+        datadir::remove_received_up_to(&s.data_dir, index);
         tracing::info!(
             index,
             term,

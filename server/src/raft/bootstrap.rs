@@ -110,7 +110,7 @@ pub fn start(cfg: &Config) -> Result<(Arc<Shared>, Threads), StartError> {
             );
             store.install(&received)?;
         }
-        datadir::remove_stale_snapshots(&data_dir, None);
+        datadir::remove_stale_snapshots(&data_dir);
         let entries: Vec<Entry> = rec
             .entries
             .iter()
@@ -296,6 +296,7 @@ pub fn start(cfg: &Config) -> Result<(Arc<Shared>, Threads), StartError> {
         housekeeping: crate::raft::housekeeping::Housekeeping::new(cfg)?,
         last_leader: 0,
         last_housekeeping: Instant::now(),
+        proposed: std::collections::VecDeque::new(),
     };
     let raft = std::thread::Builder::new()
         .name("raft".into())

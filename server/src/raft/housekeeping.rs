@@ -4,6 +4,7 @@
 //! quota, and auto-compaction. Followers do none of it.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::config::{AutoCompaction, Config, ConfigError};
@@ -54,7 +55,15 @@ impl RaftLoop {
         }
         let store = self.shared.store.clone();
         let now = Instant::now();
-        let expired = store.expired_leases(now);
+        // Until this leader's first entry is applied, lease deadlines are
+        // the ones this member kept as a follower (stale): none expires.
+        let term = self.node.raft.term;
+        let promoted = self.shared.raft.lease_term.load(Ordering::Acquire) == term;
+        let expired = if promoted {
+            store.expired_leases(now)
+        } else {
+            Vec::new()
+        };
         self.housekeeping
             .revoking
             .retain(|id, _| expired.contains(id));

@@ -51,6 +51,9 @@ pub struct RaftLoop {
     pub(crate) housekeeping: Housekeeping,
     pub(crate) last_leader: u64,
     pub(crate) last_housekeeping: Instant,
+    /// Proposals made here and still waiting, with the leader change
+    /// count when they were proposed.
+    pub(crate) proposed: std::collections::VecDeque<(u64, u64)>,
 }
 
 impl RaftLoop {
@@ -104,6 +107,7 @@ impl RaftLoop {
             }
             self.start_reads();
             self.on_ready()?;
+            self.fail_lost_proposals();
             if !self.backlog.is_empty() && self.leader() != 0 {
                 for (id, data) in std::mem::take(&mut self.backlog) {
                     self.propose(id, data);
@@ -184,6 +188,39 @@ impl RaftLoop {
         if let Err(e) = self.node.propose(Vec::new(), data) {
             tracing::debug!("proposal dropped: {e}");
             self.fail(id, ServerError::NoLeader);
+            return;
+        }
+        let epoch = self.shared.raft.leader_changes.load(Ordering::Acquire);
+        self.proposed.push_back((id, epoch));
+    }
+
+    /// Proposals made under an earlier leader that are still waiting once
+    /// this member has applied an entry of the current leader's term can
+    /// never be applied: whatever of them reached the new leader's log was
+    /// committed before its first entry, and the rest was dropped or will
+    /// be overwritten. They fail at once with etcd's "leader changed"
+    /// instead of waiting for the request timeout, so clients retry
+    /// sooner (the outcome is as unknown to them as after a timeout).
+    fn fail_lost_proposals(&mut self) {
+        if self.proposed.is_empty() {
+            return;
+        }
+        let s = self.shared.clone();
+        let epoch = s.raft.leader_changes.load(Ordering::Acquire);
+        let settled = self.leader() != 0
+            && s.raft.applied_term.load(Ordering::Acquire) == self.node.raft.term;
+        // In proposal order, so oldest first: answered ones go, and lost
+        // ones once the new leader has settled.
+        while let Some(&(id, at)) = self.proposed.front() {
+            if let Some(w) = (settled && at < epoch)
+                .then(|| s.waiters.take(id))
+                .flatten()
+            {
+                let _ = w.send((Err(ServerError::LeaderChanged), 0));
+            } else if s.waiters.contains(id) {
+                break;
+            }
+            self.proposed.pop_front();
         }
     }
 

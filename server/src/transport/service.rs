@@ -113,7 +113,7 @@ impl Peer for PeerService {
         let r = req.into_inner();
         self.check(r.cluster_id, 0, None)?;
         let s = &self.0;
-        if !s.is_leader() {
+        if !s.is_lease_primary() {
             return Err(Status::failed_precondition("not the leader"));
         }
         let resp = match crate::api::lease::renew_here(s, r.id) {
@@ -138,7 +138,7 @@ impl Peer for PeerService {
         let r = req.into_inner();
         self.check(r.cluster_id, 0, None)?;
         let s = &self.0;
-        if !s.is_leader() {
+        if !s.is_lease_primary() {
             return Err(Status::failed_precondition("not the leader"));
         }
         let inner = r.request.unwrap_or_default();

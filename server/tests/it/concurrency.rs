@@ -91,3 +91,53 @@ async fn an_election_has_one_leader_who_can_proclaim_and_resign() {
         .unwrap();
     assert_eq!(seen.kv().unwrap().value(), b"bob");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn locks_work_across_members_and_a_caller_that_gives_up_leaves_no_key() {
+    let c = crate::cluster::Cluster::start(3, &[]).await;
+    let mut a = c.client(0).await;
+    let mut b = c.client(1).await;
+    let first = a.lease_grant(30, None).await.unwrap().id();
+    let second = b.lease_grant(30, None).await.unwrap().id();
+    let third = b.lease_grant(30, None).await.unwrap().id();
+    let held = a
+        .lock("xlock", Some(LockOptions::new().with_lease(first)))
+        .await
+        .unwrap();
+    // A caller on another member gives up while waiting: its key goes.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(800),
+        b.lock("xlock", Some(LockOptions::new().with_lease(third))),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the lock was taken twice");
+    let prefix = etcd_client::GetOptions::new().with_prefix();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let keys = a.get("xlock/", Some(prefix.clone())).await.unwrap();
+        if keys.count() == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned waiter's key stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One that waits gets it once the holder, on another member, unlocks.
+    let mut b2 = b.clone();
+    let waiter = tokio::spawn(async move {
+        b2.lock("xlock", Some(LockOptions::new().with_lease(second)))
+            .await
+            .map(|r| r.key().to_vec())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished(), "the lock was taken twice");
+    a.unlock(held.key()).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter got the lock")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, format!("xlock/{second:x}").into_bytes());
+}

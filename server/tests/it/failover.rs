@@ -17,6 +17,32 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
     let mut c = Cluster::start(3, &[]).await;
     let leader = c.leader(Duration::from_secs(10)).await;
     let endpoints = c.endpoints();
+    // A watch on a follower that survives sees every write, in order,
+    // across the leader change.
+    let watched = (leader + 1) % 3;
+    let mut wc = c.client(watched).await;
+    let mut watch = wc
+        .watch(
+            "w",
+            Some(
+                etcd_client::WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(1),
+            ),
+        )
+        .await
+        .unwrap();
+    let seen: Arc<Mutex<Vec<(String, i64)>>> = Default::default();
+    let seen2 = seen.clone();
+    let watcher = tokio::spawn(async move {
+        while let Ok(Some(r)) = watch.message().await {
+            let mut seen = seen2.lock().unwrap();
+            for e in r.events() {
+                let kv = e.kv().unwrap();
+                seen.push((kv.key_str().unwrap().to_string(), kv.mod_revision()));
+            }
+        }
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Arc<Mutex<Vec<Acked>>> = Default::default();
     let mut writers = Vec::new();
@@ -128,6 +154,25 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
             assert_eq!(kv.mod_revision(), *rev, "member {i}: {key}");
         }
     }
+    // The watch saw every acknowledged write, in revision order, once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = seen.lock().unwrap().clone();
+        assert!(seen.windows(2).all(|w| w[0].1 < w[1].1), "out of order");
+        let all = acked.iter().all(|(k, _, rev, _)| {
+            seen.binary_search_by_key(rev, |s| s.1)
+                .is_ok_and(|i| seen[i].0 == *k)
+        });
+        if all {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the watch on member {watched} missed writes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    watcher.abort();
     // The members agree on the whole history.
     let mut hashes = Vec::new();
     let rev = c
