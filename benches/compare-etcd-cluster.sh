@@ -8,13 +8,16 @@
 #
 #   benches/compare-etcd-cluster.sh [rounds]    (default 3; ROUNDS=... works too)
 #
-# Puts go to the leader; reads go to a follower. Every server it starts is
-# stopped on exit.
+# Puts go to the leader; reads go to a follower. Each load runs twice: with
+# kvtool (tonic) and with benches/clientv3 (etcd's Go client, what
+# Kubernetes uses; names ending in -go). Every server it starts is stopped
+# on exit.
 set -euo pipefail
 
 rounds=${1:-${ROUNDS:-3}}
 # shellcheck source=benches/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+clientv3_bench
 
 work=$(mktemp -d)
 pids=()
@@ -94,10 +97,14 @@ cpu_ticks() {
 hz=$(getconf CLK_TCK)
 
 loads=(
-  "put-1client|leader|put --conns 1 --clients 1 --total 3000 --key-size 8 --val-size 256 --key-space-size 100000"
-  "put-100conns-1000clients|leader|put --conns 100 --clients 1000 --total 100000 --key-size 8 --val-size 256 --key-space-size 100000"
-  "range-linearizable-follower-1000clients|follower|range foo --consistency l --conns 100 --clients 1000 --total 100000"
-  "range-serializable-follower-1000clients|follower|range foo --consistency s --conns 100 --clients 1000 --total 100000"
+  "put-1client|leader|kvtool|put --conns 1 --clients 1 --total 3000 --key-size 8 --val-size 256 --key-space-size 100000"
+  "put-100conns-1000clients|leader|kvtool|put --conns 100 --clients 1000 --total 100000 --key-size 8 --val-size 256 --key-space-size 100000"
+  "range-linearizable-follower-1000clients|follower|kvtool|range foo --consistency l --conns 100 --clients 1000 --total 100000"
+  "range-serializable-follower-1000clients|follower|kvtool|range foo --consistency s --conns 100 --clients 1000 --total 100000"
+  "put-1client-go|leader|go|-op put -conns 1 -clients 1 -total 3000 -key-size 8 -val-size 256 -key-space 100000"
+  "put-100conns-1000clients-go|leader|go|-op put -conns 100 -clients 1000 -total 100000 -key-size 8 -val-size 256 -key-space 100000"
+  "range-linearizable-follower-1000clients-go|follower|go|-op range -key foo -consistency l -conns 100 -clients 1000 -total 100000"
+  "range-serializable-follower-1000clients-go|follower|go|-op range -key foo -consistency s -conns 100 -clients 1000 -total 100000"
 )
 
 results="$work/results"
@@ -108,11 +115,16 @@ for round in $(seq 1 "$rounds"); do
     l=$(leader); f=$(( (l + 1) % 3 ))
     etcdctl --endpoints "${eps[$l]}" put foo bar >/dev/null
     for load in "${loads[@]}"; do
-      name=${load%%|*}; rest=${load#*|}; target=${rest%%|*}; args=${rest#*|}
+      IFS='|' read -r name target tool args <<<"$load"
       ep=${eps[$l]}; [ "$target" = follower ] && ep=${eps[$f]}
       before=$(cpu_ticks)
-      # shellcheck disable=SC2086
-      line=$("$kvtool" -w json bench $args --endpoints "$ep" | tail -1)
+      if [ "$tool" = go ]; then
+        # shellcheck disable=SC2086
+        line=$("$clientv3" $args -endpoints "$ep" | tail -1)
+      else
+        # shellcheck disable=SC2086
+        line=$("$kvtool" -w json bench $args --endpoints "$ep" | tail -1)
+      fi
       after=$(cpu_ticks)
       cpu_us=$(python3 -c "import json,sys; j=json.loads(sys.argv[1]); print(($after-$before)*1e6/$hz/max(j['total'],1))" "$line")
       echo "$round $server $name $cpu_us $line" >>"$results"

@@ -28,6 +28,11 @@ if ! command -v protoc >/dev/null 2>&1; then
   # compiles etcd's protos with protoc (building kvserver itself does not).
   apt-get update -qq && apt-get install -y -qq protobuf-compiler libprotobuf-dev
 fi
+if ! command -v etcdctl >/dev/null 2>&1; then
+  # The server's cluster tests and the conformance suite drive the real
+  # etcdctl 3.4.
+  apt-get update -qq && apt-get install -y -qq etcd-client
+fi
 cargo --version
 
 step "cargo fmt --check"

@@ -37,6 +37,12 @@ pub enum ConfigError {
     HeartbeatInterval,
     #[error("{0}")]
     AutoCompaction(String),
+    #[error("--log-level {0:?}: use debug, info, warn, error, panic or fatal")]
+    LogLevel(String),
+    #[error("--logger {0:?}: only zap or capnslog (both log to stderr)")]
+    Logger(String),
+    #[error("--enable-v2 {0:?}: the v2 API is not served (use the v3 API, or --enable-v2=false)")]
+    EnableV2(String),
 }
 
 /// An etcd-compatible, strongly consistent key-value server.
@@ -154,16 +160,18 @@ pub struct Config {
     #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
     pub auto_compaction_retention: String,
 
-    /// debug, info, warn or error.
+    /// debug, info, warn, error, panic or fatal (the last two log errors
+    /// only).
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 
-    /// Accepted for compatibility with etcd deployment files; logs go to
-    /// stderr.
+    /// `zap` or `capnslog` (etcd's loggers): either way logs go to stderr,
+    /// one line per event. Anything else is refused.
     #[arg(long, env = "ETCD_LOGGER", default_value = "zap", hide = true)]
     pub logger: String,
 
-    /// Accepted for compatibility; always on (etcd 3.4 defaults to on).
+    /// The v2 API is not served: `false` is accepted (deployment files
+    /// often say so), `true` is refused.
     #[arg(long, env = "ETCD_ENABLE_V2", hide = true)]
     pub enable_v2: Option<String>,
 }
@@ -179,6 +187,14 @@ pub enum AutoCompaction {
 }
 
 impl Config {
+    /// The `tracing` level `--log-level` names.
+    pub fn tracing_level(&self) -> &str {
+        match self.log_level.as_str() {
+            "panic" | "fatal" => "error",
+            other => other,
+        }
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir
             .clone()
@@ -224,6 +240,20 @@ impl Config {
             "new" => {}
             "existing" => return Err(ConfigError::JoinUnsupported),
             other => return Err(ConfigError::ClusterState(other.to_string())),
+        }
+        if !matches!(
+            self.log_level.as_str(),
+            "debug" | "info" | "warn" | "error" | "panic" | "fatal"
+        ) {
+            return Err(ConfigError::LogLevel(self.log_level.clone()));
+        }
+        if !matches!(self.logger.as_str(), "zap" | "capnslog") {
+            return Err(ConfigError::Logger(self.logger.clone()));
+        }
+        if let Some(v) = &self.enable_v2 {
+            if v != "false" {
+                return Err(ConfigError::EnableV2(v.clone()));
+            }
         }
         self.client_listen_addrs()?;
         self.peer_listen_addrs()?;
@@ -357,6 +387,47 @@ mod tests {
         assert_eq!(parse_retention("0").unwrap(), Duration::ZERO);
         assert!(parse_retention("5x").is_err());
         assert!(parse_retention("5h3").is_err());
+    }
+
+    #[test]
+    fn flags_are_honoured_or_refused() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["kvserver"];
+            argv.extend_from_slice(args);
+            Config::try_parse_from(argv).unwrap().validate()
+        };
+        assert_eq!(parse(&[]), Ok(()));
+        assert_eq!(
+            parse(&["--election-timeout", "400", "--heartbeat-interval", "100"]),
+            Err(ConfigError::ElectionTimeout {
+                election: 400,
+                heartbeat: 100
+            })
+        );
+        assert_eq!(
+            parse(&["--initial-cluster-state", "existing"]),
+            Err(ConfigError::JoinUnsupported)
+        );
+        assert!(matches!(
+            parse(&["--initial-cluster-state", "bogus"]),
+            Err(ConfigError::ClusterState(_))
+        ));
+        assert!(matches!(
+            parse(&["--log-level", "chatty"]),
+            Err(ConfigError::LogLevel(_))
+        ));
+        assert!(matches!(
+            parse(&["--logger", "syslog"]),
+            Err(ConfigError::Logger(_))
+        ));
+        assert_eq!(parse(&["--enable-v2", "false"]), Ok(()));
+        assert!(matches!(
+            parse(&["--enable-v2", "true"]),
+            Err(ConfigError::EnableV2(_))
+        ));
+        assert!(parse(&["--pre-vote", "false"]).is_ok());
+        let c = Config::try_parse_from(["kvserver", "--election-timeout", "2000"]).unwrap();
+        assert_eq!(c.request_timeout(), Duration::from_secs(9));
     }
 
     #[test]

@@ -8,8 +8,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let cfg = server::config::Config::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(format!("{},raft=warn", cfg.log_level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if let Err(e) = cfg.validate() {
+        eprintln!("kvserver: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(format!("{},raft=warn", cfg.tracing_level()))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Colours only on a terminal, never in log files.

@@ -51,8 +51,8 @@ pub struct RaftLoop {
     pub(crate) housekeeping: Housekeeping,
     pub(crate) last_leader: u64,
     pub(crate) last_housekeeping: Instant,
-    /// Proposals made here and still waiting, with the leader change
-    /// count when they were proposed.
+    /// Proposals made here and still waiting, with the term they were
+    /// proposed in.
     pub(crate) proposed: std::collections::VecDeque<(u64, u64)>,
 }
 
@@ -190,15 +190,15 @@ impl RaftLoop {
             self.fail(id, ServerError::NoLeader);
             return;
         }
-        let epoch = self.shared.raft.leader_changes.load(Ordering::Acquire);
-        self.proposed.push_back((id, epoch));
+        self.proposed.push_back((id, self.node.raft.term));
     }
 
-    /// Proposals made under an earlier leader that are still waiting once
-    /// this member has applied an entry of the current leader's term can
-    /// never be applied: whatever of them reached the new leader's log was
-    /// committed before its first entry, and the rest was dropped or will
-    /// be overwritten. They fail at once with etcd's "leader changed"
+    /// Proposals made in an earlier term that are still waiting once this
+    /// member has applied an entry of the current term can never be
+    /// applied (short of being proposed again): whatever of them reached
+    /// the new leader's log was committed before its first entry, and the
+    /// rest was dropped or will be overwritten. (Within one term the
+    /// leader is the same, so a proposal may still commit.) They fail at once with etcd's "leader changed"
     /// instead of waiting for the request timeout, so clients retry
     /// sooner (the outcome is as unknown to them as after a timeout).
     fn fail_lost_proposals(&mut self) {
@@ -206,16 +206,12 @@ impl RaftLoop {
             return;
         }
         let s = self.shared.clone();
-        let epoch = s.raft.leader_changes.load(Ordering::Acquire);
-        let settled = self.leader() != 0
-            && s.raft.applied_term.load(Ordering::Acquire) == self.node.raft.term;
+        let term = self.node.raft.term;
+        let settled = self.leader() != 0 && s.raft.applied_term.load(Ordering::Acquire) == term;
         // In proposal order, so oldest first: answered ones go, and lost
         // ones once the new leader has settled.
         while let Some(&(id, at)) = self.proposed.front() {
-            if let Some(w) = (settled && at < epoch)
-                .then(|| s.waiters.take(id))
-                .flatten()
-            {
+            if let Some(w) = (settled && at < term).then(|| s.waiters.take(id)).flatten() {
                 let _ = w.send((Err(ServerError::LeaderChanged), 0));
             } else if s.waiters.contains(id) {
                 break;
