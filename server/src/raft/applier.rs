@@ -22,6 +22,24 @@ use crate::pb::kvserverpb::{request::Op, Request};
 use crate::raft::Command;
 use crate::shared::Shared;
 
+/// Why the apply thread stopped: the member cannot go on (a restart
+/// recovers from the WAL).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("applying entry {index}: {source}")]
+    Entry { index: u64, source: mvcc::Error },
+    #[error("installing the snapshot at index {index}: {source}")]
+    Install { index: u64, source: mvcc::Error },
+    #[error("the database: {0}")]
+    Store(#[from] mvcc::Error),
+    #[error("the WAL: {0}")]
+    Wal(#[from] wal::Error),
+    #[error(transparent)]
+    DataDir(#[from] datadir::DataDirError),
+    #[error("encoding the membership: {0}")]
+    Encode(#[from] protobuf::ProtobufError),
+}
+
 /// Work for the apply thread, in log order.
 pub enum ApplyTask {
     Entries(Vec<Entry>),
@@ -122,7 +140,7 @@ impl Applier {
                     }
                     if stop {
                         if let Err(e) = r {
-                            self.shared.fail(e);
+                            self.shared.fail(format!("the apply thread stopped: {e}"));
                         }
                         break;
                     }
@@ -146,7 +164,7 @@ impl Applier {
         tracing::info!("apply thread stopped");
     }
 
-    fn handle(&mut self, task: ApplyTask) -> Result<(), String> {
+    fn handle(&mut self, task: ApplyTask) -> Result<(), ApplyError> {
         match task {
             ApplyTask::Entries(e) => self.apply(e),
             ApplyTask::ReadBarrier { index, waiters } => {
@@ -174,7 +192,7 @@ impl Applier {
     }
 
     /// Applies committed entries to the key space in one batch.
-    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), String> {
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), ApplyError> {
         let Some(last) = entries.last().map(|e| (e.index, e.term)) else {
             return Ok(());
         };
@@ -186,7 +204,7 @@ impl Applier {
             self.set_applied(last.0.max(done), last.1);
             return Ok(());
         }
-        let mut batch = store.apply().map_err(|e| e.to_string())?;
+        let mut batch = store.apply()?;
         let mut answers: Vec<(u64, ApplyResult, bool)> = Vec::new();
         for e in &entries {
             if e.get_entry_type() != EntryType::EntryNormal {
@@ -217,15 +235,18 @@ impl Applier {
                 alarms: &mut alarms,
                 members: &self.shared.members,
             };
-            let result = apply::apply(&mut batch, &req, &mut ctx)
-                .map_err(|err| format!("applying entry {}: {err}", e.index))?;
+            let result =
+                apply::apply(&mut batch, &req, &mut ctx).map_err(|source| ApplyError::Entry {
+                    index: e.index,
+                    source,
+                })?;
             drop(alarms);
             if req.id != 0 {
                 answers.push((req.id, result, physical));
             }
         }
-        batch.set_term(last.1).map_err(|e| e.to_string())?;
-        batch.commit(last.0).map_err(|e| e.to_string())?;
+        batch.set_term(last.1)?;
+        batch.commit(last.0)?;
         self.set_applied(last.0, last.1);
         for (id, result, physical) in answers {
             if let Some(w) = self.shared.waiters.take(id) {
@@ -253,7 +274,7 @@ impl Applier {
 
     /// Replaces the key space with the leader's snapshot database, then
     /// moves the WAL's restart point to it.
-    fn install(&mut self, index: u64, term: u64) -> Result<(), String> {
+    fn install(&mut self, index: u64, term: u64) -> Result<(), ApplyError> {
         let s = self.shared.clone();
         let path = datadir::received_db_path(&s.data_dir, index);
         if s.store.consistent_index() >= index {
@@ -262,14 +283,11 @@ impl Applier {
         } else {
             s.store
                 .install(&path)
-                .map_err(|e| format!("installing the snapshot at index {index}: {e}"))?;
+                .map_err(|source| ApplyError::Install { index, source })?;
         }
-        s.members
-            .reload(&s.store)
-            .map_err(|e| format!("reading the snapshot's members: {e}"))?;
+        s.members.reload(&s.store)?;
         *s.alarms.lock().unwrap_or_else(|e| e.into_inner()) =
-            crate::alarms::Alarms::from_store(&s.store)
-                .map_err(|e| format!("reading the snapshot's alarms: {e}"))?;
+            crate::alarms::Alarms::from_store(&s.store)?;
         for m in s.members.list() {
             if m.id != s.member_id {
                 s.transport.add_peer(m.id, m.peer_urls.clone());
@@ -277,12 +295,8 @@ impl Applier {
         }
         let applied = s.store.consistent_index();
         self.set_applied(applied, term);
-        datadir::write_marker(&s.data_dir, wal::SnapshotMarker { index, term })
-            .map_err(|e| e.to_string())?;
-        self.log
-            .release_to(index)
-            .wait()
-            .map_err(|e| format!("releasing WAL segments: {e}"))?;
+        datadir::write_marker(&s.data_dir, wal::SnapshotMarker { index, term })?;
+        self.log.release_to(index).wait()?;
         self.last_snapshot = index;
         // A newer one may have arrived meanwhile: only this and older go.
         datadir::remove_received_up_to(&s.data_dir, index);
@@ -297,15 +311,11 @@ impl Applier {
     }
 
     /// Removes compacted records in bounded steps between batches.
-    fn compact_step(&mut self) -> Result<(), String> {
+    fn compact_step(&mut self) -> Result<(), ApplyError> {
         if !self.compaction_pending {
             return Ok(());
         }
-        let done = self
-            .shared
-            .store
-            .compact_step(10_000)
-            .map_err(|e| e.to_string())?;
+        let done = self.shared.store.compact_step(10_000)?;
         if done {
             self.compaction_pending = false;
             for (w, r) in self.physical_waiters.drain(..) {
@@ -320,36 +330,30 @@ impl Applier {
     /// marker, then drop the log before it (WAL segments, and raft's
     /// in-memory entries less the catch-up ones). A restart reads the WAL
     /// from the marker on.
-    fn maybe_snapshot(&mut self) -> Result<(), String> {
+    fn maybe_snapshot(&mut self) -> Result<(), ApplyError> {
         let s = &self.shared;
         let applied = s.applied_index();
         if applied < self.last_snapshot + self.snapshot_count {
             return Ok(());
         }
         let term = self.last_term;
-        s.store.sync().map_err(|e| e.to_string())?;
+        s.store.sync()?;
         let conf = ConfState::from((s.members.voters(), s.members.learners()));
         self.log
             .append(vec![wal::Record::Snapshot {
                 index: applied,
                 term,
-                conf_state: conf.write_to_bytes().map_err(|e| e.to_string())?,
+                conf_state: conf.write_to_bytes()?,
             }])
-            .wait()
-            .map_err(|e| format!("WAL snapshot record: {e}"))?;
+            .wait()?;
         datadir::write_marker(
             &s.data_dir,
             wal::SnapshotMarker {
                 index: applied,
                 term,
             },
-        )
-        .map_err(|e| format!("writing the snapshot marker: {e}"))?;
-        let released = self
-            .log
-            .release_to(applied)
-            .wait()
-            .map_err(|e| format!("releasing WAL segments: {e}"))?;
+        )?;
+        let released = self.log.release_to(applied).wait()?;
         let _ = self.raft.send(Command::CompactLog(applied));
         self.last_snapshot = applied;
         tracing::info!(index = applied, term, released, "raft snapshot");

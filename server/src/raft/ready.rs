@@ -60,9 +60,8 @@ impl RaftLoop {
     pub fn run(&mut self, rx: Receiver<Command>) {
         if let Err(e) = self.run_inner(rx) {
             // The log failed: stop here rather than acknowledge anything
-            // not durable. A restart recovers from the WAL.
-            // Nothing may be acknowledged any more: the member stops with
-            // this error (main exits non-zero, a supervisor restarts it).
+            // not durable. The member stops with this error (main exits
+            // non-zero, a supervisor restarts it, the WAL recovers).
             tracing::error!("the raft thread stops: {e}");
             let _ = self.apply.send(ApplyTask::Stop);
             self.shared.fail(format!("the raft thread stopped: {e}"));

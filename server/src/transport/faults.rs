@@ -10,6 +10,7 @@
 //! drop-out <id>    nothing is sent to it
 //! drop-in <id>     nothing from it is accepted
 //! delay <id> <ms>  what is sent to it waits this long first
+//! cut-snapshot <id> a snapshot sent to it breaks off after its first chunk
 //! ```
 //!
 //! An empty or missing file means no faults. Partitions are made by
@@ -25,6 +26,7 @@ pub struct PeerFaults {
     pub drop_out: bool,
     pub drop_in: bool,
     pub delay: Duration,
+    pub cut_snapshot: bool,
 }
 
 #[derive(Debug, Default)]
@@ -104,6 +106,7 @@ pub fn parse(text: &str) -> HashMap<u64, PeerFaults> {
             }
             ("drop-out", None) => r.drop_out = true,
             ("drop-in", None) => r.drop_in = true,
+            ("cut-snapshot", None) => r.cut_snapshot = true,
             ("delay", Some(ms)) => match ms.parse() {
                 Ok(ms) => r.delay = Duration::from_millis(ms),
                 Err(_) => tracing::warn!("test faults: cannot read {line:?}"),
@@ -120,10 +123,11 @@ mod tests {
 
     #[test]
     fn rules_parse() {
-        let r = parse("drop a1\ndrop-out 2\ndelay 2 30\nnonsense\n");
+        let r = parse("drop a1\ndrop-out 2\ndelay 2 30\ncut-snapshot 3\nnonsense\n");
+        assert!(r[&3].cut_snapshot && !r[&3].drop_out);
         assert!(r[&0xa1].drop_in && r[&0xa1].drop_out);
         assert!(r[&2].drop_out && !r[&2].drop_in);
         assert_eq!(r[&2].delay, Duration::from_millis(30));
-        assert_eq!(r.len(), 2);
+        assert_eq!(r.len(), 3);
     }
 }

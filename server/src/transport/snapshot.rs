@@ -77,13 +77,36 @@ pub(crate) fn send(t: &Arc<Transport>, m: Message) {
 
 static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-async fn send_inner(t: &Arc<Transport>, mut m: Message) -> Result<(u64, u64), String> {
+/// Why a snapshot could not be sent (raft hears it failed and retries).
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("this member has not applied index {0} yet")]
+    NotApplied(u64),
+    #[error("copying the database: {0}")]
+    Copy(#[from] mvcc::Error),
+    #[error("{0}: {1}")]
+    Io(std::path::PathBuf, std::io::Error),
+    #[error("encoding the raft message: {0}")]
+    Encode(#[from] protobuf::ProtobufError),
+    #[error("a background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("the receiver went away")]
+    ReceiverGone,
+    #[error("no such peer")]
+    NoPeer,
+    #[error("broken off by the test faults")]
+    Cut,
+    #[error("the peer answered: {}", .0.message())]
+    Refused(Status),
+}
+
+async fn send_inner(t: &Arc<Transport>, mut m: Message) -> Result<(u64, u64), SendError> {
     let to = m.to;
     let want = m.get_snapshot().get_metadata().index;
     let deadline = Instant::now() + APPLY_WAIT;
     while t.store.consistent_index() < want {
         if Instant::now() > deadline {
-            return Err(format!("this member has not applied index {want} yet"));
+            return Err(SendError::NotApplied(want));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -93,26 +116,29 @@ async fn send_inner(t: &Arc<Transport>, mut m: Message) -> Result<(u64, u64), St
     let _ = std::fs::remove_file(&tmp);
     let store = t.store.clone();
     let path = tmp.clone();
-    let info = tokio::task::spawn_blocking(move || store.snapshot_into(&path))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("copying the database: {e}"));
+    let info = tokio::task::spawn_blocking(move || store.snapshot_into(&path)).await?;
     let result = async {
         let info = info?;
+        let io = |e| SendError::Io(tmp.clone(), e);
         let meta = m.mut_snapshot().mut_metadata();
         meta.index = info.consistent_index;
         meta.term = info.term;
-        let message = m.write_to_bytes().map_err(|e| e.to_string())?;
-        let mut file = std::fs::File::open(&tmp).map_err(|e| e.to_string())?;
-        let total = file.metadata().map_err(|e| e.to_string())?.len();
+        let message = m.write_to_bytes()?;
+        let mut file = std::fs::File::open(&tmp).map_err(io)?;
+        let total = file.metadata().map_err(io)?.len();
+        let path = tmp.clone();
         let (tx, rx) = mpsc::channel::<SnapshotChunk>(4);
         let (cluster_id, from) = (t.cluster_id, t.me);
-        let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        // The test hook can break the transfer off after its first chunk.
+        let cut = t.faults.get(to).cut_snapshot;
+        let reader = tokio::task::spawn_blocking(move || -> Result<(), SendError> {
             let mut hasher = Sha256::new();
             let mut buf = vec![0u8; CHUNK];
             let mut first = Some(message);
             loop {
-                let n = file.read(&mut buf).map_err(|e| e.to_string())?;
+                let n = file
+                    .read(&mut buf)
+                    .map_err(|e| SendError::Io(path.clone(), e))?;
                 hasher.update(&buf[..n]);
                 let chunk = SnapshotChunk {
                     cluster_id,
@@ -124,7 +150,10 @@ async fn send_inner(t: &Arc<Transport>, mut m: Message) -> Result<(u64, u64), St
                     sha256: Vec::new(),
                 };
                 if tx.blocking_send(chunk).is_err() {
-                    return Err("the receiver went away".into());
+                    return Err(SendError::ReceiverGone);
+                }
+                if cut {
+                    return Err(SendError::Cut);
                 }
                 if n == 0 {
                     break;
@@ -139,14 +168,13 @@ async fn send_inner(t: &Arc<Transport>, mut m: Message) -> Result<(u64, u64), St
                 data: Vec::new(),
                 sha256: hasher.finalize().to_vec(),
             };
-            tx.blocking_send(last)
-                .map_err(|_| "the receiver went away".to_string())
+            tx.blocking_send(last).map_err(|_| SendError::ReceiverGone)
         });
-        let mut client = t.client(to).ok_or("no such peer")?;
+        let mut client = t.client(to).ok_or(SendError::NoPeer)?;
         let sent = client.snapshot(ReceiverStream::new(rx)).await;
-        let read = reader.await.map_err(|e| e.to_string())?;
-        sent.map_err(|s| format!("the peer answered: {}", s.message()))?;
+        let read = reader.await?;
         read?;
+        sent.map_err(SendError::Refused)?;
         Ok((info.consistent_index, total))
     }
     .await;

@@ -97,3 +97,72 @@ async fn a_follower_behind_the_leaders_log_installs_a_snapshot() {
     assert_eq!(b.get("after", None).await.unwrap().count(), 1);
     assert_eq!(b.hash_kv(rev).await.unwrap().hash(), want.hash());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broken_snapshot_transfer_is_retried_and_never_half_installed() {
+    let mut c = Cluster::start(
+        3,
+        &[
+            "--snapshot-count",
+            "50",
+            "--experimental-snapshot-catchup-entries",
+            "5",
+        ],
+    )
+    .await;
+    let leader = c.leader(Duration::from_secs(10)).await;
+    let behind = (leader + 1) % 3;
+    let mut l = c.client(leader).await;
+    c.kill(behind);
+    for i in 0..200 {
+        l.put(format!("k{i}"), "v", None).await.unwrap();
+    }
+    // Every snapshot the leader sends the follower breaks off after its
+    // first chunk.
+    c.faults(
+        leader,
+        &format!("cut-snapshot {:x}\n", c.members[behind].id),
+    );
+    c.restart(behind);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.log(behind).contains("the snapshot stream ended early") {
+        assert!(
+            Instant::now() < deadline,
+            "no transfer was attempted:\n{}",
+            c.log_tail(behind)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nothing half-received stays, and nothing was installed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let snap = c.members[behind].data_dir.join("member").join("snap");
+    let leftovers: Vec<String> = std::fs::read_dir(&snap)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".snap.db"))
+        .collect();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+    assert!(!c.log(behind).contains("installed the leader's snapshot"));
+    // Once transfers go through, a retry brings the follower level.
+    c.heal();
+    c.wait_serving(behind).await;
+    let mut b = c.client(behind).await;
+    let rev = l
+        .get("k199", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b.get("k199", None).await.map(|r| r.count()).unwrap_or(0) != 1 {
+        assert!(Instant::now() < deadline, "the follower did not catch up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(c.log(behind).contains("installed the leader's snapshot"));
+    assert_eq!(
+        b.hash_kv(rev).await.unwrap().hash(),
+        l.hash_kv(rev).await.unwrap().hash()
+    );
+}
