@@ -283,7 +283,8 @@ impl Wal {
 
     /// Opens the log in `dir`, recovering from `snapshot`: validates every
     /// record from the segment holding the snapshot on, and returns the
-    /// metadata, the latest hard state and the entries after the snapshot.
+    /// metadata, the latest hard state, the latest snapshot record at or
+    /// after the marker, and the entries after that snapshot.
     pub fn open(
         dir: impl AsRef<Path>,
         snapshot: SnapshotMarker,
