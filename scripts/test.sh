@@ -103,9 +103,8 @@ else
   python3 -m pytest -q "$shared/conformance" --server-cmd "$root/target/debug/kvserver" \
     -m "not auth"
   # The same suite against a 3-member cluster it starts; tests marked
-  # `cluster` (membership changes) belong to the next issue, and the
-  # one-minute `check perf` ran above.
+  # `cluster` (membership changes) belong to the next issue.
   step "conformance suite, 3-member cluster"
   python3 -m pytest -q "$shared/conformance" --server-cmd "$root/target/debug/kvserver" \
-    --cluster-size 3 -m "not auth and not cluster and not slow"
+    --cluster-size 3 -m "not auth and not cluster"
 fi
