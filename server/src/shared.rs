@@ -183,3 +183,28 @@ impl Shared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_carry_the_member_and_never_repeat() {
+        let a = RequestIds::new(0xddd6_7b31_2462_fd7b);
+        let b = RequestIds::new(0x9e73_7feb_b6b9_9eee);
+        let ids_a: Vec<u64> = (0..1000).map(|_| a.next()).collect();
+        let ids_b: Vec<u64> = (0..1000).map(|_| b.next()).collect();
+        // etcd's layout: the member ID's low 16 bits on top.
+        assert!(ids_a.iter().all(|id| id >> 48 == 0xfd7b));
+        assert!(ids_b.iter().all(|id| id >> 48 == 0x9eee));
+        assert!(ids_a.windows(2).all(|w| w[0] < w[1]));
+        let all: std::collections::HashSet<u64> = ids_a.iter().chain(&ids_b).copied().collect();
+        assert_eq!(all.len(), 2000);
+        // A restart a moment later starts past where the last run was
+        // (fewer than 256 IDs a millisecond stay within the counter).
+        let before = RequestIds::new(0x1234);
+        let last = (0..10).map(|_| before.next()).last().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(RequestIds::new(0x1234).next() > last);
+    }
+}
