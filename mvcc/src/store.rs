@@ -303,6 +303,26 @@ fn be_u64(v: Option<&[u8]>) -> u64 {
         .map_or(0, u64::from_be_bytes)
 }
 
+/// Whether compare `c` holds on the keys its range found: a value compare
+/// on a missing key always fails (an empty value and no value look the
+/// same); the others compare against a key whose fields are all zero.
+fn compare_holds_on(c: &Compare, kvs: &[KeyValue]) -> bool {
+    if kvs.is_empty() {
+        return !matches!(c.target, CompareTarget::Value(_)) && c.holds_for(&KeyValue::default());
+    }
+    kvs.iter().all(|kv| c.holds_for(kv))
+}
+
+/// etcd's `--max-txn-ops`: compares, and ops per branch, of one
+/// transaction level.
+fn check_op_counts(limits: &Limits, req: &TxnRequest) -> Result<()> {
+    let max = limits.max_txn_ops;
+    if req.compare.len() > max || req.success.len() > max || req.failure.len() > max {
+        return Err(Error::TooManyOps);
+    }
+    Ok(())
+}
+
 /// What a database copy holds (see [`Store::snapshot_into`]).
 #[derive(Debug, Clone, Copy)]
 pub struct SnapshotInfo {
@@ -960,10 +980,7 @@ impl Store {
     }
 
     fn check_read_txn(&self, req: &TxnRequest) -> Result<()> {
-        let max = self.limits.max_txn_ops;
-        if req.compare.len() > max || req.success.len() > max || req.failure.len() > max {
-            return Err(Error::TooManyOps);
-        }
+        check_op_counts(&self.limits, req)?;
         for op in req.success.iter().chain(&req.failure) {
             match op {
                 RequestOp::Range(r) if r.key.is_empty() => return Err(Error::EmptyKey),
@@ -988,14 +1005,7 @@ impl Store {
                     ..RangeRequest::default()
                 })?
                 .kvs;
-            // As in a batch: a value compare on a missing key fails, the
-            // others compare against a key whose fields are all zero.
-            let holds = if kvs.is_empty() {
-                !matches!(c.target, CompareTarget::Value(_)) && c.holds_for(&KeyValue::default())
-            } else {
-                kvs.iter().all(|kv| c.holds_for(kv))
-            };
-            if !holds {
+            if !compare_holds_on(c, &kvs) {
                 succeeded = false;
                 break;
             }
@@ -1164,10 +1174,7 @@ impl<'s> Apply<'s> {
 
     /// etcd's checks of a transaction's shape, nested ones included.
     fn check_txn(&self, req: &TxnRequest) -> Result<()> {
-        let max = self.store.limits.max_txn_ops;
-        if req.compare.len() > max || req.success.len() > max || req.failure.len() > max {
-            return Err(Error::TooManyOps);
-        }
+        check_op_counts(&self.store.limits, req)?;
         for op in req.success.iter().chain(&req.failure) {
             match op {
                 RequestOp::Range(r) if r.key.is_empty() => return Err(Error::EmptyKey),
@@ -1435,16 +1442,7 @@ impl<'s> Apply<'s> {
             ..RangeRequest::default()
         };
         let kvs = self.range_in(&req, op)?.kvs;
-        if kvs.is_empty() {
-            // A value compare on a missing key always fails (an empty value
-            // and no value look the same); the others compare against a
-            // key whose fields are all zero.
-            if matches!(c.target, CompareTarget::Value(_)) {
-                return Ok(false);
-            }
-            return Ok(c.holds_for(&KeyValue::default()));
-        }
-        Ok(kvs.iter().all(|kv| c.holds_for(kv)))
+        Ok(compare_holds_on(c, &kvs))
     }
 
     fn txn_in(
