@@ -40,6 +40,8 @@ pub const LEASE_BUCKET: &[u8] = b"lease";
 pub const ALARM_BUCKET: &[u8] = b"alarm";
 /// The cluster's members (etcd's `members` bucket), by member ID.
 pub const MEMBERS_BUCKET: &[u8] = b"members";
+/// IDs of members removed from the cluster (they may never come back).
+pub const MEMBERS_REMOVED_BUCKET: &[u8] = b"members_removed";
 const CONSISTENT_INDEX: &[u8] = b"consistent_index";
 const TERM: &[u8] = b"term";
 const COMPACTED_REVISION: &[u8] = b"finishedCompactRev";
@@ -324,13 +326,35 @@ fn check_op_counts(limits: &Limits, req: &TxnRequest) -> Result<()> {
 }
 
 /// What a database copy holds (see [`Store::snapshot_into`]).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SnapshotInfo {
     pub stats: btree::CompactStats,
     /// The raft index of the last entry applied in the copy.
     pub consistent_index: u64,
     /// That entry's raft term.
     pub term: u64,
+    /// The copy's `members` bucket (as [`Store::members`]).
+    pub members: Vec<(u64, Vec<u8>)>,
+}
+
+fn read_members(rx: &btree::ReadTxn) -> Result<Vec<(u64, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let Some(bucket) = rx.bucket(MEMBERS_BUCKET)? else {
+        return Ok(out);
+    };
+    for item in bucket.range(b"", None) {
+        let (k, v) = item?;
+        out.push((member_key(k)?, v.to_vec()));
+    }
+    Ok(out)
+}
+
+fn member_key(k: &[u8]) -> Result<u64> {
+    let id = <[u8; 8]>::try_from(k).map_err(|_| Error::Corrupt {
+        rev: Revision::default(),
+        reason: format!("member key of {} bytes", k.len()),
+    })?;
+    Ok(u64::from_be_bytes(id))
 }
 
 /// The consistent index and term recorded in a database file, read
@@ -348,7 +372,9 @@ pub fn read_snapshot_info(path: &std::path::Path) -> Result<SnapshotInfo> {
         Some(meta) => (be_u64(meta.get(CONSISTENT_INDEX)?), be_u64(meta.get(TERM)?)),
         None => (0, 0),
     };
+    let members = read_members(&rx)?;
     Ok(SnapshotInfo {
+        members,
         stats: btree::CompactStats {
             source_bytes: 0,
             dest_bytes: 0,
@@ -372,6 +398,7 @@ fn load(db: &Db) -> Result<Shared> {
             LEASE_BUCKET,
             ALARM_BUCKET,
             MEMBERS_BUCKET,
+            MEMBERS_REMOVED_BUCKET,
         ] {
             tx.create_bucket_if_missing(b)?;
         }
@@ -865,15 +892,15 @@ impl Store {
     /// Every record of the `members` bucket: (member ID, the server's
     /// encoding of the member).
     pub fn members(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+        read_members(&self.db.begin_read())
+    }
+
+    /// IDs of the members removed from the cluster.
+    pub fn removed_members(&self) -> Result<Vec<u64>> {
         let rx = self.db.begin_read();
         let mut out = Vec::new();
-        for item in rx.open_bucket(MEMBERS_BUCKET)?.range(b"", None) {
-            let (k, v) = item?;
-            let id = <[u8; 8]>::try_from(k).map_err(|_| Error::Corrupt {
-                rev: Revision::default(),
-                reason: format!("member key of {} bytes", k.len()),
-            })?;
-            out.push((u64::from_be_bytes(id), v.to_vec()));
+        for item in rx.open_bucket(MEMBERS_REMOVED_BUCKET)?.range(b"", None) {
+            out.push(member_key(item?.0)?);
         }
         Ok(out)
     }
@@ -1600,6 +1627,14 @@ impl<'s> Apply<'s> {
                 self.tx().delete(MEMBERS_BUCKET, &id.to_be_bytes())?;
             }
         }
+        Ok(())
+    }
+
+    /// Records that member `id` was removed (its record goes with
+    /// [`Apply::set_member`]).
+    pub fn set_member_removed(&mut self, id: u64) -> Result<()> {
+        self.tx()
+            .put(MEMBERS_REMOVED_BUCKET, &id.to_be_bytes(), b"removed")?;
         Ok(())
     }
 

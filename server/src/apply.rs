@@ -20,6 +20,8 @@ pub enum Applied {
     Alarm(pb::AlarmResponse),
     /// Member attributes or lease checkpoints were recorded.
     Published,
+    /// The member list after a membership change.
+    Members(Vec<crate::membership::Member>),
 }
 
 /// What applying one entry produced: the answer (or etcd's error) and the
@@ -267,6 +269,25 @@ pub fn apply(
                 ctx.members.set(member);
             }
             Ok(Applied::Published)
+        }
+        Some(Op::MemberChange(c)) => {
+            use crate::pb::kvserverpb::member_change::Kind;
+            // Only a change of peer URLs travels as a normal entry; the
+            // others change raft's configuration (the apply thread's
+            // configuration change path).
+            if c.kind() != Kind::Update {
+                return Ok((
+                    Err(ServerError::Internal(
+                        "membership change outside raft".into(),
+                    )),
+                    batch.revision(),
+                ));
+            }
+            if let Err(e) = ctx.members.validate(c) {
+                return Ok((Err(e), batch.revision()));
+            }
+            ctx.members.apply_change(batch, c)?;
+            Ok(Applied::Members(ctx.members.list()))
         }
         Some(Op::LeaseCheckpoints(c)) => {
             for cp in &c.checkpoints {

@@ -29,8 +29,6 @@ pub enum ConfigError {
     DuplicateUrl(String),
     #[error("unexpected value {0:?} for --initial-cluster-state (use \"new\" or \"existing\")")]
     ClusterState(String),
-    #[error("--initial-cluster-state existing: joining a running cluster is not supported yet (membership changes are the next issue)")]
-    JoinUnsupported,
     #[error("--election-timeout[{election}ms] should be at least as 5 times as --heartbeat-interval[{heartbeat}ms]")]
     ElectionTimeout { election: u64, heartbeat: u64 },
     #[error("--heartbeat-interval must be at least 1 ms")]
@@ -86,8 +84,8 @@ pub struct Config {
     #[arg(long, env = "ETCD_INITIAL_CLUSTER", default_value = "")]
     pub initial_cluster: String,
 
-    /// `new` for a new cluster, `existing` to join one (not supported yet:
-    /// refused at start).
+    /// `new` for a new cluster, `existing` to join a running one (after
+    /// `etcdctl member add`; ignored once the data dir holds a WAL).
     #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
     pub initial_cluster_state: String,
 
@@ -114,8 +112,15 @@ pub struct Config {
     /// Raft's pre-vote: a member that was cut off asks whether it could
     /// win before it starts an election, so it does not depose a healthy
     /// leader when it comes back.
-    #[arg(long, env = "ETCD_PRE_VOTE", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "ETCD_PRE_VOTE", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
     pub pre_vote: bool,
+
+    /// Refuse membership changes that could cost the cluster its quorum
+    /// (members not started, or not connected to this one for 5 s).
+    #[arg(long, env = "ETCD_STRICT_RECONFIG_CHECK", default_value_t = true,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub strict_reconfig_check: bool,
 
     /// Entries a leader keeps in its log after a raft snapshot, so that a
     /// follower that fell a little behind catches up from the log rather
@@ -238,7 +243,7 @@ impl Config {
         }
         match self.initial_cluster_state.as_str() {
             "new" => {}
-            "existing" => return Err(ConfigError::JoinUnsupported),
+            "existing" => {}
             other => return Err(ConfigError::ClusterState(other.to_string())),
         }
         if !matches!(
@@ -404,10 +409,7 @@ mod tests {
                 heartbeat: 100
             })
         );
-        assert_eq!(
-            parse(&["--initial-cluster-state", "existing"]),
-            Err(ConfigError::JoinUnsupported)
-        );
+        assert_eq!(parse(&["--initial-cluster-state", "existing"]), Ok(()));
         assert!(matches!(
             parse(&["--initial-cluster-state", "bogus"]),
             Err(ConfigError::ClusterState(_))

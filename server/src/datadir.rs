@@ -44,6 +44,12 @@ pub fn wal_dir(data_dir: &Path) -> PathBuf {
     member_dir(data_dir).join("wal")
 }
 
+/// Whether the data dir holds a WAL (the member has started before).
+pub fn has_wal(data_dir: &Path) -> bool {
+    let dir = wal_dir(data_dir);
+    dir.is_dir() && std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some())
+}
+
 pub fn db_path(data_dir: &Path) -> PathBuf {
     snap_dir(data_dir).join("db")
 }

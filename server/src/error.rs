@@ -23,6 +23,32 @@ pub enum ServerError {
     Stopped,
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    #[error("etcdserver: member ID already exist")]
+    MemberExist,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExist,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStarted,
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    TimeoutLeaderTransfer,
     #[error("etcdserver: {0}")]
     Internal(String),
 }
@@ -67,6 +93,19 @@ impl From<ServerError> for Status {
             | ServerError::TimeoutConnectionLost
             | ServerError::LeaderChanged => Code::Unavailable,
             ServerError::NoSpace => Code::ResourceExhausted,
+            ServerError::MemberExist
+            | ServerError::PeerUrlExist
+            | ServerError::NotEnoughStarted
+            | ServerError::MemberNotLearner
+            | ServerError::LearnerNotReady
+            | ServerError::TooManyLearners
+            | ServerError::NotLeader
+            | ServerError::BadLeaderTransferee => Code::FailedPrecondition,
+            ServerError::MemberBadUrls => Code::InvalidArgument,
+            ServerError::MemberNotFound => Code::NotFound,
+            ServerError::Unhealthy | ServerError::NotSupportedForLearner => Code::Unavailable,
+            // etcd has no gRPC error for it: it answers Unknown.
+            ServerError::TimeoutLeaderTransfer => Code::Unknown,
             ServerError::Internal(_) => Code::Internal,
         };
         Status::new(code, e.to_string())
@@ -103,4 +142,8 @@ pub enum StartError {
     Panicked(&'static str),
     #[error("fatal: {0}")]
     Fatal(String),
+    #[error("this member ({0}) is not in the cluster its peers ({1}) belong to: add it with `etcdctl member add` first")]
+    NotAMember(String, String),
+    #[error("joining the cluster: no peer in --initial-cluster answered ({0})")]
+    NoPeerAnswered(String),
 }

@@ -11,7 +11,8 @@
 //!
 //! ## Layout
 //! - [`config`]: etcd's flags; [`datadir`]: where files live.
-//! - [`membership`]: members, their IDs, the member list.
+//! - [`membership`]: members, their IDs, the member list; [`join`]: a
+//!   new member joining a running cluster.
 //! - [`raft`]: the raft thread, the apply thread, bootstrap, housekeeping.
 //! - [`transport`]: the peer service and per-peer senders.
 //! - [`api`]: one file per client gRPC service.
@@ -34,6 +35,7 @@ pub mod authority;
 pub mod config;
 pub mod datadir;
 pub mod error;
+pub mod join;
 pub mod membership;
 pub mod pb;
 pub mod raft;
@@ -86,7 +88,14 @@ pub async fn run_with_state(
     cfg.validate()?;
     let client_listeners = bind(&cfg.client_listen_addrs()?).await?;
     let peer_listeners = bind(&cfg.peer_listen_addrs()?).await?;
-    let (shared, threads) = raft::start(&cfg)?;
+    // A member joining a running cluster asks its peers for the member
+    // list first (once: after that its WAL says who it is).
+    let join = if cfg.initial_cluster_state == "existing" && !datadir::has_wal(&cfg.data_dir()) {
+        Some(join::fetch(&cfg).await?)
+    } else {
+        None
+    };
+    let (shared, threads) = raft::start(&cfg, join)?;
     let _syncer = mvcc::spawn_watch_syncer(
         &shared.store,
         Duration::from_millis(20),
@@ -171,11 +180,13 @@ pub async fn run_with_state(
         let _ = tokio::time::timeout(Duration::from_secs(3), s).await;
     }
     shared.stop();
+    let removed = shared.removed.load(std::sync::atomic::Ordering::Acquire);
     drop(shared);
     tokio::task::spawn_blocking(move || threads.join())
         .await
         .map_err(|_| StartError::Panicked("shutdown"))??;
     match failed {
+        Some(_) if removed => Ok(()),
         Some(why) => Err(StartError::Fatal(why)),
         None => Ok(()),
     }

@@ -8,14 +8,19 @@
 //! member IDs (8 bytes big-endian each). So a cluster started from the same
 //! flags has the same IDs under etcd and kvserver.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::RwLock;
 
 use prost::Message as _;
 use sha1::{Digest, Sha1};
 
 use crate::config::{Config, ConfigError};
+use crate::error::ServerError;
 use crate::pb::etcdserverpb as pb;
+use crate::pb::kvserverpb::{member_change::Kind, MemberChange};
+
+/// Learners a cluster may have at once (etcd's limit).
+pub const MAX_LEARNERS: usize = 1;
 
 /// A member of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,26 +152,204 @@ pub fn initial_cluster(cfg: &Config) -> Result<InitialCluster, ConfigError> {
     })
 }
 
-/// The member list as this member has applied it.
+/// Decodes the records of a `members` bucket.
+pub fn decode_members(records: Vec<(u64, Vec<u8>)>) -> Result<Vec<Member>, mvcc::Error> {
+    records
+        .into_iter()
+        .map(|(id, bytes)| {
+            pb::Member::decode(bytes.as_slice())
+                .map(Member::from_pb)
+                .map_err(|e| mvcc::Error::Corrupt {
+                    rev: mvcc::Revision::default(),
+                    reason: format!("member record {id:x}: {e}"),
+                })
+        })
+        .collect()
+}
+
+/// raft's configuration for a member list.
+pub fn conf_state(members: &[Member]) -> raft::eraftpb::ConfState {
+    let voters = members.iter().filter(|m| !m.is_learner).map(|m| m.id);
+    let learners = members.iter().filter(|m| m.is_learner).map(|m| m.id);
+    raft::eraftpb::ConfState::from((voters.collect::<Vec<_>>(), learners.collect::<Vec<_>>()))
+}
+
+/// Checks peer URLs as etcd does (`http` or `https`, a host and a port,
+/// no path); refuses an empty list.
+pub fn check_peer_urls(urls: &[String]) -> Result<(), ServerError> {
+    if urls.is_empty() {
+        return Err(ServerError::MemberBadUrls);
+    }
+    for u in urls {
+        let rest = u
+            .strip_prefix("http://")
+            .or_else(|| u.strip_prefix("https://"))
+            .ok_or(ServerError::MemberBadUrls)?;
+        let (host, port) = rest.rsplit_once(':').ok_or(ServerError::MemberBadUrls)?;
+        if host.is_empty() || port.is_empty() || port.parse::<u16>().is_err() {
+            return Err(ServerError::MemberBadUrls);
+        }
+    }
+    Ok(())
+}
+
+/// The member list as this member has applied it, and the IDs removed
+/// from it.
 #[derive(Debug, Default)]
 pub struct Membership {
     members: RwLock<BTreeMap<u64, Member>>,
+    removed: RwLock<BTreeSet<u64>>,
 }
 
 impl Membership {
     /// The list stored in the database.
     pub fn from_store(store: &mvcc::Store) -> Result<Membership, mvcc::Error> {
-        let mut members = BTreeMap::new();
-        for (id, bytes) in store.members()? {
-            let m = pb::Member::decode(bytes.as_slice()).map_err(|e| mvcc::Error::Corrupt {
-                rev: mvcc::Revision::default(),
-                reason: format!("member record {id:x}: {e}"),
-            })?;
-            members.insert(id, Member::from_pb(m));
-        }
+        let members = decode_members(store.members()?)?
+            .into_iter()
+            .map(|m| (m.id, m))
+            .collect();
+        let removed = store.removed_members()?.into_iter().collect();
         Ok(Membership {
             members: RwLock::new(members),
+            removed: RwLock::new(removed),
         })
+    }
+
+    pub fn is_removed(&self, id: u64) -> bool {
+        self.removed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id)
+    }
+
+    pub fn removed(&self) -> Vec<u64> {
+        self.removed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// etcd's checks of a membership change against the list as applied
+    /// (every member decides the same: the list is the same at every
+    /// index).
+    pub fn validate(&self, change: &MemberChange) -> Result<(), ServerError> {
+        let m = change.member.clone().unwrap_or_default();
+        if self.is_removed(m.id) {
+            return Err(ServerError::MemberNotFound);
+        }
+        let members = self.members.read().unwrap_or_else(|e| e.into_inner());
+        let url_taken = |except: u64| {
+            members
+                .values()
+                .filter(|o| o.id != except)
+                .any(|o| o.peer_urls.iter().any(|u| m.peer_ur_ls.contains(u)))
+        };
+        match change.kind() {
+            Kind::Add => {
+                if members.contains_key(&m.id) {
+                    return Err(ServerError::MemberExist);
+                }
+                if url_taken(0) {
+                    return Err(ServerError::PeerUrlExist);
+                }
+                let learners = members.values().filter(|o| o.is_learner).count();
+                if m.is_learner && learners + 1 > MAX_LEARNERS {
+                    return Err(ServerError::TooManyLearners);
+                }
+            }
+            Kind::Remove => {
+                if !members.contains_key(&m.id) {
+                    return Err(ServerError::MemberNotFound);
+                }
+            }
+            Kind::Update => {
+                if !members.contains_key(&m.id) {
+                    return Err(ServerError::MemberNotFound);
+                }
+                if url_taken(m.id) {
+                    return Err(ServerError::PeerUrlExist);
+                }
+            }
+            Kind::Promote => match members.get(&m.id) {
+                None => return Err(ServerError::MemberNotFound),
+                Some(o) if !o.is_learner => return Err(ServerError::MemberNotLearner),
+                Some(_) => {}
+            },
+        }
+        Ok(())
+    }
+
+    /// Applies a validated change in `batch` and to this list; returns the
+    /// member as it now is (the removed one for a removal).
+    pub fn apply_change(
+        &self,
+        batch: &mut mvcc::Apply<'_>,
+        change: &MemberChange,
+    ) -> Result<Member, mvcc::Error> {
+        let m = Member::from_pb(change.member.clone().unwrap_or_default());
+        let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());
+        let member = match change.kind() {
+            Kind::Add => Member {
+                name: String::new(),
+                client_urls: Vec::new(),
+                ..m
+            },
+            Kind::Remove => {
+                batch.set_member(m.id, None)?;
+                batch.set_member_removed(m.id)?;
+                self.removed
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(m.id);
+                return Ok(members.remove(&m.id).unwrap_or(m));
+            }
+            Kind::Update => {
+                let mut old = members.get(&m.id).cloned().unwrap_or_else(|| m.clone());
+                old.peer_urls = m.peer_urls;
+                old
+            }
+            Kind::Promote => {
+                let mut old = members.get(&m.id).cloned().unwrap_or_else(|| m.clone());
+                old.is_learner = false;
+                old
+            }
+        };
+        batch.set_member(member.id, Some(&member.encode()))?;
+        members.insert(member.id, member.clone());
+        Ok(member)
+    }
+
+    /// Voting members that have published their name (etcd's "started").
+    fn started_voters(&self, except: u64) -> (usize, usize) {
+        let members = self.members.read().unwrap_or_else(|e| e.into_inner());
+        let voters = members.values().filter(|m| !m.is_learner && m.id != except);
+        voters.fold((0, 0), |(n, started), m| {
+            (n + 1, started + usize::from(!m.name.is_empty()))
+        })
+    }
+
+    /// etcd's IsReadyToAddVotingMember: with the new member counted (not
+    /// started), the started ones still make a quorum.
+    pub fn ready_to_add_voter(&self) -> bool {
+        let (n, started) = self.started_voters(0);
+        let n = n + 1;
+        // Adding a second member to a one-member cluster is always let
+        // through (restoring a cluster from one member).
+        (started == 1 && n == 2) || started >= n / 2 + 1
+    }
+
+    /// etcd's IsReadyToRemoveVotingMember.
+    pub fn ready_to_remove_voter(&self, id: u64) -> bool {
+        let (n, started) = self.started_voters(id);
+        started >= n / 2 + 1
+    }
+
+    /// etcd's IsReadyToPromoteMember: the learner counted as started.
+    pub fn ready_to_promote(&self) -> bool {
+        let (n, started) = self.started_voters(0);
+        started + 1 >= (n + 1) / 2 + 1
     }
 
     pub fn list(&self) -> Vec<Member> {
@@ -187,6 +370,10 @@ impl Membership {
     }
 
     /// IDs of the voting members.
+    pub fn is_learner(&self, id: u64) -> bool {
+        self.get(id).is_some_and(|m| m.is_learner)
+    }
+
     pub fn voters(&self) -> Vec<u64> {
         self.list()
             .iter()
@@ -218,7 +405,12 @@ impl Membership {
             .members
             .into_inner()
             .unwrap_or_else(|e| e.into_inner());
+        let removed = fresh
+            .removed
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
         *self.members.write().unwrap_or_else(|e| e.into_inner()) = list;
+        *self.removed.write().unwrap_or_else(|e| e.into_inner()) = removed;
         Ok(())
     }
 }

@@ -102,6 +102,9 @@ impl RequestIds {
     }
 }
 
+/// How long a removed member goes on before it stops (etcd's delay).
+const REMOVED_STOP_DELAY: Duration = Duration::from_secs(1);
+
 /// What the handlers share with the raft and apply threads.
 pub struct Shared {
     pub store: Arc<mvcc::Store>,
@@ -119,11 +122,16 @@ pub struct Shared {
     pub data_dir: PathBuf,
     pub request_timeout: Duration,
     pub election_timeout: Duration,
+    /// `--strict-reconfig-check`.
+    pub strict_reconfig_check: bool,
     pub(crate) commands: Mutex<Option<std::sync::mpsc::Sender<Command>>>,
     /// Set when a thread of the member hit an error it cannot go on from
     /// (a failed WAL write, say); [`crate::run`] then stops and returns it.
     pub failure: Mutex<Option<String>>,
     pub failed: tokio::sync::Notify,
+    /// This member was removed from the cluster: it stops, and `run`
+    /// returns without an error (as etcd, which exits 0).
+    pub removed: AtomicBool,
 }
 
 impl Shared {
@@ -168,6 +176,37 @@ impl Shared {
         }
         drop(f);
         self.failed.notify_one();
+    }
+
+    /// This member learnt it was removed from the cluster (it applied its
+    /// removal, or a peer refused its messages): it stops.
+    pub fn removed_from_cluster(self: &Arc<Self>) {
+        if self.removed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::error!("the member has been permanently removed from the cluster");
+        // As etcd, a moment before stopping: the answer to the removal
+        // gets out, and a removed leader hands leadership on.
+        let me = self.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(REMOVED_STOP_DELAY);
+            me.fail("the member has been permanently removed from the cluster".into());
+        });
+    }
+
+    /// Whether this member is a learner (as the member list it applied
+    /// says).
+    pub fn is_learner(&self) -> bool {
+        self.members.is_learner(self.member_id)
+    }
+
+    /// etcd's refusal of what a learner does not serve.
+    pub fn refuse_on_learner(&self) -> Result<(), crate::error::ServerError> {
+        if self.is_learner() {
+            Err(crate::error::ServerError::NotSupportedForLearner)
+        } else {
+            Ok(())
+        }
     }
 
     /// Stops the raft loop (it finishes its current turn, and the apply

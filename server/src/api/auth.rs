@@ -18,6 +18,7 @@ impl pb::auth_server::Auth for Auth {
         &self,
         _req: Request<pb::AuthenticateRequest>,
     ) -> Rpc<pb::AuthenticateResponse> {
+        self.0.refuse_on_learner()?;
         Err(Status::failed_precondition(
             "etcdserver: authentication is not enabled",
         ))
@@ -27,6 +28,7 @@ impl pb::auth_server::Auth for Auth {
         &self,
         _req: Request<pb::AuthDisableRequest>,
     ) -> Rpc<pb::AuthDisableResponse> {
+        self.0.refuse_on_learner()?;
         Ok(Response::new(pb::AuthDisableResponse {
             header: Some(self.0.header(self.0.store.current_revision())),
         }))
@@ -36,6 +38,7 @@ impl pb::auth_server::Auth for Auth {
         &self,
         _req: Request<pb::AuthStatusRequest>,
     ) -> Rpc<pb::AuthStatusResponse> {
+        self.0.refuse_on_learner()?;
         Ok(Response::new(pb::AuthStatusResponse {
             header: Some(self.0.header(self.0.store.current_revision())),
             enabled: false,

@@ -43,6 +43,7 @@ async fn leader_of(s: &Shared, name: &[u8]) -> Result<(Option<mvcc::KeyValue>, i
 #[tonic::async_trait]
 impl el::election_server::Election for Election {
     async fn campaign(&self, req: Request<el::CampaignRequest>) -> Rpc<el::CampaignResponse> {
+        self.0.refuse_on_learner()?;
         let r = req.into_inner();
         let s = &self.0;
         check_lease(s, r.lease)?;
@@ -65,6 +66,7 @@ impl el::election_server::Election for Election {
     }
 
     async fn proclaim(&self, req: Request<el::ProclaimRequest>) -> Rpc<el::ProclaimResponse> {
+        self.0.refuse_on_learner()?;
         let r = req.into_inner();
         let leader = r.leader.ok_or_else(not_leader)?;
         let rev = proclaim(&self.0, &leader, r.value).await?;
@@ -74,6 +76,7 @@ impl el::election_server::Election for Election {
     }
 
     async fn leader(&self, req: Request<el::LeaderRequest>) -> Rpc<el::LeaderResponse> {
+        self.0.refuse_on_learner()?;
         let (kv, rev) = leader_of(&self.0, &req.into_inner().name).await?;
         let kv = kv.ok_or_else(|| Status::new(Code::Unknown, "election: no leader"))?;
         Ok(Response::new(el::LeaderResponse {
@@ -86,6 +89,7 @@ impl el::election_server::Election for Election {
         &self,
         req: Request<el::LeaderRequest>,
     ) -> Rpc<Pin<Box<dyn Stream<Item = Result<el::LeaderResponse, Status>> + Send + 'static>>> {
+        self.0.refuse_on_learner()?;
         let name = req.into_inner().name;
         let s = self.0.clone();
         let (tx, rx) = mpsc::channel(4);
@@ -136,6 +140,7 @@ impl el::election_server::Election for Election {
     }
 
     async fn resign(&self, req: Request<el::ResignRequest>) -> Rpc<el::ResignResponse> {
+        self.0.refuse_on_learner()?;
         use pb::request_op::Request as R;
         let leader = req.into_inner().leader.ok_or_else(not_leader)?;
         let t = txn(

@@ -19,6 +19,10 @@ pub struct Kv(pub Arc<Shared>);
 #[tonic::async_trait]
 impl pb::kv_server::Kv for Kv {
     async fn range(&self, req: Request<pb::RangeRequest>) -> Rpc<pb::RangeResponse> {
+        if !req.get_ref().serializable {
+            // A learner serves serializable reads only (etcd).
+            self.0.refuse_on_learner()?;
+        }
         let r = req.into_inner();
         if r.key.is_empty() {
             return Err(mvcc_err(mvcc::Error::EmptyKey));
@@ -37,6 +41,7 @@ impl pb::kv_server::Kv for Kv {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Rpc<pb::PutResponse> {
+        self.0.refuse_on_learner()?;
         let r = req.into_inner();
         check_size(&self.0, r.encoded_len())?;
         if r.key.is_empty() {
@@ -55,6 +60,7 @@ impl pb::kv_server::Kv for Kv {
         &self,
         req: Request<pb::DeleteRangeRequest>,
     ) -> Rpc<pb::DeleteRangeResponse> {
+        self.0.refuse_on_learner()?;
         let r = req.into_inner();
         check_size(&self.0, r.encoded_len())?;
         if r.key.is_empty() {
@@ -70,6 +76,7 @@ impl pb::kv_server::Kv for Kv {
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Rpc<pb::TxnResponse> {
+        self.0.refuse_on_learner()?;
         let r = req.into_inner();
         check_size(&self.0, r.encoded_len())?;
         if apply::txn_is_read_only(&r) {
@@ -97,6 +104,7 @@ impl pb::kv_server::Kv for Kv {
     }
 
     async fn compact(&self, req: Request<pb::CompactionRequest>) -> Rpc<pb::CompactionResponse> {
+        self.0.refuse_on_learner()?;
         match self.0.propose(Op::Compaction(req.into_inner())).await? {
             (Applied::Compaction(mut c), rev) => {
                 c.header = Some(self.0.header(rev));

@@ -126,6 +126,7 @@ impl pb::lease_server::Lease for Lease {
         &self,
         req: Request<pb::LeaseGrantRequest>,
     ) -> Rpc<pb::LeaseGrantResponse> {
+        self.0.refuse_on_learner()?;
         let mut r = req.into_inner();
         if r.id == 0 {
             // A positive ID no live lease has, chosen here (from the
@@ -152,6 +153,7 @@ impl pb::lease_server::Lease for Lease {
         &self,
         req: Request<pb::LeaseRevokeRequest>,
     ) -> Rpc<pb::LeaseRevokeResponse> {
+        self.0.refuse_on_learner()?;
         match self.0.propose(Op::LeaseRevoke(req.into_inner())).await? {
             (Applied::LeaseRevoke(mut r), rev) => {
                 r.header = Some(self.0.header(rev));
@@ -165,6 +167,7 @@ impl pb::lease_server::Lease for Lease {
         &self,
         req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Rpc<BoxStream<pb::LeaseKeepAliveResponse>> {
+        self.0.refuse_on_learner()?;
         let mut inbound = req.into_inner();
         let shared = self.0.clone();
         let (tx, rx) = mpsc::channel(16);
@@ -194,6 +197,7 @@ impl pb::lease_server::Lease for Lease {
         &self,
         req: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Rpc<pb::LeaseTimeToLiveResponse> {
+        self.0.refuse_on_learner()?;
         let r = req.into_inner();
         let cluster_id = self.0.cluster_id;
         let resp = at_leader(
@@ -216,6 +220,7 @@ impl pb::lease_server::Lease for Lease {
         &self,
         _req: Request<pb::LeaseLeasesRequest>,
     ) -> Rpc<pb::LeaseLeasesResponse> {
+        self.0.refuse_on_learner()?;
         Ok(Response::new(pb::LeaseLeasesResponse {
             header: Some(self.0.header(self.0.store.current_revision())),
             leases: self

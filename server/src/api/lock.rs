@@ -15,6 +15,7 @@ pub struct Lock(pub Arc<Shared>);
 #[tonic::async_trait]
 impl lk::lock_server::Lock for Lock {
     async fn lock(&self, req: Request<lk::LockRequest>) -> Rpc<lk::LockResponse> {
+        self.0.refuse_on_learner()?;
         let r = req.into_inner();
         let s = &self.0;
         check_lease(s, r.lease)?;
@@ -36,6 +37,7 @@ impl lk::lock_server::Lock for Lock {
     }
 
     async fn unlock(&self, req: Request<lk::UnlockRequest>) -> Rpc<lk::UnlockResponse> {
+        self.0.refuse_on_learner()?;
         let rev = delete_key(&self.0, req.into_inner().key).await?;
         Ok(Response::new(lk::UnlockResponse {
             header: Some(self.0.header(rev)),

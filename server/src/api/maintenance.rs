@@ -20,6 +20,7 @@ pub struct Maintenance(pub Arc<Shared>);
 #[tonic::async_trait]
 impl pb::maintenance_server::Maintenance for Maintenance {
     async fn alarm(&self, req: Request<pb::AlarmRequest>) -> Rpc<pb::AlarmResponse> {
+        self.0.refuse_on_learner()?;
         let r = req.into_inner();
         let rev = self.0.store.current_revision();
         if r.action() == pb::alarm_request::AlarmAction::Get {
@@ -73,7 +74,47 @@ impl pb::maintenance_server::Maintenance for Maintenance {
             raft_applied_index: s.applied_index(),
             errors,
             db_size_in_use: in_use as i64,
-            is_learner: false,
+            is_learner: s.is_learner(),
+        }))
+    }
+
+    async fn move_leader(
+        &self,
+        req: Request<pb::MoveLeaderRequest>,
+    ) -> Rpc<pb::MoveLeaderResponse> {
+        self.0.refuse_on_learner()?;
+        let s = &self.0;
+        if !s.is_leader() {
+            return Err(ServerError::NotLeader.into());
+        }
+        let target = req.into_inner().target_id;
+        if s.members.get(target).is_none_or(|m| m.is_learner) {
+            return Err(ServerError::BadLeaderTransferee.into());
+        }
+        let from = s.member_id;
+        tracing::info!("leadership transfer from {from:x} to {target:x} starting");
+        let start = std::time::Instant::now();
+        let deadline = start + s.request_timeout;
+        let mut asked = None;
+        while s.leader() != target {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Err(ServerError::TimeoutLeaderTransfer.into());
+            }
+            // raft gives a transfer up after an election timeout: ask again.
+            if asked.is_none_or(|t: std::time::Instant| now.duration_since(t) >= s.election_timeout)
+            {
+                s.send(crate::raft::Command::TransferLeader(target))?;
+                asked = Some(now);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        tracing::info!(
+            "leadership transfer from {from:x} to {target:x} finished in {:.1?}",
+            start.elapsed()
+        );
+        Ok(Response::new(pb::MoveLeaderResponse {
+            header: Some(s.header(s.store.current_revision())),
         }))
     }
 
@@ -81,6 +122,7 @@ impl pb::maintenance_server::Maintenance for Maintenance {
         &self,
         _req: Request<pb::DefragmentRequest>,
     ) -> Rpc<pb::DefragmentResponse> {
+        self.0.refuse_on_learner()?;
         let store = self.0.store.clone();
         let stats = tokio::task::spawn_blocking(move || store.defragment())
             .await
@@ -97,6 +139,7 @@ impl pb::maintenance_server::Maintenance for Maintenance {
     }
 
     async fn hash(&self, _req: Request<pb::HashRequest>) -> Rpc<pb::HashResponse> {
+        self.0.refuse_on_learner()?;
         let store = self.0.store.clone();
         let hash = tokio::task::spawn_blocking(move || store.hash())
             .await
@@ -109,6 +152,7 @@ impl pb::maintenance_server::Maintenance for Maintenance {
     }
 
     async fn hash_kv(&self, req: Request<pb::HashKvRequest>) -> Rpc<pb::HashKvResponse> {
+        self.0.refuse_on_learner()?;
         let rev = req.into_inner().revision;
         let store = self.0.store.clone();
         let (hash, current, compacted) = tokio::task::spawn_blocking(move || store.hash_kv(rev))
@@ -126,6 +170,7 @@ impl pb::maintenance_server::Maintenance for Maintenance {
         &self,
         _req: Request<pb::SnapshotRequest>,
     ) -> Rpc<BoxStream<pb::SnapshotResponse>> {
+        self.0.refuse_on_learner()?;
         let shared = self.0.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::task::spawn_blocking(move || {

@@ -23,6 +23,7 @@ impl pb::watch_server::Watch for Watch {
         &self,
         req: Request<Streaming<pb::WatchRequest>>,
     ) -> Rpc<BoxStream<pb::WatchResponse>> {
+        self.0.refuse_on_learner()?;
         let mut inbound = req.into_inner();
         let shared = self.0.clone();
         let mut stopping = self.1.clone();

@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use prost::Message as _;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, EntryType};
+use raft::eraftpb::{ConfChange, ConfState, Entry, EntryType};
 use tokio::sync::oneshot;
 
-use crate::apply::{self, ApplyContext, ApplyResult};
+use crate::apply::{self, Applied, ApplyContext, ApplyResult};
 use crate::datadir;
 use crate::error::ServerError;
-use crate::pb::kvserverpb::{request::Op, Request};
+use crate::pb::kvserverpb::{member_change::Kind, request::Op, MemberChange, Request};
 use crate::raft::Command;
 use crate::shared::Shared;
 
@@ -38,6 +38,8 @@ pub enum ApplyError {
     DataDir(#[from] datadir::DataDirError),
     #[error("encoding the membership: {0}")]
     Encode(#[from] protobuf::ProtobufError),
+    #[error("the raft thread stopped")]
+    RaftStopped,
 }
 
 /// Work for the apply thread, in log order.
@@ -206,7 +208,19 @@ impl Applier {
         }
         let mut batch = store.apply()?;
         let mut answers: Vec<(u64, ApplyResult, bool)> = Vec::new();
+        let mut changes: Vec<MemberChange> = Vec::new();
         for e in &entries {
+            if e.get_entry_type() == EntryType::EntryConfChange {
+                if let Some((id, result, change)) = self.apply_conf_change(&mut batch, e)? {
+                    if result.0.is_ok() {
+                        changes.push(change);
+                    }
+                    if id != 0 {
+                        answers.push((id, result, false));
+                    }
+                }
+                continue;
+            }
             if e.get_entry_type() != EntryType::EntryNormal {
                 continue;
             }
@@ -214,9 +228,14 @@ impl Applier {
                 // A new leader's first entry: once everything before it is
                 // applied, the leader takes over leases' clocks, giving
                 // each its remaining TTL plus an election timeout, so none
-                // expires because leadership moved (etcd's Promote).
+                // expires because leadership moved (etcd's Promote). Once
+                // per term: raft also leaves empty entries in place of
+                // configuration changes it refused.
                 let s = &self.shared;
-                if s.is_leader() && e.term == s.raft.term.load(Ordering::Acquire) {
+                if s.is_leader()
+                    && e.term == s.raft.term.load(Ordering::Acquire)
+                    && s.raft.lease_term.load(Ordering::Acquire) != e.term
+                {
                     s.store.lease_promote(s.election_timeout);
                     s.raft.lease_term.store(e.term, Ordering::Release);
                 }
@@ -241,6 +260,9 @@ impl Applier {
                     source,
                 })?;
             drop(alarms);
+            if let (Some(Op::MemberChange(c)), Ok(_)) = (&req.op, &result.0) {
+                changes.push(c.clone());
+            }
             if req.id != 0 {
                 answers.push((req.id, result, physical));
             }
@@ -248,6 +270,9 @@ impl Applier {
         batch.set_term(last.1)?;
         batch.commit(last.0)?;
         self.set_applied(last.0, last.1);
+        for c in &changes {
+            self.after_member_change(c);
+        }
         for (id, result, physical) in answers {
             if let Some(w) = self.shared.waiters.take(id) {
                 if physical && result.0.is_ok() {
@@ -261,6 +286,92 @@ impl Applier {
         self.compaction_pending = true;
         self.release_reads();
         Ok(())
+    }
+
+    /// A committed configuration change: checked against the member list
+    /// (etcd's rules; every member decides the same), then raft's
+    /// configuration and the member list change together. Returns the
+    /// waiting request's ID, its answer and the change.
+    fn apply_conf_change(
+        &mut self,
+        batch: &mut mvcc::Apply<'_>,
+        e: &Entry,
+    ) -> Result<Option<(u64, ApplyResult, MemberChange)>, ApplyError> {
+        use protobuf::Message as _;
+        let cc = match ConfChange::parse_from_bytes(e.get_data()) {
+            Ok(cc) => cc,
+            Err(err) => {
+                tracing::error!("configuration change {} does not decode: {err}", e.index);
+                return Ok(None);
+            }
+        };
+        let req = match Request::decode(cc.get_context()) {
+            Ok(r) => r,
+            Err(err) => {
+                tracing::error!("configuration change {} has a bad context: {err}", e.index);
+                return Ok(None);
+            }
+        };
+        let Some(Op::MemberChange(change)) = req.op else {
+            tracing::error!("configuration change {} carries no member change", e.index);
+            return Ok(None);
+        };
+        let s = self.shared.clone();
+        let rev = batch.revision();
+        if let Err(err) = s.members.validate(&change) {
+            tracing::info!(
+                "refused membership change {:?} of {:x}: {err}",
+                change.kind(),
+                cc.node_id
+            );
+            return Ok(Some((req.id, (Err(err), rev), change)));
+        }
+        let (reply, rx) = std::sync::mpsc::channel();
+        self.raft
+            .send(Command::ApplyConfChange {
+                cc: cc.clone(),
+                reply,
+            })
+            .map_err(|_| ApplyError::RaftStopped)?;
+        match rx.recv().map_err(|_| ApplyError::RaftStopped)? {
+            Ok(_) => {
+                let m = s.members.apply_change(batch, &change)?;
+                tracing::info!(
+                    "membership change applied: {:?} {:x} {:?}{}",
+                    change.kind(),
+                    m.id,
+                    m.peer_urls,
+                    if m.is_learner { " (learner)" } else { "" }
+                );
+                Ok(Some((
+                    req.id,
+                    (Ok(Applied::Members(s.members.list())), rev),
+                    change,
+                )))
+            }
+            Err(err) => {
+                tracing::warn!("raft refused configuration change {}: {err}", e.index);
+                let err = ServerError::Internal(format!("raft refused the change: {err}"));
+                Ok(Some((req.id, (Err(err), rev), change)))
+            }
+        }
+    }
+
+    /// Once a membership change is committed: peers added, moved or
+    /// dropped; this member stops if it was removed.
+    fn after_member_change(&self, c: &MemberChange) {
+        let s = &self.shared;
+        let id = c.member.as_ref().map_or(0, |m| m.id);
+        match c.kind() {
+            Kind::Remove if id == s.member_id => s.removed_from_cluster(),
+            Kind::Remove => s.transport.remove_peer(id),
+            Kind::Add | Kind::Update if id != s.member_id => {
+                if let Some(m) = s.members.get(id) {
+                    s.transport.add_peer(id, m.peer_urls);
+                }
+            }
+            _ => {}
+        }
     }
 
     fn set_applied(&mut self, index: u64, term: u64) {
@@ -288,10 +399,19 @@ impl Applier {
         s.members.reload(&s.store)?;
         *s.alarms.lock().unwrap_or_else(|e| e.into_inner()) =
             crate::alarms::Alarms::from_store(&s.store)?;
-        for m in s.members.list() {
+        let list = s.members.list();
+        for m in &list {
             if m.id != s.member_id {
                 s.transport.add_peer(m.id, m.peer_urls.clone());
             }
+        }
+        for id in s.transport.peer_ids() {
+            if !list.iter().any(|m| m.id == id) {
+                s.transport.remove_peer(id);
+            }
+        }
+        if s.members.is_removed(s.member_id) {
+            s.removed_from_cluster();
         }
         let applied = s.store.consistent_index();
         self.set_applied(applied, term);
@@ -338,7 +458,7 @@ impl Applier {
         }
         let term = self.last_term;
         s.store.sync()?;
-        let conf = ConfState::from((s.members.voters(), s.members.learners()));
+        let conf: ConfState = crate::membership::conf_state(&s.members.list());
         self.log
             .append(vec![wal::Record::Snapshot {
                 index: applied,

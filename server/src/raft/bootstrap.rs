@@ -4,7 +4,7 @@
 //! etcd does), rebuilds raft's log from the WAL, and checks that the WAL
 //! covers everything the database has applied.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,7 +65,10 @@ fn conf_state(members: &Membership) -> ConfState {
 /// Starts the member: opens (or creates) the database and the WAL,
 /// rebuilds raft's log, and runs the raft and apply threads. Must be
 /// called inside a tokio runtime (the transport's tasks run on it).
-pub fn start(cfg: &Config) -> Result<(Arc<Shared>, Threads), StartError> {
+pub fn start(
+    cfg: &Config,
+    join: Option<crate::join::Joined>,
+) -> Result<(Arc<Shared>, Threads), StartError> {
     cfg.validate()?;
     let data_dir = cfg.data_dir();
     let initial = initial_cluster(cfg)?;
@@ -80,8 +83,7 @@ pub fn start(cfg: &Config) -> Result<(Arc<Shared>, Threads), StartError> {
     let wal_path = datadir::wal_dir(&data_dir);
     let wal_opts = wal::Options::default();
     let storage = MemStorage::new();
-    let has_wal =
-        wal_path.is_dir() && std::fs::read_dir(&wal_path).is_ok_and(|mut d| d.next().is_some());
+    let has_wal = datadir::has_wal(&data_dir);
 
     let (log, member_id, cluster_id, members, snapshot_index) = if has_wal {
         let marker = datadir::read_marker(&data_dir)?;
@@ -140,12 +142,22 @@ pub fn start(cfg: &Config) -> Result<(Arc<Shared>, Threads), StartError> {
                     client_urls: Vec::new(),
                     is_learner: false,
                 }],
+                0,
             )?;
             members.reload(&store)?;
         }
+        // A member that joined a running cluster and has received nothing
+        // yet from the leader: it learns raft's configuration from the
+        // leader's snapshot (the member list it holds is only there to
+        // reach its peers).
+        let joining = rec.snapshot.is_none() && entries.is_empty() && store.consistent_index() == 0;
         {
             let mut core = storage.wl();
-            let mut cs = conf_state(&members);
+            let mut cs = if joining {
+                ConfState::default()
+            } else {
+                conf_state(&members)
+            };
             if snap_index > 0 {
                 let mut snap = Snapshot::default();
                 let meta = snap.mut_metadata();
@@ -189,18 +201,72 @@ pub fn start(cfg: &Config) -> Result<(Arc<Shared>, Threads), StartError> {
                 wal_path.display()
             )));
         }
-        let log = wal::Wal::create(
-            &wal_path,
-            wal::Metadata {
-                member_id: initial.me.id,
-                cluster_id: initial.cluster_id,
-            },
-            wal_opts,
-        )?;
-        seed_members(&store, &initial.members)?;
-        let members = Membership::from_store(&store)?;
-        storage.wl().set_conf_state(conf_state(&members));
-        (log, initial.me.id, initial.cluster_id, members, 0)
+        match join {
+            Some(joined) => {
+                // Joining a running cluster: raft's configuration and the
+                // key space come with the leader's snapshot.
+                let log = wal::Wal::create(
+                    &wal_path,
+                    wal::Metadata {
+                        member_id: joined.member_id,
+                        cluster_id: joined.cluster_id,
+                    },
+                    wal_opts,
+                )?;
+                seed_members(&store, &joined.members, 0)?;
+                let members = Membership::from_store(&store)?;
+                (log, joined.member_id, joined.cluster_id, members, 0)
+            }
+            None => {
+                let log = wal::Wal::create(
+                    &wal_path,
+                    wal::Metadata {
+                        member_id: initial.me.id,
+                        cluster_id: initial.cluster_id,
+                    },
+                    wal_opts,
+                )?;
+                // A new cluster's log starts at a snapshot at index 1 that
+                // holds its member list (etcd starts its log with one
+                // configuration change per member instead). So the log
+                // never reaches back to an empty state: a member added
+                // later always gets a snapshot first, with raft's
+                // configuration in it.
+                seed_members(&store, &initial.members, INITIAL_INDEX)?;
+                let members = Membership::from_store(&store)?;
+                let cs = conf_state(&members);
+                let record = wal::Record::Snapshot {
+                    index: INITIAL_INDEX,
+                    term: INITIAL_INDEX,
+                    conf_state: cs
+                        .write_to_bytes()
+                        .map_err(|e| StartError::Fatal(format!("encoding a conf state: {e}")))?,
+                };
+                // Waited for on a thread of its own: this runs inside the
+                // async runtime, whose threads must not block.
+                std::thread::scope(|scope| {
+                    scope
+                        .spawn(|| log.append(vec![record]).wait())
+                        .join()
+                        .map_err(|_| StartError::Panicked("WAL append"))
+                })??;
+                let mut snap = Snapshot::default();
+                let meta = snap.mut_metadata();
+                meta.index = INITIAL_INDEX;
+                meta.term = INITIAL_INDEX;
+                meta.set_conf_state(cs);
+                let mut core = storage.wl();
+                core.apply_snapshot(snap)?;
+                drop(core);
+                (
+                    log,
+                    initial.me.id,
+                    initial.cluster_id,
+                    members,
+                    INITIAL_INDEX,
+                )
+            }
+        }
     };
 
     let hard_state = storage.rl().hard_state().clone();
@@ -223,7 +289,7 @@ pub fn start(cfg: &Config) -> Result<(Arc<Shared>, Threads), StartError> {
     let logger = slog::Logger::root(TracingDrain, slog::o!());
     let voters = members.voters();
     let mut node = RawNode::new(&raft_cfg, storage, &logger)?;
-    if voters == [member_id] {
+    if voters == [member_id] && !members.is_learner(member_id) {
         // Alone in the cluster: no reason to wait for an election timeout.
         node.campaign()?;
     }
@@ -262,9 +328,11 @@ pub fn start(cfg: &Config) -> Result<(Arc<Shared>, Threads), StartError> {
         data_dir: data_dir.clone(),
         request_timeout: cfg.request_timeout(),
         election_timeout: Duration::from_millis(cfg.election_timeout),
+        strict_reconfig_check: cfg.strict_reconfig_check,
         commands: Mutex::new(Some(tx.clone())),
         failure: Mutex::new(None),
         failed: tokio::sync::Notify::new(),
+        removed: AtomicBool::new(false),
     });
     let log = Arc::new(log);
     let (apply_tx, apply_rx) = std::sync::mpsc::channel::<ApplyTask>();
@@ -297,6 +365,8 @@ pub fn start(cfg: &Config) -> Result<(Arc<Shared>, Threads), StartError> {
         last_leader: 0,
         last_housekeeping: Instant::now(),
         proposed: std::collections::VecDeque::new(),
+        held_conf: std::collections::VecDeque::new(),
+        handoff: None,
     };
     let raft = std::thread::Builder::new()
         .name("raft".into())
@@ -309,14 +379,20 @@ pub fn start(cfg: &Config) -> Result<(Arc<Shared>, Threads), StartError> {
     Ok((shared, Threads { raft, apply }))
 }
 
+/// Where a new cluster's log starts: its initial snapshot's index (and
+/// term).
+const INITIAL_INDEX: u64 = 1;
+
 /// Writes the member list of a new cluster into the database (every
-/// member writes the same list, before any raft entry).
-fn seed_members(store: &mvcc::Store, members: &[Member]) -> Result<(), mvcc::Error> {
+/// member writes the same list, as the state at raft index `index`).
+fn seed_members(store: &mvcc::Store, members: &[Member], index: u64) -> Result<(), mvcc::Error> {
     let mut batch = store.apply()?;
     for m in members {
         batch.set_member(m.id, Some(&m.encode()))?;
     }
-    let index = store.consistent_index();
-    batch.commit(index)?;
+    if index > 0 {
+        batch.set_term(index)?;
+    }
+    batch.commit(index.max(store.consistent_index()))?;
     store.sync()
 }

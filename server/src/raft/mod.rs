@@ -45,8 +45,9 @@ use tokio::sync::oneshot;
 
 use crate::apply::Applied;
 use crate::error::ServerError;
-use crate::pb::kvserverpb::{request::Op, Request};
+use crate::pb::kvserverpb::{request::Op, MemberChange, Request};
 use crate::shared::Shared;
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfState};
 
 pub use bootstrap::{start, Threads};
 
@@ -57,6 +58,28 @@ pub enum Command {
         id: u64,
         data: Vec<u8>,
     },
+    /// A membership change: a raft configuration change whose context is
+    /// the request (waiter under `id`).
+    ProposeConfChange {
+        id: u64,
+        cc: ConfChange,
+    },
+    /// The apply thread applied a configuration change to the member list;
+    /// raft's configuration changes with it (the apply thread waits).
+    ApplyConfChange {
+        cc: ConfChange,
+        reply: std::sync::mpsc::Sender<Result<ConfState, raft::Error>>,
+    },
+    /// Hand leadership to this voter (MoveLeader).
+    TransferLeader(u64),
+    /// The leader's view of how far each member's log matches its own
+    /// (None: not the leader).
+    Progress {
+        reply: oneshot::Sender<Option<Vec<(u64, u64)>>>,
+    },
+    /// A peer refused this member's messages: it was removed from the
+    /// cluster.
+    Removed,
     /// Resolves once the applied index has reached a read index confirmed
     /// after the command was sent.
     ReadIndex {
@@ -92,6 +115,34 @@ impl Shared {
     /// Proposes `op` through raft and waits for its answer (on this
     /// member, whichever member leads).
     pub async fn propose(&self, op: Op) -> Result<(Applied, i64), ServerError> {
+        self.submit(op, None).await
+    }
+
+    /// Proposes a membership change as a raft configuration change of
+    /// `change_type` for `node` and waits until it is applied here.
+    pub async fn propose_conf_change(
+        &self,
+        change_type: ConfChangeType,
+        node: u64,
+        change: MemberChange,
+    ) -> Result<(Applied, i64), ServerError> {
+        self.submit(Op::MemberChange(change), Some((change_type, node)))
+            .await
+    }
+
+    /// The leader's progress of each member: (member, index its log
+    /// matches the leader's to); None on a follower.
+    pub async fn progress(&self) -> Result<Option<Vec<(u64, u64)>>, ServerError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Progress { reply })?;
+        rx.await.map_err(|_| ServerError::Stopped)
+    }
+
+    async fn submit(
+        &self,
+        op: Op,
+        conf: Option<(ConfChangeType, u64)>,
+    ) -> Result<(Applied, i64), ServerError> {
         let start = Instant::now();
         let changes = self.raft.leader_changes.load(Ordering::Acquire);
         let id = self.ids.next();
@@ -109,7 +160,16 @@ impl Shared {
             }
         }
         let _forget = Forget(self, id);
-        self.send(Command::Propose { id, data })?;
+        match conf {
+            None => self.send(Command::Propose { id, data })?,
+            Some((change_type, node_id)) => {
+                let mut cc = ConfChange::default();
+                cc.set_change_type(change_type);
+                cc.node_id = node_id;
+                cc.context = data.into();
+                self.send(Command::ProposeConfChange { id, cc })?
+            }
+        }
         match tokio::time::timeout(self.request_timeout, rx).await {
             Ok(Ok((Ok(a), rev))) => Ok((a, rev)),
             Ok(Ok((Err(e), _))) => Err(e),

@@ -27,6 +27,9 @@ const MAX_BACKLOG: usize = 10_000;
 /// to the leader may have been lost).
 const READ_RETRY: Duration = Duration::from_millis(500);
 
+/// How often a removed leader asks its successor again to take over.
+const HANDOFF_RETRY: Duration = Duration::from_millis(50);
+
 type ReadReply = oneshot::Sender<Result<(), ServerError>>;
 
 pub(crate) struct ReadBatch {
@@ -54,6 +57,13 @@ pub struct RaftLoop {
     /// Proposals made here and still waiting, with the term they were
     /// proposed in.
     pub(crate) proposed: std::collections::VecDeque<(u64, u64)>,
+    /// Configuration changes held by this leader until the one before
+    /// them is applied (raft would turn them into empty entries).
+    pub(crate) held_conf: std::collections::VecDeque<(u64, ConfChange)>,
+    /// A leader that removed itself hands leadership to this voter, asking
+    /// again until it has (a follower that has not yet applied the
+    /// removal refuses to campaign).
+    pub(crate) handoff: Option<(u64, Instant)>,
 }
 
 impl RaftLoop {
@@ -105,6 +115,8 @@ impl RaftLoop {
                 self.housekeep();
             }
             self.start_reads();
+            self.propose_held_conf();
+            self.hand_off();
             self.on_ready()?;
             self.fail_lost_proposals();
             if !self.backlog.is_empty() && self.leader() != 0 {
@@ -152,7 +164,36 @@ impl RaftLoop {
                     self.propose(id, data);
                 }
             }
+            Command::ProposeConfChange { id, cc } => {
+                self.advance_applied();
+                self.held_conf.push_back((id, cc));
+                self.propose_held_conf();
+            }
+            Command::ApplyConfChange { cc, reply } => {
+                let _ = reply.send(self.apply_conf_change(&cc));
+            }
+            Command::TransferLeader(to) => {
+                tracing::info!("leadership transfer to {to:x} starting");
+                self.node.transfer_leader(to);
+            }
+            Command::Progress { reply } => {
+                let progress = self.is_leader().then(|| {
+                    self.node
+                        .raft
+                        .prs()
+                        .iter()
+                        .map(|(id, pr)| (*id, pr.matched))
+                        .collect()
+                });
+                let _ = reply.send(progress);
+            }
+            Command::Removed => self.shared.removed_from_cluster(),
             Command::Step(m) => {
+                if m.get_msg_type() == MessageType::MsgPropose {
+                    // A forwarded configuration change must see the
+                    // previous one as applied if it is.
+                    self.advance_applied();
+                }
                 if let Err(e) = self.node.step(*m) {
                     tracing::debug!("raft message dropped: {e}");
                 }
@@ -216,6 +257,77 @@ impl RaftLoop {
                 break;
             }
             self.proposed.pop_front();
+        }
+    }
+
+    /// Proposes the configuration changes held, one at a time on a leader
+    /// (the next once the one before is applied); a follower forwards them
+    /// all to the leader.
+    fn propose_held_conf(&mut self) {
+        while let Some((id, _)) = self.held_conf.front() {
+            let id = *id;
+            if !self.shared.waiters.contains(id) {
+                self.held_conf.pop_front();
+                continue;
+            }
+            if self.leader() == 0 {
+                self.held_conf.pop_front();
+                self.fail(id, ServerError::NoLeader);
+                continue;
+            }
+            let r = &self.node.raft;
+            if self.is_leader() && r.pending_conf_index > r.raft_log.applied {
+                return;
+            }
+            let Some((_, cc)) = self.held_conf.pop_front() else {
+                return;
+            };
+            if let Err(e) = self.node.propose_conf_change(Vec::new(), cc) {
+                tracing::debug!("configuration change dropped: {e}");
+                self.fail(id, ServerError::NoLeader);
+                continue;
+            }
+            self.proposed.push_back((id, self.node.raft.term));
+        }
+    }
+
+    /// Changes raft's configuration as the apply thread changed the member
+    /// list. A leader that removed itself hands leadership to the voter
+    /// most up to date before it stops.
+    fn apply_conf_change(&mut self, cc: &ConfChange) -> Result<ConfState, raft::Error> {
+        let cs = self.node.apply_conf_change(cc)?;
+        self.node.store().wl().set_conf_state(cs.clone());
+        let me = self.shared.member_id;
+        if self.is_leader() && !cs.voters.contains(&me) {
+            let best = self
+                .node
+                .raft
+                .prs()
+                .iter()
+                .filter(|(id, _)| **id != me && cs.voters.contains(id))
+                .max_by_key(|(_, pr)| pr.matched)
+                .map(|(id, _)| *id);
+            if let Some(to) = best {
+                tracing::info!(
+                    "removed from the cluster as its leader: handing leadership to {to:x}"
+                );
+                self.node.transfer_leader(to);
+                self.handoff = Some((to, Instant::now()));
+            }
+        }
+        Ok(cs)
+    }
+
+    fn hand_off(&mut self) {
+        let Some((to, at)) = self.handoff else {
+            return;
+        };
+        if !self.is_leader() {
+            self.handoff = None;
+        } else if at.elapsed() >= HANDOFF_RETRY {
+            self.node.raft.abort_leader_transfer();
+            self.node.transfer_leader(to);
+            self.handoff = Some((to, Instant::now()));
         }
     }
 

@@ -41,6 +41,13 @@ use faults::Faults;
 /// stream buffer holds 4096 messages; a batch is one Ready's worth).
 const QUEUE_BATCHES: usize = 1024;
 
+/// A sender with nothing to send for this long sends an empty batch, so
+/// that peers know the link works.
+pub const KEEP_ALIVE: Duration = Duration::from_millis(500);
+
+/// A peer not heard from for this long counts as disconnected.
+const LIVENESS_GAP: Duration = Duration::from_secs(2);
+
 /// The largest message a peer call may carry (entries can be 1.5 MiB each
 /// and a batch holds several).
 pub const MAX_PEER_MESSAGE: usize = 256 << 20;
@@ -67,6 +74,8 @@ pub struct Transport {
     pub(crate) store: Arc<mvcc::Store>,
     pub(crate) data_dir: PathBuf,
     peers: Mutex<HashMap<u64, Peer>>,
+    /// When each peer was first heard from without a gap, and last.
+    heard: Mutex<HashMap<u64, (Instant, Instant)>>,
     pub faults: Arc<Faults>,
     runtime: tokio::runtime::Handle,
 }
@@ -100,6 +109,7 @@ impl Transport {
             store,
             data_dir,
             peers: Mutex::new(HashMap::new()),
+            heard: Mutex::new(HashMap::new()),
             faults: Arc::new(Faults::default()),
             runtime: tokio::runtime::Handle::current(),
         });
@@ -121,6 +131,9 @@ impl Transport {
         if peers.get(&id).is_some_and(|p| p.urls == urls) {
             return;
         }
+        // Called from the apply thread too: the channel's tasks run on the
+        // transport's runtime.
+        let _runtime = self.runtime.enter();
         let Some(channel) = urls.iter().find_map(|u| match endpoint(u) {
             Ok(e) => Some(e.connect_lazy()),
             Err(e) => {
@@ -143,6 +156,57 @@ impl Transport {
         let t = self.clone();
         self.runtime
             .spawn(async move { sender::stream_to(t, id, channel, rx).await });
+    }
+
+    /// Stops sending to peer `id` (removed from the cluster): its queue
+    /// closes and its sender ends.
+    pub fn remove_peer(&self, id: u64) {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if peers.remove(&id).is_some() {
+            tracing::info!("stopped sending to removed member {id:x}");
+        }
+        self.heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    pub fn peer_ids(&self) -> Vec<u64> {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.keys().copied().collect()
+    }
+
+    /// A batch (or a keep-alive) arrived from peer `id`.
+    pub fn heard_from(&self, id: u64) {
+        let now = Instant::now();
+        let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        let e = heard.entry(id).or_insert((now, now));
+        if now.duration_since(e.1) > LIVENESS_GAP {
+            e.0 = now;
+        }
+        e.1 = now;
+    }
+
+    /// Since when peer `id` has been heard from without a gap (None: not
+    /// lately). etcd's "active since", which `--strict-reconfig-check`
+    /// consults.
+    pub fn active_since(&self, id: u64) -> Option<Instant> {
+        let heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        heard
+            .get(&id)
+            .filter(|(_, last)| last.elapsed() <= LIVENESS_GAP)
+            .map(|(since, _)| *since)
+    }
+
+    /// A client for calls to any of `urls` (a peer not yet known, or the
+    /// leader reached by URL).
+    pub fn client_for(urls: &[String]) -> Option<PeerClient<Channel>> {
+        let channel = urls.iter().find_map(|u| endpoint(u).ok())?.connect_lazy();
+        Some(
+            PeerClient::new(channel)
+                .max_decoding_message_size(MAX_PEER_MESSAGE)
+                .max_encoding_message_size(MAX_PEER_MESSAGE),
+        )
     }
 
     /// A client for calls to peer `id`.

@@ -10,9 +10,13 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use super::{Queued, Transport, MAX_PEER_MESSAGE};
+use super::{Queued, Transport, KEEP_ALIVE, MAX_PEER_MESSAGE};
 use crate::pb::kvserverpb::peer_client::PeerClient;
+use crate::pb::kvserverpb::RaftBatch;
 use crate::raft::Command;
+
+/// What a member answers a removed member's messages with (etcd's).
+pub const REMOVED: &str = "cannot process message from removed member";
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -46,6 +50,15 @@ pub(crate) async fn stream_to(
         let ended: Result<(), tonic::Status> = loop {
             tokio::select! {
                 r = &mut call => break r.map(|_| ()),
+                _ = tokio::time::sleep(KEEP_ALIVE) => {
+                    let ping = RaftBatch { cluster_id: t.cluster_id, from: t.me, to: peer, messages: Vec::new() };
+                    if t.faults.drops_out(peer) {
+                        continue;
+                    }
+                    if tx.send(ping).await.is_err() {
+                        break Err(tonic::Status::unavailable("the stream closed"));
+                    }
+                }
                 q = queue.recv() => {
                     let Some(q) = q else { return };
                     let delay = t.faults.get(peer).delay;
@@ -60,6 +73,13 @@ pub(crate) async fn stream_to(
             }
         };
         t.to_raft(Command::Unreachable(peer));
+        if let Err(s) = &ended {
+            if s.code() == tonic::Code::PermissionDenied && s.message() == REMOVED {
+                // The peer knows this member was removed from the cluster.
+                t.to_raft(Command::Removed);
+                return;
+            }
+        }
         // A stream that carried messages for a while was a working link:
         // its end is a new failure worth a line. While the peer stays
         // unreachable, the failure is logged again only now and then.

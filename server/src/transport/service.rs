@@ -59,7 +59,30 @@ impl PeerService {
             }
             return Err(Status::failed_precondition("member ID mismatch"));
         }
+        if to.is_none() && s.members.is_removed(from) {
+            return Err(removed(from));
+        }
         Ok(())
+    }
+}
+
+fn removed(from: u64) -> Status {
+    if log_refusal(from) {
+        tracing::warn!("refusing messages from member {from:x}: it was removed from the cluster");
+    }
+    Status::permission_denied(super::sender::REMOVED)
+}
+
+/// What comes from a removed member: a removed leader winding down may
+/// still hand leadership on (MsgTimeoutNow passes; its heartbeats and
+/// appends are dropped); anything else is refused, which tells a member
+/// that missed its removal that it was removed.
+fn from_removed(m: &raft::eraftpb::Message) -> Result<bool, ()> {
+    use raft::eraftpb::MessageType as T;
+    match m.get_msg_type() {
+        T::MsgTimeoutNow => Ok(true),
+        T::MsgHeartbeat | T::MsgAppend => Ok(false),
+        _ => Err(()),
     }
 }
 
@@ -75,11 +98,21 @@ impl Peer for PeerService {
             if self.0.transport.faults.drops_in(batch.from) {
                 continue;
             }
+            let removed_sender = self.0.members.is_removed(batch.from);
+            if removed_sender && batch.messages.is_empty() {
+                return Err(removed(batch.from));
+            }
+            if !removed_sender {
+                self.0.transport.heard_from(batch.from);
+            }
             for bytes in &batch.messages {
                 let m = raft::eraftpb::Message::parse_from_bytes(bytes)
                     .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
                 if m.from != batch.from {
                     return Err(Status::invalid_argument("raft message from another member"));
+                }
+                if removed_sender && !from_removed(&m).map_err(|()| removed(batch.from))? {
+                    continue;
                 }
                 self.0.transport.to_raft(Command::Step(Box::new(m)));
             }
@@ -129,6 +162,31 @@ impl Peer for PeerService {
             },
         };
         Ok(Response::new(resp))
+    }
+
+    async fn members(
+        &self,
+        _req: Request<kpb::MembersRequest>,
+    ) -> Result<Response<kpb::MembersResponse>, Status> {
+        let s = &self.0;
+        Ok(Response::new(kpb::MembersResponse {
+            cluster_id: s.cluster_id,
+            members: s.members.list().iter().map(|m| m.to_pb()).collect(),
+            removed: s.members.removed(),
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        req: Request<kpb::MemberPromoteForward>,
+    ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        let r = req.into_inner();
+        self.check(r.cluster_id, 0, None)?;
+        let members = crate::api::cluster::promote_here(&self.0, r.id).await?;
+        Ok(Response::new(pb::MemberPromoteResponse {
+            header: Some(self.0.header(self.0.store.current_revision())),
+            members: members.iter().map(|m| m.to_pb()).collect(),
+        }))
     }
 
     async fn lease_time_to_live(

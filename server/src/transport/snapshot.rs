@@ -123,6 +123,9 @@ async fn send_inner(t: &Arc<Transport>, mut m: Message) -> Result<(u64, u64), Se
         let meta = m.mut_snapshot().mut_metadata();
         meta.index = info.consistent_index;
         meta.term = info.term;
+        // raft's configuration as of the copy's index: its member list.
+        let members = crate::membership::decode_members(info.members.clone())?;
+        meta.set_conf_state(crate::membership::conf_state(&members));
         let message = m.write_to_bytes()?;
         let mut file = std::fs::File::open(&tmp).map_err(io)?;
         let total = file.metadata().map_err(io)?.len();
