@@ -1638,6 +1638,13 @@ impl<'s> Apply<'s> {
         Ok(())
     }
 
+    /// Forgets that member `id` was removed (a restore starts a new
+    /// cluster, where the old cluster's removals mean nothing).
+    pub fn unset_member_removed(&mut self, id: u64) -> Result<()> {
+        self.tx().delete(MEMBERS_REMOVED_BUCKET, &id.to_be_bytes())?;
+        Ok(())
+    }
+
     /// The store revision as this batch leaves it so far.
     pub fn revision(&self) -> i64 {
         self.rev

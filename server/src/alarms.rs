@@ -29,6 +29,12 @@ impl Alarms {
             .any(|a| a.alarm == pb::AlarmType::Nospace as i32)
     }
 
+    pub fn corrupt(&self) -> bool {
+        self.list
+            .iter()
+            .any(|a| a.alarm == pb::AlarmType::Corrupt as i32)
+    }
+
     pub fn list(&self) -> Vec<pb::AlarmMember> {
         self.list.clone()
     }

@@ -216,6 +216,20 @@ pub fn apply(
     };
     let result: Result<Applied, mvcc::Error> = match &req.op {
         None => return Ok((Err(ServerError::Internal("empty request".into())), 0)),
+        // Members disagree: nothing is written until the alarm is
+        // cleared (etcd's corrupt applier).
+        Some(
+            Op::Put(_)
+            | Op::DeleteRange(_)
+            | Op::Compaction(_)
+            | Op::LeaseGrant(_)
+            | Op::LeaseRevoke(_),
+        ) if alarms.corrupt() => {
+            return Ok((Err(ServerError::Corrupt), batch.revision()));
+        }
+        Some(Op::Txn(_)) if alarms.corrupt() => {
+            return Ok((Err(ServerError::Corrupt), batch.revision()));
+        }
         Some(Op::Put(_)) if alarms.no_space() => {
             return Ok((Err(ServerError::NoSpace), batch.revision()));
         }

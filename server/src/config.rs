@@ -143,6 +143,22 @@ pub struct Config {
     )]
     pub experimental_lease_checkpoint_interval: Duration,
 
+    /// Before serving, compare this member's HashKV with its peers' and
+    /// refuse to start if they differ at the same revision.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", default_value_t = false,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub experimental_initial_corrupt_check: bool,
+
+    /// How often the leader compares the members' HashKV (raising the
+    /// CORRUPT alarm on a mismatch); 0 turns the check off.
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME",
+        default_value = "0s",
+        value_parser = humantime::parse_duration
+    )]
+    pub experimental_corrupt_check_time: Duration,
+
     /// Database size that raises the NOSPACE alarm; 0 means 2 GiB.
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: i64,

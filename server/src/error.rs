@@ -23,6 +23,8 @@ pub enum ServerError {
     Stopped,
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
     #[error("etcdserver: member ID already exist")]
     MemberExist,
     #[error("etcdserver: Peer URLs already exists")]
@@ -93,6 +95,7 @@ impl From<ServerError> for Status {
             | ServerError::TimeoutConnectionLost
             | ServerError::LeaderChanged => Code::Unavailable,
             ServerError::NoSpace => Code::ResourceExhausted,
+            ServerError::Corrupt => Code::DataLoss,
             ServerError::MemberExist
             | ServerError::PeerUrlExist
             | ServerError::NotEnoughStarted
@@ -144,6 +147,8 @@ pub enum StartError {
     Fatal(String),
     #[error("this member ({0}) is not in the cluster its peers ({1}) belong to: add it with `etcdctl member add` first")]
     NotAMember(String, String),
+    #[error("found data inconsistency with peers: {0}")]
+    Inconsistency(String),
     #[error("joining the cluster: no peer in --initial-cluster answered ({0})")]
     NoPeerAnswered(String),
 }

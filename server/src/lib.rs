@@ -17,7 +17,8 @@
 //! - [`transport`]: the peer service and per-peer senders.
 //! - [`api`]: one file per client gRPC service.
 //! - [`apply`]: one committed request applied to the key space.
-//! - [`alarms`], [`error`], [`restore`], [`shared`].
+//! - [`alarms`], [`corruption`] (HashKV checks between members),
+//!   [`error`], [`restore`], [`shared`].
 //!
 //! ## Invariants
 //! - A write is answered only after its entry is durable in the WAL of a
@@ -33,6 +34,7 @@ pub mod api;
 pub mod apply;
 pub mod authority;
 pub mod config;
+pub mod corruption;
 pub mod datadir;
 pub mod error;
 pub mod join;
@@ -158,6 +160,22 @@ pub async fn run_with_state(
     let mut shutdown = shutdown;
     let failed = tokio::select! {
         _ = publish(shared.clone()) => {
+            // A member whose data differ from its peers' does not serve.
+            let inconsistent = if cfg.experimental_initial_corrupt_check {
+                corruption::initial_check(&shared).await.err()
+            } else {
+                None
+            };
+            if let Some(e) = inconsistent {
+                tracing::error!("{e}");
+                Some(e.to_string())
+            } else {
+            if !cfg.experimental_corrupt_check_time.is_zero() {
+                tokio::spawn(corruption::run_periodic(
+                    shared.clone(),
+                    cfg.experimental_corrupt_check_time,
+                ));
+            }
             tracing::info!("serving clients on {}", cfg.listen_client_urls);
             for listener in client_listeners {
                 servers.push(serve(listener, routes.clone(), stop_rx.clone()));
@@ -168,6 +186,7 @@ pub async fn run_with_state(
             tokio::select! {
                 _ = &mut shutdown => None,
                 _ = shared.failed.notified() => shared.failure.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            }
             }
         }
         _ = &mut shutdown => None,

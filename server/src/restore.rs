@@ -159,6 +159,9 @@ fn restore_into(
         for (id, _) in store.members()? {
             batch.set_member(id, None)?;
         }
+        for id in store.removed_members()? {
+            batch.unset_member_removed(id)?;
+        }
         for m in members {
             batch.set_member(m.id, Some(&m.encode()))?;
         }

@@ -277,7 +277,7 @@ pub fn inspect(file: &Path, pages: bool, fmt: Format) -> Result<(), Failure> {
             println!("buckets:");
             for b in &stats.buckets {
                 println!(
-                    "  {:<8} {:>10} keys, depth {}, {} branch + {} leaf + {} overflow pages, fill {:.0}%",
+                    "  {:<16} {:>10} keys, depth {}, {} branch + {} leaf + {} overflow pages, fill {:.0}%",
                     String::from_utf8_lossy(&b.name),
                     b.keys,
                     b.depth,

@@ -113,7 +113,9 @@ fn may_remove(s: &Shared, id: u64) -> Result<(), ServerError> {
 pub async fn promote_here(s: &Arc<Shared>, id: u64) -> Result<Vec<Member>, Status> {
     let progress = s.progress().await?.ok_or(ServerError::NotLeader)?;
     let matched = |who: u64| progress.iter().find(|(m, _)| *m == who).map(|(_, i)| *i);
-    if let Some(learner) = matched(id) {
+    // Only a learner's progress matters (a voter or an unknown member is
+    // refused when the change is applied).
+    if let Some(learner) = matched(id).filter(|_| s.members.is_learner(id)) {
         let leader = matched(s.member_id).unwrap_or(0);
         if (learner as f64) < (leader as f64) * READY_PERCENT {
             return Err(ServerError::LearnerNotReady.into());

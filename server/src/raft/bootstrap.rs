@@ -1,5 +1,5 @@
 //! Starting a member: a new one writes its database's member list and a
-//! fresh WAL; a restarting one takes its identity from the WAL and its
+//! fresh WAL (a joining one, the list its peers gave it); a restarting one takes its identity from the WAL and its
 //! membership from the database (ignoring the initial-cluster flags, as
 //! etcd does), rebuilds raft's log from the WAL, and checks that the WAL
 //! covers everything the database has applied.
@@ -71,7 +71,6 @@ pub fn start(
 ) -> Result<(Arc<Shared>, Threads), StartError> {
     cfg.validate()?;
     let data_dir = cfg.data_dir();
-    let initial = initial_cluster(cfg)?;
     datadir::create_dir_synced(&datadir::snap_dir(&data_dir))?;
     let store = Arc::new(mvcc::Store::open_with(
         datadir::db_path(&data_dir),
@@ -218,6 +217,9 @@ pub fn start(
                 (log, joined.member_id, joined.cluster_id, members, 0)
             }
             None => {
+                // A restart ignores the initial-cluster flags (as etcd):
+                // they are read only here.
+                let initial = initial_cluster(cfg)?;
                 let log = wal::Wal::create(
                     &wal_path,
                     wal::Metadata {
@@ -367,6 +369,7 @@ pub fn start(
         proposed: std::collections::VecDeque::new(),
         held_conf: std::collections::VecDeque::new(),
         handoff: None,
+        removed: false,
     };
     let raft = std::thread::Builder::new()
         .name("raft".into())

@@ -64,6 +64,8 @@ pub struct RaftLoop {
     /// again until it has (a follower that has not yet applied the
     /// removal refuses to campaign).
     pub(crate) handoff: Option<(u64, Instant)>,
+    /// This member applied its own removal.
+    pub(crate) removed: bool,
 }
 
 impl RaftLoop {
@@ -188,6 +190,11 @@ impl RaftLoop {
                 let _ = reply.send(progress);
             }
             Command::Removed => self.shared.removed_from_cluster(),
+            Command::Step(_) if self.removed => {
+                // Removed from the cluster and about to stop: raft-rs
+                // cannot step a removed leader's responses (it looks up
+                // its own progress), and nothing here matters any more.
+            }
             Command::Step(m) => {
                 if m.get_msg_type() == MessageType::MsgPropose {
                     // A forwarded configuration change must see the
@@ -298,6 +305,7 @@ impl RaftLoop {
         let cs = self.node.apply_conf_change(cc)?;
         self.node.store().wl().set_conf_state(cs.clone());
         let me = self.shared.member_id;
+        self.removed = !cs.voters.contains(&me) && !cs.learners.contains(&me);
         if self.is_leader() && !cs.voters.contains(&me) {
             let best = self
                 .node

@@ -189,6 +189,25 @@ impl Peer for PeerService {
         }))
     }
 
+    async fn hash_kv(
+        &self,
+        req: Request<kpb::HashKvForward>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        let r = req.into_inner();
+        self.check(r.cluster_id, 0, None)?;
+        let store = self.0.store.clone();
+        let (hash, current, compacted) =
+            tokio::task::spawn_blocking(move || store.hash_kv(r.revision))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(crate::api::mvcc_err)?;
+        Ok(Response::new(pb::HashKvResponse {
+            header: Some(self.0.header(current)),
+            hash,
+            compact_revision: compacted,
+        }))
+    }
+
     async fn lease_time_to_live(
         &self,
         req: Request<kpb::LeaseTtlRequest>,

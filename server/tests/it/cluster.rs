@@ -21,6 +21,9 @@ pub struct Member {
     pub peer_port: u16,
     pub data_dir: PathBuf,
     pub faults: PathBuf,
+    /// Its `--initial-cluster`, and whether it joins a running cluster.
+    pub initial_cluster: String,
+    pub existing: bool,
     child: Option<Child>,
 }
 
@@ -43,7 +46,6 @@ impl Member {
 
 pub struct Cluster {
     pub members: Vec<Member>,
-    initial_cluster: String,
     extra: Vec<String>,
     /// Flags for one member only (after `extra`).
     own: Vec<Vec<String>>,
@@ -85,6 +87,8 @@ impl Cluster {
                 name,
                 client_port: free_port(),
                 peer_port,
+                initial_cluster: String::new(),
+                existing: false,
                 child: None,
             });
         }
@@ -93,9 +97,11 @@ impl Cluster {
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
+        for m in &mut members {
+            m.initial_cluster = initial_cluster.clone();
+        }
         let mut c = Cluster {
             members,
-            initial_cluster,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             own: (0..n)
                 .map(|i| {
@@ -129,7 +135,12 @@ impl Cluster {
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster", &m.initial_cluster])
+            .args(if m.existing {
+                vec!["--initial-cluster-state", "existing"]
+            } else {
+                vec![]
+            })
             .args(
                 if self.own[i].iter().any(|f| f == "--initial-cluster-token") {
                     vec![]
@@ -145,6 +156,99 @@ impl Cluster {
             .spawn()
             .expect("start kvserver");
         m.child = Some(child);
+    }
+
+    /// Adds a member through member `via` (etcd's MemberAdd, tried again
+    /// while the cluster is "unhealthy": peers connected for less than
+    /// 5 s), then starts it empty with `--initial-cluster-state existing`
+    /// and the `--initial-cluster` etcdctl would print. Returns its index;
+    /// it is not waited for.
+    pub async fn add_member(&mut self, via: usize, learner: bool) -> usize {
+        let peer_port = free_port();
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let mut cl = self.client(via).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let resp = loop {
+            let opts = learner.then(|| etcd_client::MemberAddOptions::new().with_is_learner());
+            match cl.member_add([peer.clone()], opts).await {
+                Ok(r) => break r,
+                Err(e) if e.to_string().contains("unhealthy cluster") && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(300)).await
+                }
+                Err(e) => panic!("member add through m{}: {e}", via + 1),
+            }
+        };
+        let id = resp.member().expect("the added member").id();
+        let name = format!("m{}", self.members.len() + 1);
+        let initial_cluster = resp
+            .member_list()
+            .iter()
+            .filter_map(|m| {
+                let n = if m.id() == id { name.as_str() } else { m.name() };
+                (!n.is_empty()).then(|| {
+                    m.peer_urls()
+                        .iter()
+                        .map(|u| format!("{n}={u}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        self.members.push(Member {
+            id,
+            data_dir: self._dir.path().join(format!("{name}.data")),
+            faults: self._dir.path().join(format!("{name}.faults")),
+            name,
+            client_port: free_port(),
+            peer_port,
+            initial_cluster,
+            existing: true,
+            child: None,
+        });
+        self.own.push(Vec::new());
+        let i = self.members.len() - 1;
+        self.spawn(i);
+        i
+    }
+
+    /// Removes member `i` through member `via` (tried again while the
+    /// cluster is "unhealthy").
+    pub async fn remove_member(&mut self, via: usize, i: usize) {
+        let mut cl = self.client(via).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match cl.member_remove(self.members[i].id).await {
+                Ok(_) => return,
+                Err(e) if e.to_string().contains("unhealthy cluster") && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(300)).await
+                }
+                Err(e) => panic!("member remove m{} through m{}: {e}", i + 1, via + 1),
+            }
+        }
+    }
+
+    /// Waits (at most `within`) for member `i`'s process to exit; returns
+    /// its exit code.
+    pub async fn wait_exit(&mut self, i: usize, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(c) = self.members[i].child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    self.members[i].child = None;
+                    return status.code();
+                }
+            } else {
+                return None;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "m{} still runs after {within:?}:\n{}",
+                i + 1,
+                self.log_tail(i)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits (at most 30 s) until member `i` answers a serializable read.
@@ -240,6 +344,19 @@ impl Cluster {
         }
     }
 
+    /// SIGTERM, and waits (at most 10 s) for a clean exit.
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            signal(c.id() as i32, libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// SIGSTOP / SIGCONT.
     pub fn pause(&self, i: usize) {
         if let Some(pid) = self.members[i].pid() {
@@ -251,6 +368,12 @@ impl Cluster {
         if let Some(pid) = self.members[i].pid() {
             signal(pid, libc::SIGCONT);
         }
+    }
+
+    /// Restarts member `i` with `flags` as its own flags from now on.
+    pub fn restart_with(&mut self, i: usize, flags: &[&str]) {
+        self.own[i] = flags.iter().map(|s| s.to_string()).collect();
+        self.restart(i);
     }
 
     /// Starts a stopped member again on its data and ports.

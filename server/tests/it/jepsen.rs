@@ -29,20 +29,32 @@ fn parse(v: &[u8]) -> Option<Value> {
     std::str::from_utf8(v).ok()?.parse().ok()
 }
 
-struct Recorder {
-    start: Instant,
-    history: Mutex<Vec<Operation>>,
+/// The history of one run: every operation with its call and return
+/// times.
+pub(crate) struct Recorder {
+    pub start: Instant,
+    pub history: Mutex<Vec<Operation>>,
 }
 
 impl Recorder {
+    pub fn new() -> Arc<Recorder> {
+        Arc::new(Recorder {
+            start: Instant::now(),
+            history: Mutex::new(Vec::new()),
+        })
+    }
+
     fn now(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
     }
 }
 
-async fn run_client(
+/// One client: puts, gets and compare-and-swaps on [`KEYS`] through a
+/// member picked from `endpoints` (read again at every reconnect, so a
+/// test may change the membership), recorded in `rec` until `stop`.
+pub(crate) async fn run_client(
     id: u32,
-    endpoints: Vec<String>,
+    endpoints: Arc<Mutex<Vec<String>>>,
     rec: Arc<Recorder>,
     values: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
@@ -53,9 +65,12 @@ async fn run_client(
     let mut last_seen: [Option<Value>; 3] = [None; 3];
     while !stop.load(Ordering::Relaxed) {
         if client.is_none() {
-            let ep = &endpoints[rng.random_range(0..endpoints.len())];
+            let ep = {
+                let eps = endpoints.lock().unwrap();
+                eps[rng.random_range(0..eps.len())].clone()
+            };
             let opts = etcd_client::ConnectOptions::new().with_connect_timeout(OP_TIMEOUT);
-            match tokio::time::timeout(OP_TIMEOUT, etcd_client::Client::connect([ep], Some(opts)))
+            match tokio::time::timeout(OP_TIMEOUT, etcd_client::Client::connect([ep.as_str()], Some(opts)))
                 .await
             {
                 Ok(Ok(c)) => client = Some(c),
@@ -141,17 +156,15 @@ async fn histories_under_kills_pauses_and_partitions_are_linearizable() {
         .unwrap_or_else(rand::random);
     eprintln!("jepsen: {seconds} s, JEPSEN_SEED={seed}");
     let mut c = Cluster::start(3, &[]).await;
-    let rec = Arc::new(Recorder {
-        start: Instant::now(),
-        history: Mutex::new(Vec::new()),
-    });
+    let rec = Recorder::new();
+    let endpoints = Arc::new(Mutex::new(c.endpoints()));
     let stop = Arc::new(AtomicBool::new(false));
     let values = Arc::new(AtomicU64::new(1));
     let mut clients = Vec::new();
     for id in 0..CLIENTS {
         clients.push(tokio::spawn(run_client(
             id,
-            c.endpoints(),
+            endpoints.clone(),
             rec.clone(),
             values.clone(),
             stop.clone(),

@@ -38,6 +38,12 @@ pub struct Member {
 
 impl Member {
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Member {
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        Member::start_with_peer(data_dir, &peer, extra).await
+    }
+
+    /// [`Member::start`] listening for peers on `peer`.
+    pub async fn start_with_peer(data_dir: &Path, peer: &str, extra: &[&str]) -> Member {
         if std::env::var("TEST_LOG").is_ok() {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(std::env::var("TEST_LOG").unwrap_or_default())
@@ -45,7 +51,7 @@ impl Member {
         }
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
-        let peer = format!("http://127.0.0.1:{}", free_port());
+        let peer = peer.to_string();
         let mut argv = vec![
             "kvserver".to_string(),
             "--data-dir".into(),

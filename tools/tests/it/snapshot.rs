@@ -136,3 +136,89 @@ async fn a_damaged_snapshot_is_refused() {
     .await;
     assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_snapshot_restored_three_times_starts_as_one_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Member::start(&dir.path().join("m"), &[]).await;
+    for i in 0..50 {
+        m.put(&format!("key{i:03}"), b"v").await;
+    }
+    let (kvs, revision) = m.all().await;
+    let hash = m.hash_kv().await;
+    let snap = dir.path().join("snap.db");
+    let s = snap.to_str().unwrap().to_string();
+    let o = kvtool_async(&["snapshot", "save", &s, "--endpoints", &m.endpoint]).await;
+    assert!(o.status.success(), "{}", describe(&o));
+    m.stop().await;
+
+    let peers: Vec<String> = (0..3)
+        .map(|_| format!("http://127.0.0.1:{}", free_port()))
+        .collect();
+    let cluster = (0..3)
+        .map(|i| format!("n{}={}", i + 1, peers[i]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let name = format!("n{}", i + 1);
+        let d = dir.path().join(&name);
+        let o = kvtool_async(&[
+            "-w",
+            "json",
+            "snapshot",
+            "restore",
+            &s,
+            "--data-dir",
+            d.to_str().unwrap(),
+            "--name",
+            &name,
+            "--initial-cluster",
+            &cluster,
+            "--initial-advertise-peer-urls",
+            &peers[i],
+        ])
+        .await;
+        assert!(o.status.success(), "{}", describe(&o));
+        ids.push(json_line(&o)["cluster_id"].clone());
+    }
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+
+    let start = |i: usize| {
+        let name = format!("n{}", i + 1);
+        let d = dir.path().join(&name);
+        let peer = peers[i].clone();
+        let cluster = cluster.clone();
+        async move {
+            Member::start_with_peer(
+                &d,
+                &peer,
+                &[
+                    "--name",
+                    &name,
+                    "--initial-cluster",
+                    &cluster,
+                    "--initial-advertise-peer-urls",
+                    &peer,
+                ],
+            )
+            .await
+        }
+    };
+    // They serve only once they have a quorum: started together.
+    let (a, b, c) = tokio::join!(start(0), start(1), start(2));
+    for m in [&a, &b, &c] {
+        let (got, rev) = m.all().await;
+        assert_eq!(got, kvs);
+        assert_eq!(rev, revision);
+        assert_eq!(m.hash_kv().await, hash);
+    }
+    // One cluster: a write through one is read linearizably on the others.
+    a.put("after", b"restore").await;
+    for m in [&b, &c] {
+        assert_eq!(m.all().await.1, revision + 1);
+    }
+    for m in [a, b, c] {
+        m.stop().await;
+    }
+}
