@@ -24,7 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        // RPCs not implemented yet answer UNIMPLEMENTED.
+        // RPCs not implemented yet (auth's user and role calls) answer
+        // UNIMPLEMENTED.
         .generate_default_stubs(true)
         // The mvcc crate's record is etcd's KeyValue with the same tags.
         .extern_path(".mvccpb.KeyValue", "::mvcc::KeyValue")

@@ -1641,7 +1641,8 @@ impl<'s> Apply<'s> {
     /// Forgets that member `id` was removed (a restore starts a new
     /// cluster, where the old cluster's removals mean nothing).
     pub fn unset_member_removed(&mut self, id: u64) -> Result<()> {
-        self.tx().delete(MEMBERS_REMOVED_BUCKET, &id.to_be_bytes())?;
+        self.tx()
+            .delete(MEMBERS_REMOVED_BUCKET, &id.to_be_bytes())?;
         Ok(())
     }
 

@@ -49,7 +49,9 @@ async fn peer_hashes(s: &Arc<Shared>, rev: i64) -> Vec<(u64, pb::HashKvResponse)
         };
         match tokio::time::timeout(ASK_TIMEOUT, client.hash_kv(req)).await {
             Ok(Ok(r)) => out.push((m.id, r.into_inner())),
-            Ok(Err(e)) => tracing::warn!("cannot fetch the hash of peer {:x}: {}", m.id, e.message()),
+            Ok(Err(e)) => {
+                tracing::warn!("cannot fetch the hash of peer {:x}: {}", m.id, e.message())
+            }
             Err(_) => tracing::warn!("peer {:x} did not answer with its hash in time", m.id),
         }
     }

@@ -193,6 +193,11 @@ pub fn check_peer_urls(urls: &[String]) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// A majority of `n` voters.
+fn quorum(n: usize) -> usize {
+    n / 2 + 1
+}
+
 /// The member list as this member has applied it, and the IDs removed
 /// from it.
 #[derive(Debug, Default)]
@@ -337,19 +342,19 @@ impl Membership {
         let n = n + 1;
         // Adding a second member to a one-member cluster is always let
         // through (restoring a cluster from one member).
-        (started == 1 && n == 2) || started >= n / 2 + 1
+        (started == 1 && n == 2) || started >= quorum(n)
     }
 
     /// etcd's IsReadyToRemoveVotingMember.
     pub fn ready_to_remove_voter(&self, id: u64) -> bool {
         let (n, started) = self.started_voters(id);
-        started >= n / 2 + 1
+        started >= quorum(n)
     }
 
     /// etcd's IsReadyToPromoteMember: the learner counted as started.
     pub fn ready_to_promote(&self) -> bool {
         let (n, started) = self.started_voters(0);
-        started + 1 >= (n + 1) / 2 + 1
+        started + 1 >= quorum(n + 1)
     }
 
     pub fn list(&self) -> Vec<Member> {

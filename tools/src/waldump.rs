@@ -105,7 +105,15 @@ fn describe_entry(data: &[u8]) -> String {
     };
     match e.get_entry_type() {
         EntryType::EntryConfChange => match ConfChange::parse_from_bytes(e.get_data()) {
-            Ok(cc) => format!("ConfChange {:?} node={}", cc.get_change_type(), cc.node_id),
+            Ok(cc) => format!(
+                "ConfChange {:?} node={:x}: {}",
+                cc.get_change_type(),
+                cc.node_id,
+                match Request::decode(cc.get_context()) {
+                    Ok(r) => describe_request(&r),
+                    Err(err) => format!("undecodable context ({err})"),
+                }
+            ),
             Err(err) => format!("undecodable ConfChange ({err})"),
         },
         EntryType::EntryConfChangeV2 => match ConfChangeV2::parse_from_bytes(e.get_data()) {
@@ -114,53 +122,60 @@ fn describe_entry(data: &[u8]) -> String {
         },
         EntryType::EntryNormal if e.get_data().is_empty() => "no-op (new leader)".into(),
         EntryType::EntryNormal => match Request::decode(e.get_data()) {
-            Ok(r) => {
-                let what = match &r.op {
-                    Some(request::Op::Put(p)) => format!(
-                        "Put key={} value={}B lease={}{}",
-                        show_key(&p.key),
-                        p.value.len(),
-                        p.lease,
-                        if p.prev_kv { " prev_kv" } else { "" }
-                    ),
-                    Some(request::Op::DeleteRange(d)) => {
-                        format!("DeleteRange {}", show_range(&d.key, &d.range_end))
-                    }
-                    Some(request::Op::Txn(t)) => describe_txn(t),
-                    Some(request::Op::Compaction(c)) => {
-                        format!("Compaction revision={}", c.revision)
-                    }
-                    Some(request::Op::LeaseGrant(g)) => {
-                        format!("LeaseGrant id={} ttl={}", g.id, g.ttl)
-                    }
-                    Some(request::Op::LeaseRevoke(l)) => format!("LeaseRevoke id={}", l.id),
-                    Some(request::Op::Alarm(a)) => {
-                        format!(
-                            "Alarm action={} member={} alarm={}",
-                            a.action, a.member_id, a.alarm
-                        )
-                    }
-                    Some(request::Op::MemberAttributes(m)) => format!(
-                        "MemberAttributes member={:x} name={} client_urls={}",
-                        m.id,
-                        m.name,
-                        m.client_urls.join(",")
-                    ),
-                    Some(request::Op::LeaseCheckpoints(c)) => format!(
-                        "LeaseCheckpoints {}",
-                        c.checkpoints
-                            .iter()
-                            .map(|cp| format!("{}:{}s", cp.id, cp.remaining_ttl))
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    ),
-                    None => "empty request".into(),
-                };
-                format!("{what} (request id {})", r.id)
-            }
+            Ok(r) => describe_request(&r),
             Err(err) => format!("undecodable request ({err})"),
         },
     }
+}
+
+/// A kvserver request in words.
+fn describe_request(r: &Request) -> String {
+    let what = match &r.op {
+        Some(request::Op::Put(p)) => format!(
+            "Put key={} value={}B lease={}{}",
+            show_key(&p.key),
+            p.value.len(),
+            p.lease,
+            if p.prev_kv { " prev_kv" } else { "" }
+        ),
+        Some(request::Op::DeleteRange(d)) => {
+            format!("DeleteRange {}", show_range(&d.key, &d.range_end))
+        }
+        Some(request::Op::Txn(t)) => describe_txn(t),
+        Some(request::Op::Compaction(c)) => format!("Compaction revision={}", c.revision),
+        Some(request::Op::LeaseGrant(g)) => format!("LeaseGrant id={} ttl={}", g.id, g.ttl),
+        Some(request::Op::LeaseRevoke(l)) => format!("LeaseRevoke id={}", l.id),
+        Some(request::Op::Alarm(a)) => format!(
+            "Alarm action={} member={} alarm={}",
+            a.action, a.member_id, a.alarm
+        ),
+        Some(request::Op::MemberAttributes(m)) => format!(
+            "MemberAttributes member={:x} name={} client_urls={}",
+            m.id,
+            m.name,
+            m.client_urls.join(",")
+        ),
+        Some(request::Op::LeaseCheckpoints(c)) => format!(
+            "LeaseCheckpoints {}",
+            c.checkpoints
+                .iter()
+                .map(|cp| format!("{}:{}s", cp.id, cp.remaining_ttl))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        Some(request::Op::MemberChange(c)) => {
+            let m = c.member.clone().unwrap_or_default();
+            format!(
+                "MemberChange {:?} member={:x} peer_urls={}{}",
+                c.kind(),
+                m.id,
+                m.peer_ur_ls.join(","),
+                if m.is_learner { " learner" } else { "" }
+            )
+        }
+        None => "empty request".into(),
+    };
+    format!("{what} (request id {})", r.id)
 }
 
 fn describe(f: &Frame) -> (Option<u64>, Option<u64>, String) {

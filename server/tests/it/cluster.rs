@@ -172,7 +172,9 @@ impl Cluster {
             let opts = learner.then(|| etcd_client::MemberAddOptions::new().with_is_learner());
             match cl.member_add([peer.clone()], opts).await {
                 Ok(r) => break r,
-                Err(e) if e.to_string().contains("unhealthy cluster") && Instant::now() < deadline => {
+                Err(e)
+                    if e.to_string().contains("unhealthy cluster") && Instant::now() < deadline =>
+                {
                     tokio::time::sleep(Duration::from_millis(300)).await
                 }
                 Err(e) => panic!("member add through m{}: {e}", via + 1),
@@ -184,7 +186,11 @@ impl Cluster {
             .member_list()
             .iter()
             .filter_map(|m| {
-                let n = if m.id() == id { name.as_str() } else { m.name() };
+                let n = if m.id() == id {
+                    name.as_str()
+                } else {
+                    m.name()
+                };
                 (!n.is_empty()).then(|| {
                     m.peer_urls()
                         .iter()
@@ -220,7 +226,9 @@ impl Cluster {
         loop {
             match cl.member_remove(self.members[i].id).await {
                 Ok(_) => return,
-                Err(e) if e.to_string().contains("unhealthy cluster") && Instant::now() < deadline => {
+                Err(e)
+                    if e.to_string().contains("unhealthy cluster") && Instant::now() < deadline =>
+                {
                     tokio::time::sleep(Duration::from_millis(300)).await
                 }
                 Err(e) => panic!("member remove m{} through m{}: {e}", i + 1, via + 1),

@@ -70,8 +70,11 @@ pub(crate) async fn run_client(
                 eps[rng.random_range(0..eps.len())].clone()
             };
             let opts = etcd_client::ConnectOptions::new().with_connect_timeout(OP_TIMEOUT);
-            match tokio::time::timeout(OP_TIMEOUT, etcd_client::Client::connect([ep.as_str()], Some(opts)))
-                .await
+            match tokio::time::timeout(
+                OP_TIMEOUT,
+                etcd_client::Client::connect([ep.as_str()], Some(opts)),
+            )
+            .await
             {
                 Ok(Ok(c)) => client = Some(c),
                 _ => {

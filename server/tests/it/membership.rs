@@ -58,22 +58,42 @@ fn acked_writer(
 async fn assert_has_all(c: &Cluster, i: usize, acked: &[String]) {
     let mut cl = c.client(i).await;
     let latest = {
-        let mut l = c.client(c.members.iter().position(|m| m.pid().is_some()).unwrap()).await;
-        l.get("load/", None).await.unwrap().header().unwrap().revision()
+        let mut l = c
+            .client(c.members.iter().position(|m| m.pid().is_some()).unwrap())
+            .await;
+        l.get("load/", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision()
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let r = cl
             .get(
                 "load/",
-                Some(GetOptions::new().with_prefix().with_keys_only().with_serializable()),
+                Some(
+                    GetOptions::new()
+                        .with_prefix()
+                        .with_keys_only()
+                        .with_serializable(),
+                ),
             )
             .await
             .unwrap();
         if r.header().unwrap().revision() >= latest {
-            let have: std::collections::HashSet<&[u8]> = r.kvs().iter().map(|kv| kv.key()).collect();
-            let lost: Vec<&String> = acked.iter().filter(|k| !have.contains(k.as_bytes())).collect();
-            assert!(lost.is_empty(), "m{} lost acknowledged writes: {lost:?}", i + 1);
+            let have: std::collections::HashSet<&[u8]> =
+                r.kvs().iter().map(|kv| kv.key()).collect();
+            let lost: Vec<&String> = acked
+                .iter()
+                .filter(|k| !have.contains(k.as_bytes()))
+                .collect();
+            assert!(
+                lost.is_empty(),
+                "m{} lost acknowledged writes: {lost:?}",
+                i + 1
+            );
             return;
         }
         assert!(Instant::now() < deadline, "m{} did not catch up", i + 1);
@@ -84,17 +104,30 @@ async fn assert_has_all(c: &Cluster, i: usize, acked: &[String]) {
 /// HashKV of every member in `members` at the same revision.
 async fn hashes(c: &Cluster, members: &[usize]) -> Vec<u32> {
     let mut first = c.client(members[0]).await;
-    let rev = first.get("any", None).await.unwrap().header().unwrap().revision();
+    let rev = first
+        .get("any", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
     let mut out = Vec::new();
     for &i in members {
         let mut cl = c.client(i).await;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let r = cl.get("any", Some(GetOptions::new().with_serializable())).await.unwrap();
+            let r = cl
+                .get("any", Some(GetOptions::new().with_serializable()))
+                .await
+                .unwrap();
             if r.header().unwrap().revision() >= rev {
                 break;
             }
-            assert!(Instant::now() < deadline, "m{} did not reach revision {rev}", i + 1);
+            assert!(
+                Instant::now() < deadline,
+                "m{} did not reach revision {rev}",
+                i + 1
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         out.push(cl.hash_kv(rev).await.unwrap().hash());
@@ -173,7 +206,9 @@ async fn growing_1_to_3_to_5_and_shrinking_to_3_under_load_is_linearizable_and_l
 
     let list = member_names(&c, 2).await;
     assert_eq!(
-        list.iter().map(|m| m.0).collect::<std::collections::BTreeSet<_>>(),
+        list.iter()
+            .map(|m| m.0)
+            .collect::<std::collections::BTreeSet<_>>(),
         (2..5).map(|i| c.members[i].id).collect()
     );
     for i in 2..5 {
@@ -193,7 +228,11 @@ async fn growing_1_to_3_to_5_and_shrinking_to_3_under_load_is_linearizable_and_l
         acked.len()
     );
     assert!(known > 50, "too few operations completed: {known}");
-    assert!(acked.len() > 50, "too few writes acknowledged: {}", acked.len());
+    assert!(
+        acked.len() > 50,
+        "too few writes acknowledged: {}",
+        acked.len()
+    );
     match check(&history) {
         CheckResult::Ok => {}
         other => panic!("not linearizable: {other:?}"),
@@ -214,7 +253,13 @@ async fn a_failed_member_is_replaced_by_a_new_one() {
     c.wait_serving(i).await;
     let mut n = c.client(i).await;
     n.put("after", "replaced", None).await.unwrap();
-    let r = n.get("before/", Some(GetOptions::new().with_prefix().with_count_only())).await.unwrap();
+    let r = n
+        .get(
+            "before/",
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .unwrap();
     assert_eq!(r.count(), 200);
     let list = member_names(&c, 1).await;
     let expected: Vec<u64> = {
@@ -226,6 +271,20 @@ async fn a_failed_member_is_replaced_by_a_new_one() {
     assert!(list.iter().all(|m| !m.1.is_empty() && !m.2), "{list:?}");
     let h = hashes(&c, &[0, 1, i]).await;
     assert!(h.windows(2).all(|w| w[0] == w[1]), "HashKV differs: {h:x?}");
+    // The membership survives restarts: the new member (which started
+    // from a snapshot) and an original one come back with the same list.
+    for m in [i, 0] {
+        c.restart(m);
+        c.wait_serving(m).await;
+        assert_eq!(
+            member_names(&c, m).await,
+            list,
+            "after restarting m{}",
+            m + 1
+        );
+    }
+    let mut n = c.client(i).await;
+    n.put("after", "restarts", None).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -279,7 +338,12 @@ async fn a_learner_serves_stale_reads_refuses_writes_and_is_promoted_once_caught
         assert!(Instant::now() < deadline, "never promoted: {e}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(!l.status().await.unwrap().is_learner());
+    // The promoted member learns it when it applies the change.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while l.status().await.unwrap().is_learner() {
+        assert!(Instant::now() < deadline, "m4 still a learner");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     l.put("x", "y", None).await.unwrap();
     assert!(member_names(&c, 1).await.iter().all(|m| !m.2));
     // A follower passes a promotion on to the leader: the answer is the
@@ -289,7 +353,10 @@ async fn a_learner_serves_stale_reads_refuses_writes_and_is_promoted_once_caught
     let (code, msg) = status_of(f.member_promote(learner).await.unwrap_err());
     assert_eq!(
         (code, msg.as_str()),
-        (tonic::Code::FailedPrecondition, "etcdserver: can only promote a learner member")
+        (
+            tonic::Code::FailedPrecondition,
+            "etcdserver: can only promote a learner member"
+        )
     );
 }
 
@@ -322,7 +389,7 @@ async fn a_member_moves_to_a_new_peer_url() {
     let id = c.members[2].id;
     let r = cl.member_update(id, vec![url.clone()]).await.unwrap();
     let moved = r.members().iter().find(|m| m.id() == id).unwrap();
-    assert_eq!(moved.peer_urls(), [url.clone()]);
+    assert_eq!(moved.peer_urls(), std::slice::from_ref(&url));
     c.kill(2);
     c.members[2].peer_port = port;
     c.restart(2);
@@ -331,7 +398,10 @@ async fn a_member_moves_to_a_new_peer_url() {
     // read on it.
     let mut m3 = c.client(2).await;
     m3.put("moved", "yes", None).await.unwrap();
-    assert_eq!(m3.get("moved", None).await.unwrap().kvs()[0].value(), b"yes");
+    assert_eq!(
+        m3.get("moved", None).await.unwrap().kvs()[0].value(),
+        b"yes"
+    );
     c.kill(1);
     // With m2 down, m1 and m3 make the quorum over m3's new URL.
     cl.put("quorum", "m1+m3", None).await.unwrap();
@@ -348,24 +418,37 @@ async fn move_leader_hands_leadership_to_each_member_in_turn_under_load() {
         let target = (leader + 1) % 3;
         let mut l = c.client(leader).await;
         l.move_leader(c.members[target].id).await.unwrap();
-        assert_eq!(c.leader(Duration::from_secs(10)).await, target, "round {round}");
+        assert_eq!(
+            c.leader(Duration::from_secs(10)).await,
+            target,
+            "round {round}"
+        );
     }
     let leader = c.leader(Duration::from_secs(10)).await;
     let follower = (leader + 1) % 3;
     let mut f = c.client(follower).await;
     assert_eq!(
         status_of(f.move_leader(c.members[leader].id).await.unwrap_err()),
-        (tonic::Code::FailedPrecondition, "etcdserver: not leader".to_string())
+        (
+            tonic::Code::FailedPrecondition,
+            "etcdserver: not leader".to_string()
+        )
     );
     let mut l = c.client(leader).await;
     assert_eq!(
         status_of(l.move_leader(0x1234abcd).await.unwrap_err()),
-        (tonic::Code::FailedPrecondition, "etcdserver: bad leader transferee".to_string())
+        (
+            tonic::Code::FailedPrecondition,
+            "etcdserver: bad leader transferee".to_string()
+        )
     );
     let learner = c.add_member(leader, true).await;
     assert_eq!(
         status_of(l.move_leader(c.members[learner].id).await.unwrap_err()),
-        (tonic::Code::FailedPrecondition, "etcdserver: bad leader transferee".to_string())
+        (
+            tonic::Code::FailedPrecondition,
+            "etcdserver: bad leader transferee".to_string()
+        )
     );
     stop.store(true, Ordering::Relaxed);
     let acked = writer.await.unwrap();
@@ -391,7 +474,10 @@ async fn refused_membership_changes_carry_etcds_errors() {
     );
     assert_eq!(
         err(cl.member_add(["not a url"], None).await.map(|_| ())),
-        (tonic::Code::InvalidArgument, "etcdserver: given member URLs are invalid".into())
+        (
+            tonic::Code::InvalidArgument,
+            "etcdserver: given member URLs are invalid".into()
+        )
     );
     assert_eq!(
         err(cl.member_remove(0x1234abcd).await.map(|_| ())),
@@ -425,9 +511,18 @@ async fn refused_membership_changes_carry_etcds_errors() {
     c.kill(down);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut cl = c.client(leader).await;
-    let unhealthy = (tonic::Code::Unavailable, "etcdserver: unhealthy cluster".to_string());
-    assert_eq!(err(cl.member_add([other.clone()], None).await.map(|_| ())), unhealthy);
-    assert_eq!(err(cl.member_remove(c.members[live].id).await.map(|_| ())), unhealthy);
+    let unhealthy = (
+        tonic::Code::Unavailable,
+        "etcdserver: unhealthy cluster".to_string(),
+    );
+    assert_eq!(
+        err(cl.member_add([other.clone()], None).await.map(|_| ())),
+        unhealthy
+    );
+    assert_eq!(
+        err(cl.member_remove(c.members[live].id).await.map(|_| ())),
+        unhealthy
+    );
 
     // A member that was never added, started with `existing`, says so and
     // stops.
@@ -437,13 +532,31 @@ async fn refused_membership_changes_carry_etcds_errors() {
         format!("http://127.0.0.1:{cport}"),
         format!("http://127.0.0.1:{pport}"),
     );
-    let initial = format!("stray={peer},m1=http://127.0.0.1:{}", c.members[0].peer_port);
+    let initial = format!(
+        "stray={peer},m1=http://127.0.0.1:{}",
+        c.members[0].peer_port
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvserver"))
         .args(["--name", "stray", "--data-dir"])
         .arg(dir.path().join("stray"))
-        .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-        .args(["--initial-cluster", &initial, "--initial-cluster-state", "existing"])
+        .args([
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args([
+            "--initial-cluster",
+            &initial,
+            "--initial-cluster-state",
+            "existing",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -160,7 +160,7 @@ async fn one_snapshot_restored_three_times_starts_as_one_cluster() {
         .collect::<Vec<_>>()
         .join(",");
     let mut ids = Vec::new();
-    for i in 0..3 {
+    for (i, peer) in peers.iter().enumerate() {
         let name = format!("n{}", i + 1);
         let d = dir.path().join(&name);
         let o = kvtool_async(&[
@@ -176,7 +176,7 @@ async fn one_snapshot_restored_three_times_starts_as_one_cluster() {
             "--initial-cluster",
             &cluster,
             "--initial-advertise-peer-urls",
-            &peers[i],
+            peer,
         ])
         .await;
         assert!(o.status.success(), "{}", describe(&o));
