@@ -45,6 +45,14 @@ fn change(kind: Kind, member: pb::Member) -> MemberChange {
     c
 }
 
+/// A member record naming only the member.
+fn by_id(id: u64) -> pb::Member {
+    pb::Member {
+        id,
+        ..Default::default()
+    }
+}
+
 fn members_of(applied: Applied) -> Result<Vec<Member>, Status> {
     match applied {
         Applied::Members(m) => Ok(m),
@@ -124,13 +132,7 @@ pub async fn promote_here(s: &Arc<Shared>, id: u64) -> Result<Vec<Member>, Statu
     if s.strict_reconfig_check && !s.members.ready_to_promote() {
         return Err(ServerError::NotEnoughStarted.into());
     }
-    let c = change(
-        Kind::Promote,
-        pb::Member {
-            id,
-            ..Default::default()
-        },
-    );
+    let c = change(Kind::Promote, by_id(id));
     let (applied, _) = s
         .propose_conf_change(ConfChangeType::AddNode, id, c)
         .await?;
@@ -237,13 +239,7 @@ impl pb::cluster_server::Cluster for Cluster {
         let s = &self.0;
         let id = req.into_inner().id;
         may_remove(s, id)?;
-        let c = change(
-            Kind::Remove,
-            pb::Member {
-                id,
-                ..Default::default()
-            },
-        );
+        let c = change(Kind::Remove, by_id(id));
         let (applied, _) = s
             .propose_conf_change(ConfChangeType::RemoveNode, id, c)
             .await?;

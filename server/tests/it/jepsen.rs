@@ -44,6 +44,25 @@ impl Recorder {
         })
     }
 
+    /// Checks the history for linearizability (panicking with `what` and
+    /// the violation) after asserting that more than `min_known`
+    /// operations had a known outcome; returns (operations, known).
+    pub fn assert_linearizable(&self, what: &str, min_known: usize) -> (usize, usize) {
+        let history = self.history.lock().unwrap().clone();
+        let known = history
+            .iter()
+            .filter(|o| matches!(o.outcome, Outcome::Ok(_)))
+            .count();
+        assert!(known > min_known, "too few operations completed: {known}");
+        let started = Instant::now();
+        let result = check(&history);
+        eprintln!("{what}: checked in {:?}: {result:?}", started.elapsed());
+        match result {
+            CheckResult::Ok => (history.len(), known),
+            other => panic!("not linearizable ({what}): {other:?}"),
+        }
+    }
+
     fn now(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
     }
@@ -232,23 +251,10 @@ async fn histories_under_kills_pauses_and_partitions_are_linearizable() {
     for cl in clients {
         cl.await.unwrap();
     }
-    let history = rec.history.lock().unwrap().clone();
-    let known = history
-        .iter()
-        .filter(|o| matches!(o.outcome, Outcome::Ok(_)))
-        .count();
+    assert!(!faults.is_empty());
+    let (ops, known) = rec.assert_linearizable(&format!("jepsen, JEPSEN_SEED={seed}"), 100);
     eprintln!(
-        "jepsen: {} operations ({known} with a known outcome), faults: {}",
-        history.len(),
+        "jepsen: {ops} operations ({known} with a known outcome), faults: {}",
         faults.join(", ")
     );
-    assert!(known > 100, "too few operations completed: {known}");
-    assert!(!faults.is_empty());
-    let started = Instant::now();
-    let result = check(&history);
-    eprintln!("jepsen: checked in {:?}: {result:?}", started.elapsed());
-    match result {
-        CheckResult::Ok => {}
-        other => panic!("not linearizable (JEPSEN_SEED={seed}): {other:?}"),
-    }
 }

@@ -11,7 +11,6 @@ use etcd_client::{Client, GetOptions};
 
 use crate::cluster::Cluster;
 use crate::jepsen::{run_client, Recorder};
-use crate::linearizability::{check, CheckResult, Outcome};
 
 /// Writes `load/<n>` keys through random members until stopped; returns
 /// the keys whose puts were acknowledged.
@@ -217,26 +216,16 @@ async fn growing_1_to_3_to_5_and_shrinking_to_3_under_load_is_linearizable_and_l
     let h = hashes(&c, &[2, 3, 4]).await;
     assert!(h.windows(2).all(|w| w[0] == w[1]), "HashKV differs: {h:x?}");
 
-    let history = rec.history.lock().unwrap().clone();
-    let known = history
-        .iter()
-        .filter(|o| matches!(o.outcome, Outcome::Ok(_)))
-        .count();
-    eprintln!(
-        "membership: {} operations ({known} known), {} acknowledged writes",
-        history.len(),
-        acked.len()
-    );
-    assert!(known > 50, "too few operations completed: {known}");
     assert!(
         acked.len() > 50,
         "too few writes acknowledged: {}",
         acked.len()
     );
-    match check(&history) {
-        CheckResult::Ok => {}
-        other => panic!("not linearizable: {other:?}"),
-    }
+    let (ops, known) = rec.assert_linearizable("membership", 50);
+    eprintln!(
+        "membership: {ops} operations ({known} known), {} acknowledged writes",
+        acked.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
