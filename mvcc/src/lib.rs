@@ -43,9 +43,9 @@ pub use index::{KeyAt, KeyIndex, NotLive, RangeEnd};
 pub use kv::KeyValue;
 pub use revision::Revision;
 pub use store::{
-    spawn_watch_syncer, Apply, DeleteResult, Error, Event, EventKind, Limits, PutRequest,
-    PutResult, RangeRequest, RangeResult, Result, SnapshotInfo, SortOrder, SortTarget, Store,
-    WatchStream, WatchSyncer,
+    spawn_watch_syncer, Apply, AuthBucket, DeleteResult, Error, Event, EventKind, Limits,
+    PutRequest, PutResult, RangeRequest, RangeResult, Result, SnapshotInfo, SortOrder, SortTarget,
+    Store, WatchStream, WatchSyncer,
 };
 pub use txn::{
     Compare, CompareResult, CompareTarget, RequestOp, ResponseOp, TxnRequest, TxnResult,

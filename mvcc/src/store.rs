@@ -42,6 +42,25 @@ pub const ALARM_BUCKET: &[u8] = b"alarm";
 pub const MEMBERS_BUCKET: &[u8] = b"members";
 /// IDs of members removed from the cluster (they may never come back).
 pub const MEMBERS_REMOVED_BUCKET: &[u8] = b"members_removed";
+
+/// The auth store's buckets (etcd's names): whether auth is enabled and
+/// its revision; users; roles. The server encodes the records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthBucket {
+    Meta,
+    Users,
+    Roles,
+}
+
+impl AuthBucket {
+    pub fn name(self) -> &'static [u8] {
+        match self {
+            AuthBucket::Meta => b"auth",
+            AuthBucket::Users => b"authUsers",
+            AuthBucket::Roles => b"authRoles",
+        }
+    }
+}
 const CONSISTENT_INDEX: &[u8] = b"consistent_index";
 const TERM: &[u8] = b"term";
 const COMPACTED_REVISION: &[u8] = b"finishedCompactRev";
@@ -399,6 +418,9 @@ fn load(db: &Db) -> Result<Shared> {
             ALARM_BUCKET,
             MEMBERS_BUCKET,
             MEMBERS_REMOVED_BUCKET,
+            AuthBucket::Meta.name(),
+            AuthBucket::Users.name(),
+            AuthBucket::Roles.name(),
         ] {
             tx.create_bucket_if_missing(b)?;
         }
@@ -893,6 +915,23 @@ impl Store {
     /// encoding of the member).
     pub fn members(&self) -> Result<Vec<(u64, Vec<u8>)>> {
         read_members(&self.db.begin_read())
+    }
+
+    /// Every record of an auth bucket, in key order.
+    pub fn auth_records(&self, bucket: AuthBucket) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let rx = self.db.begin_read();
+        let mut out = Vec::new();
+        for item in rx.open_bucket(bucket.name())?.range(b"", None) {
+            let (k, v) = item?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The keys attached to lease `id` (None: no such lease).
+    pub fn lease_keys(&self, id: i64) -> Option<Vec<Vec<u8>>> {
+        let s = self.read_shared();
+        s.lessor.get(id).map(|l| l.keys.iter().cloned().collect())
     }
 
     /// IDs of the members removed from the cluster.
@@ -1636,6 +1675,27 @@ impl<'s> Apply<'s> {
         self.tx()
             .put(MEMBERS_REMOVED_BUCKET, &id.to_be_bytes(), b"removed")?;
         Ok(())
+    }
+
+    /// Writes (or with `None` deletes) a record of the auth store.
+    pub fn set_auth_record(
+        &mut self,
+        bucket: AuthBucket,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<()> {
+        match value {
+            Some(v) => self.tx().put(bucket.name(), key, v)?,
+            None => {
+                self.tx().delete(bucket.name(), key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The keys attached to lease `id` as this batch leaves them.
+    pub fn lease_keys(&self, id: i64) -> Option<Vec<Vec<u8>>> {
+        self.store.lease_keys(id)
     }
 
     /// Forgets that member `id` was removed (a restore starts a new

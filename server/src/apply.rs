@@ -22,6 +22,10 @@ pub enum Applied {
     Published,
     /// The member list after a membership change.
     Members(Vec<crate::membership::Member>),
+    /// An auth store change was applied.
+    Auth,
+    /// A login was recorded: the caller's token.
+    Token(String),
 }
 
 /// What applying one entry produced: the answer (or etcd's error) and the
@@ -197,6 +201,14 @@ pub fn txn_response(t: mvcc::TxnResult) -> pb::TxnResponse {
 pub struct ApplyContext<'a> {
     pub alarms: &'a mut crate::alarms::Alarms,
     pub members: &'a crate::membership::Membership,
+    pub auth: &'a crate::auth::AuthStore,
+    /// The raft index of the entry being applied.
+    pub index: u64,
+}
+
+/// The auth store applies its own requests (before this match).
+fn unreachable_auth() -> Result<Applied, mvcc::Error> {
+    Ok(Applied::Auth)
 }
 
 /// Applies one committed request inside `batch`. Errors etcd returns to
@@ -214,6 +226,18 @@ pub fn apply(
             mvcc::Error::Storage(_) | mvcc::Error::Corrupt { .. } | mvcc::Error::Poisoned
         )
     };
+    if let Some(op) = &req.op {
+        // The caller's permissions, against the auth store as of this entry.
+        if let Err(e) = ctx
+            .auth
+            .check_request(req.caller.as_ref(), op, |id| batch.lease_keys(id))
+        {
+            return Ok((Err(e), batch.revision()));
+        }
+        if let Some(done) = ctx.auth.apply(batch, op, ctx.index)? {
+            return Ok((done, batch.revision()));
+        }
+    }
     let result: Result<Applied, mvcc::Error> = match &req.op {
         None => return Ok((Err(ServerError::Internal("empty request".into())), 0)),
         // Members disagree: nothing is written until the alarm is
@@ -309,6 +333,20 @@ pub fn apply(
             }
             Ok(Applied::Published)
         }
+        Some(
+            Op::AuthEnable(_)
+            | Op::AuthDisable(_)
+            | Op::Authenticated(_)
+            | Op::UserAdd(_)
+            | Op::UserDelete(_)
+            | Op::UserChangePassword(_)
+            | Op::UserGrantRole(_)
+            | Op::UserRevokeRole(_)
+            | Op::RoleAdd(_)
+            | Op::RoleDelete(_)
+            | Op::RoleGrantPermission(_)
+            | Op::RoleRevokePermission(_),
+        ) => unreachable_auth(),
         Some(Op::Alarm(a)) => {
             use pb::alarm_request::AlarmAction;
             let resp = alarms.apply(a);

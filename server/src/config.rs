@@ -31,6 +31,8 @@ pub enum ConfigError {
     ClusterState(String),
     #[error("--election-timeout[{election}ms] should be at least as 5 times as --heartbeat-interval[{heartbeat}ms]")]
     ElectionTimeout { election: u64, heartbeat: u64 },
+    #[error("--auth-token {0:?}: only \"simple\" tokens are supported (JWT is not yet)")]
+    AuthToken(String),
     #[error("--heartbeat-interval must be at least 1 ms")]
     HeartbeatInterval,
     #[error("{0}")]
@@ -143,6 +145,19 @@ pub struct Config {
     )]
     pub experimental_lease_checkpoint_interval: Duration,
 
+    /// How clients' tokens are made: `simple` (random tokens kept in
+    /// memory).
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+
+    /// Seconds a simple token lives without use.
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+
+    /// The bcrypt cost passwords are hashed with (4 to 31).
+    #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10)]
+    pub bcrypt_cost: u32,
+
     /// Before serving, compare this member's HashKV with its peers' and
     /// refuse to start if they differ at the same revision.
     #[arg(long, env = "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", default_value_t = false,
@@ -246,8 +261,20 @@ impl Config {
         Duration::from_secs(5) + 2 * Duration::from_millis(self.election_timeout)
     }
 
+    /// The bcrypt cost to use: etcd falls back to 10 outside 4 to 31.
+    pub fn bcrypt_cost(&self) -> u32 {
+        if (4..=31).contains(&self.bcrypt_cost) {
+            self.bcrypt_cost
+        } else {
+            10
+        }
+    }
+
     /// Checks what the flags say together, as etcd does at start.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.auth_token != "simple" {
+            return Err(ConfigError::AuthToken(self.auth_token.clone()));
+        }
         if self.heartbeat_interval == 0 {
             return Err(ConfigError::HeartbeatInterval);
         }

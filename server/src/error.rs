@@ -25,6 +25,40 @@ pub enum ServerError {
     NoSpace,
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: permission not given")]
+    PermissionNotGiven,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
     #[error("etcdserver: member ID already exist")]
     MemberExist,
     #[error("etcdserver: Peer URLs already exists")]
@@ -96,6 +130,23 @@ impl From<ServerError> for Status {
             | ServerError::LeaderChanged => Code::Unavailable,
             ServerError::NoSpace => Code::ResourceExhausted,
             ServerError::Corrupt => Code::DataLoss,
+            ServerError::RootUserNotExist
+            | ServerError::RootRoleNotExist
+            | ServerError::UserAlreadyExist
+            | ServerError::UserNotFound
+            | ServerError::RoleAlreadyExist
+            | ServerError::RoleNotFound
+            | ServerError::RoleNotGranted
+            | ServerError::PermissionNotGranted
+            | ServerError::AuthNotEnabled => Code::FailedPrecondition,
+            ServerError::UserEmpty
+            | ServerError::RoleEmpty
+            | ServerError::AuthFailed
+            | ServerError::PermissionNotGiven
+            | ServerError::InvalidAuthMgmt
+            | ServerError::AuthOldRevision => Code::InvalidArgument,
+            ServerError::PermissionDenied => Code::PermissionDenied,
+            ServerError::InvalidAuthToken => Code::Unauthenticated,
             ServerError::MemberExist
             | ServerError::PeerUrlExist
             | ServerError::NotEnoughStarted

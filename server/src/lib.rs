@@ -15,7 +15,8 @@
 //!   new member joining a running cluster.
 //! - [`raft`]: the raft thread, the apply thread, bootstrap, housekeeping.
 //! - [`transport`]: the peer service and per-peer senders.
-//! - [`api`]: one file per client gRPC service.
+//! - [`api`]: one file per client gRPC service; [`auth`]: users, roles,
+//!   permissions and tokens.
 //! - [`apply`]: one committed request applied to the key space.
 //! - [`alarms`], [`corruption`] (HashKV checks between members),
 //!   [`error`], [`restore`], [`shared`].
@@ -32,6 +33,7 @@
 pub mod alarms;
 pub mod api;
 pub mod apply;
+pub mod auth;
 pub mod authority;
 pub mod config;
 pub mod corruption;

@@ -102,6 +102,10 @@ impl RequestIds {
     }
 }
 
+/// How far past the commit index a token's login may be and still be
+/// waited for.
+const TOKEN_INDEX_SLACK: u64 = 10_000;
+
 /// How long a removed member goes on before it stops (etcd's delay).
 const REMOVED_STOP_DELAY: Duration = Duration::from_secs(1);
 
@@ -113,6 +117,10 @@ pub struct Shared {
     pub name: String,
     pub client_urls: Vec<String>,
     pub members: Membership,
+    pub auth: crate::auth::AuthStore,
+    /// At most one bcrypt computation at a time (a login flood must not
+    /// take every core).
+    pub bcrypt: tokio::sync::Semaphore,
     pub raft: RaftStatus,
     pub alarms: Mutex<Alarms>,
     pub waiters: Waiters,
@@ -192,6 +200,59 @@ impl Shared {
             std::thread::sleep(REMOVED_STOP_DELAY);
             me.fail("the member has been permanently removed from the cluster".into());
         });
+    }
+
+    /// Who sent a request: the user its `token` metadata names (none:
+    /// anonymous). A token this member does not know is refused; one made
+    /// by a login entry not applied here yet is waited for (a little).
+    pub async fn caller(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+    ) -> Result<crate::pb::kvserverpb::Caller, crate::error::ServerError> {
+        use crate::auth::tokens::SimpleTokens;
+        use crate::error::ServerError;
+        let token = md
+            .get("token")
+            .or_else(|| md.get("authorization"))
+            .and_then(|v| v.to_str().ok());
+        let Some(token) = token else {
+            return Ok(crate::pb::kvserverpb::Caller::default());
+        };
+        let index = SimpleTokens::index_of(token).ok_or(ServerError::InvalidAuthToken)?;
+        // A login committed but not applied here yet: wait for it, but not
+        // for an index far beyond what is committed (a forged token).
+        let committed = self.raft.commit_index.load(Ordering::Relaxed);
+        if index > committed + TOKEN_INDEX_SLACK {
+            return Err(ServerError::InvalidAuthToken);
+        }
+        let deadline = Instant::now() + self.request_timeout;
+        while self.applied_index() < index {
+            if Instant::now() >= deadline {
+                return Err(ServerError::InvalidAuthToken);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let username = self
+            .auth
+            .tokens
+            .user_of(token)
+            .ok_or(ServerError::InvalidAuthToken)?;
+        Ok(crate::pb::kvserverpb::Caller {
+            username,
+            auth_revision: self.auth.revision(),
+        })
+    }
+
+    /// Refuses a caller without the root role once auth is enabled
+    /// (maintenance and membership calls, checked before anything is
+    /// done, as etcd does).
+    pub async fn admin<T>(
+        &self,
+        req: &tonic::Request<T>,
+    ) -> Result<crate::pb::kvserverpb::Caller, crate::error::ServerError> {
+        let caller = self.caller(req.metadata()).await?;
+        self.auth.check_admin(Some(&caller))?;
+        Ok(caller)
     }
 
     /// Whether this member is a learner (as the member list it applied

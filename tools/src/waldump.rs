@@ -173,9 +173,41 @@ fn describe_request(r: &Request) -> String {
                 if m.is_learner { " learner" } else { "" }
             )
         }
+        Some(request::Op::AuthEnable(_)) => "AuthEnable".into(),
+        Some(request::Op::AuthDisable(_)) => "AuthDisable".into(),
+        Some(request::Op::Authenticated(a)) => format!("Authenticated user={}", a.name),
+        Some(request::Op::UserAdd(u)) => format!("UserAdd user={}", u.name),
+        Some(request::Op::UserDelete(u)) => format!("UserDelete user={}", u.name),
+        Some(request::Op::UserChangePassword(u)) => {
+            format!("UserChangePassword user={}", u.name)
+        }
+        Some(request::Op::UserGrantRole(g)) => {
+            format!("UserGrantRole user={} role={}", g.user, g.role)
+        }
+        Some(request::Op::UserRevokeRole(g)) => {
+            format!("UserRevokeRole user={} role={}", g.name, g.role)
+        }
+        Some(request::Op::RoleAdd(r)) => format!("RoleAdd role={}", r.name),
+        Some(request::Op::RoleDelete(r)) => format!("RoleDelete role={}", r.role),
+        Some(request::Op::RoleGrantPermission(g)) => {
+            let (kind, range) = g.perm.as_ref().map_or((0, String::new()), |p| {
+                (p.perm_type, show_range(&p.key, &p.range_end))
+            });
+            format!("RoleGrantPermission role={} type={kind} {range}", g.name)
+        }
+        Some(request::Op::RoleRevokePermission(g)) => format!(
+            "RoleRevokePermission role={} {}",
+            g.role,
+            show_range(&g.key, &g.range_end)
+        ),
         None => "empty request".into(),
     };
-    format!("{what} (request id {})", r.id)
+    let by = match &r.caller {
+        Some(c) if c.username.is_empty() => " by an anonymous client".to_string(),
+        Some(c) => format!(" by {} (auth revision {})", c.username, c.auth_revision),
+        None => String::new(),
+    };
+    format!("{what} (request id {}){by}", r.id)
 }
 
 fn describe(f: &Frame) -> (Option<u64>, Option<u64>, String) {

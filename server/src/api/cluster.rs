@@ -200,6 +200,7 @@ fn now_unix() -> u64 {
 impl pb::cluster_server::Cluster for Cluster {
     async fn member_add(&self, req: Request<pb::MemberAddRequest>) -> Rpc<pb::MemberAddResponse> {
         self.0.refuse_on_learner()?;
+        self.0.admin(&req).await?;
         let s = &self.0;
         let r = req.into_inner();
         check_peer_urls(&r.peer_ur_ls)?;
@@ -236,6 +237,7 @@ impl pb::cluster_server::Cluster for Cluster {
         req: Request<pb::MemberRemoveRequest>,
     ) -> Rpc<pb::MemberRemoveResponse> {
         self.0.refuse_on_learner()?;
+        self.0.admin(&req).await?;
         let s = &self.0;
         let id = req.into_inner().id;
         may_remove(s, id)?;
@@ -255,6 +257,7 @@ impl pb::cluster_server::Cluster for Cluster {
         req: Request<pb::MemberUpdateRequest>,
     ) -> Rpc<pb::MemberUpdateResponse> {
         self.0.refuse_on_learner()?;
+        self.0.admin(&req).await?;
         let s = &self.0;
         let r = req.into_inner();
         check_peer_urls(&r.peer_ur_ls)?;
@@ -292,6 +295,7 @@ impl pb::cluster_server::Cluster for Cluster {
         req: Request<pb::MemberPromoteRequest>,
     ) -> Rpc<pb::MemberPromoteResponse> {
         self.0.refuse_on_learner()?;
+        self.0.admin(&req).await?;
         let s = &self.0;
         let members = promote_at_leader(s, req.into_inner().id).await?;
         Ok(Response::new(pb::MemberPromoteResponse {

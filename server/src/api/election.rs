@@ -44,10 +44,12 @@ async fn leader_of(s: &Shared, name: &[u8]) -> Result<(Option<mvcc::KeyValue>, i
 impl el::election_server::Election for Election {
     async fn campaign(&self, req: Request<el::CampaignRequest>) -> Rpc<el::CampaignResponse> {
         self.0.refuse_on_learner()?;
+        let caller = self.0.caller(req.metadata()).await?;
         let r = req.into_inner();
         let s = &self.0;
-        check_lease(s, r.lease)?;
         let key = member_key(&r.name, r.lease);
+        authorize(s, &caller, Some(&r.name), &[&key])?;
+        check_lease(s, r.lease)?;
         let (created, value) = ensure_key(s, &key, r.lease, &r.value).await?;
         let leader = el::LeaderKey {
             name: r.name.clone(),
@@ -67,8 +69,10 @@ impl el::election_server::Election for Election {
 
     async fn proclaim(&self, req: Request<el::ProclaimRequest>) -> Rpc<el::ProclaimResponse> {
         self.0.refuse_on_learner()?;
+        let caller = self.0.caller(req.metadata()).await?;
         let r = req.into_inner();
         let leader = r.leader.ok_or_else(not_leader)?;
+        authorize(&self.0, &caller, None, &[&leader.key])?;
         let rev = proclaim(&self.0, &leader, r.value).await?;
         Ok(Response::new(el::ProclaimResponse {
             header: Some(self.0.header(rev)),
@@ -77,7 +81,10 @@ impl el::election_server::Election for Election {
 
     async fn leader(&self, req: Request<el::LeaderRequest>) -> Rpc<el::LeaderResponse> {
         self.0.refuse_on_learner()?;
-        let (kv, rev) = leader_of(&self.0, &req.into_inner().name).await?;
+        let caller = self.0.caller(req.metadata()).await?;
+        let name = req.into_inner().name;
+        authorize(&self.0, &caller, Some(&name), &[])?;
+        let (kv, rev) = leader_of(&self.0, &name).await?;
         let kv = kv.ok_or_else(|| Status::new(Code::Unknown, "election: no leader"))?;
         Ok(Response::new(el::LeaderResponse {
             header: Some(self.0.header(rev)),
@@ -90,7 +97,9 @@ impl el::election_server::Election for Election {
         req: Request<el::LeaderRequest>,
     ) -> Rpc<Pin<Box<dyn Stream<Item = Result<el::LeaderResponse, Status>> + Send + 'static>>> {
         self.0.refuse_on_learner()?;
+        let caller = self.0.caller(req.metadata()).await?;
         let name = req.into_inner().name;
+        authorize(&self.0, &caller, Some(&name), &[])?;
         let s = self.0.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
@@ -142,7 +151,9 @@ impl el::election_server::Election for Election {
     async fn resign(&self, req: Request<el::ResignRequest>) -> Rpc<el::ResignResponse> {
         self.0.refuse_on_learner()?;
         use pb::request_op::Request as R;
+        let caller = self.0.caller(req.metadata()).await?;
         let leader = req.into_inner().leader.ok_or_else(not_leader)?;
+        authorize(&self.0, &caller, None, &[&leader.key])?;
         let t = txn(
             &self.0,
             pb::TxnRequest {

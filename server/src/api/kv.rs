@@ -23,6 +23,7 @@ impl pb::kv_server::Kv for Kv {
             // A learner serves serializable reads only (etcd).
             self.0.refuse_on_learner()?;
         }
+        let caller = self.0.caller(req.metadata()).await?;
         let r = req.into_inner();
         if r.key.is_empty() {
             return Err(mvcc_err(mvcc::Error::EmptyKey));
@@ -30,6 +31,9 @@ impl pb::kv_server::Kv for Kv {
         if !r.serializable {
             self.0.read_index().await?;
         }
+        self.0
+            .auth
+            .check_read(Some(&caller), &r.key, &r.range_end)?;
         let res = self
             .0
             .store
@@ -42,12 +46,13 @@ impl pb::kv_server::Kv for Kv {
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Rpc<pb::PutResponse> {
         self.0.refuse_on_learner()?;
+        let caller = self.0.caller(req.metadata()).await?;
         let r = req.into_inner();
         check_size(&self.0, r.encoded_len())?;
         if r.key.is_empty() {
             return Err(mvcc_err(mvcc::Error::EmptyKey));
         }
-        match self.0.propose(Op::Put(r)).await? {
+        match self.0.propose_as(Op::Put(r), &caller).await? {
             (Applied::Put(mut p), rev) => {
                 p.header = Some(self.0.header(rev));
                 Ok(Response::new(p))
@@ -61,12 +66,13 @@ impl pb::kv_server::Kv for Kv {
         req: Request<pb::DeleteRangeRequest>,
     ) -> Rpc<pb::DeleteRangeResponse> {
         self.0.refuse_on_learner()?;
+        let caller = self.0.caller(req.metadata()).await?;
         let r = req.into_inner();
         check_size(&self.0, r.encoded_len())?;
         if r.key.is_empty() {
             return Err(mvcc_err(mvcc::Error::EmptyKey));
         }
-        match self.0.propose(Op::DeleteRange(r)).await? {
+        match self.0.propose_as(Op::DeleteRange(r), &caller).await? {
             (Applied::DeleteRange(mut d), rev) => {
                 d.header = Some(self.0.header(rev));
                 Ok(Response::new(d))
@@ -77,6 +83,7 @@ impl pb::kv_server::Kv for Kv {
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Rpc<pb::TxnResponse> {
         self.0.refuse_on_learner()?;
+        let caller = self.0.caller(req.metadata()).await?;
         let r = req.into_inner();
         check_size(&self.0, r.encoded_len())?;
         if apply::txn_is_read_only(&r) {
@@ -85,6 +92,7 @@ impl pb::kv_server::Kv for Kv {
             if !apply::txn_is_serializable(&r) {
                 self.0.read_index().await?;
             }
+            self.0.auth.check_txn(Some(&caller), &r)?;
             let res = self
                 .0
                 .store
@@ -94,7 +102,7 @@ impl pb::kv_server::Kv for Kv {
             t.header = Some(self.0.header(t.header.map_or(0, |h| h.revision)));
             return Ok(Response::new(t));
         }
-        match self.0.propose(Op::Txn(r)).await? {
+        match self.0.propose_as(Op::Txn(r), &caller).await? {
             (Applied::Txn(mut t), rev) => {
                 t.header = Some(self.0.header(rev));
                 Ok(Response::new(t))
@@ -105,7 +113,12 @@ impl pb::kv_server::Kv for Kv {
 
     async fn compact(&self, req: Request<pb::CompactionRequest>) -> Rpc<pb::CompactionResponse> {
         self.0.refuse_on_learner()?;
-        match self.0.propose(Op::Compaction(req.into_inner())).await? {
+        let caller = self.0.caller(req.metadata()).await?;
+        match self
+            .0
+            .propose_as(Op::Compaction(req.into_inner()), &caller)
+            .await?
+        {
             (Applied::Compaction(mut c), rev) => {
                 c.header = Some(self.0.header(rev));
                 Ok(Response::new(c))

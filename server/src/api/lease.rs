@@ -127,6 +127,7 @@ impl pb::lease_server::Lease for Lease {
         req: Request<pb::LeaseGrantRequest>,
     ) -> Rpc<pb::LeaseGrantResponse> {
         self.0.refuse_on_learner()?;
+        let caller = self.0.caller(req.metadata()).await?;
         let mut r = req.into_inner();
         if r.id == 0 {
             // A positive ID no live lease has, chosen here (from the
@@ -140,7 +141,7 @@ impl pb::lease_server::Lease for Lease {
                 }
             }
         }
-        match self.0.propose(Op::LeaseGrant(r)).await? {
+        match self.0.propose_as(Op::LeaseGrant(r), &caller).await? {
             (Applied::LeaseGrant(mut g), rev) => {
                 g.header = Some(self.0.header(rev));
                 Ok(Response::new(g))
@@ -154,7 +155,12 @@ impl pb::lease_server::Lease for Lease {
         req: Request<pb::LeaseRevokeRequest>,
     ) -> Rpc<pb::LeaseRevokeResponse> {
         self.0.refuse_on_learner()?;
-        match self.0.propose(Op::LeaseRevoke(req.into_inner())).await? {
+        let caller = self.0.caller(req.metadata()).await?;
+        match self
+            .0
+            .propose_as(Op::LeaseRevoke(req.into_inner()), &caller)
+            .await?
+        {
             (Applied::LeaseRevoke(mut r), rev) => {
                 r.header = Some(self.0.header(rev));
                 Ok(Response::new(r))

@@ -16,10 +16,12 @@ pub struct Lock(pub Arc<Shared>);
 impl lk::lock_server::Lock for Lock {
     async fn lock(&self, req: Request<lk::LockRequest>) -> Rpc<lk::LockResponse> {
         self.0.refuse_on_learner()?;
+        let caller = self.0.caller(req.metadata()).await?;
         let r = req.into_inner();
         let s = &self.0;
-        check_lease(s, r.lease)?;
         let key = member_key(&r.name, r.lease);
+        authorize(s, &caller, Some(&r.name), &[&key])?;
+        check_lease(s, r.lease)?;
         // Until the lock is ours, a call that ends any other way (an
         // error, or the client gone: its future is dropped) takes its
         // waiting key away, so that it can never own the lock later.
@@ -38,7 +40,10 @@ impl lk::lock_server::Lock for Lock {
 
     async fn unlock(&self, req: Request<lk::UnlockRequest>) -> Rpc<lk::UnlockResponse> {
         self.0.refuse_on_learner()?;
-        let rev = delete_key(&self.0, req.into_inner().key).await?;
+        let caller = self.0.caller(req.metadata()).await?;
+        let key = req.into_inner().key;
+        authorize(&self.0, &caller, None, &[&key])?;
+        let rev = delete_key(&self.0, key).await?;
         Ok(Response::new(lk::UnlockResponse {
             header: Some(self.0.header(rev)),
         }))

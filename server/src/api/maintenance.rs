@@ -21,6 +21,7 @@ pub struct Maintenance(pub Arc<Shared>);
 impl pb::maintenance_server::Maintenance for Maintenance {
     async fn alarm(&self, req: Request<pb::AlarmRequest>) -> Rpc<pb::AlarmResponse> {
         self.0.refuse_on_learner()?;
+        let caller = self.0.caller(req.metadata()).await?;
         let r = req.into_inner();
         let rev = self.0.store.current_revision();
         if r.action() == pb::alarm_request::AlarmAction::Get {
@@ -33,7 +34,7 @@ impl pb::maintenance_server::Maintenance for Maintenance {
             resp.header = Some(self.0.header(rev));
             return Ok(Response::new(resp));
         }
-        match self.0.propose(Op::Alarm(r)).await? {
+        match self.0.propose_as(Op::Alarm(r), &caller).await? {
             (Applied::Alarm(mut a), rev) => {
                 a.header = Some(self.0.header(rev));
                 Ok(Response::new(a))
@@ -83,6 +84,7 @@ impl pb::maintenance_server::Maintenance for Maintenance {
         req: Request<pb::MoveLeaderRequest>,
     ) -> Rpc<pb::MoveLeaderResponse> {
         self.0.refuse_on_learner()?;
+        self.0.admin(&req).await?;
         let s = &self.0;
         if !s.is_leader() {
             return Err(ServerError::NotLeader.into());
@@ -118,11 +120,9 @@ impl pb::maintenance_server::Maintenance for Maintenance {
         }))
     }
 
-    async fn defragment(
-        &self,
-        _req: Request<pb::DefragmentRequest>,
-    ) -> Rpc<pb::DefragmentResponse> {
+    async fn defragment(&self, req: Request<pb::DefragmentRequest>) -> Rpc<pb::DefragmentResponse> {
         self.0.refuse_on_learner()?;
+        self.0.admin(&req).await?;
         let store = self.0.store.clone();
         let stats = tokio::task::spawn_blocking(move || store.defragment())
             .await
@@ -138,8 +138,9 @@ impl pb::maintenance_server::Maintenance for Maintenance {
         }))
     }
 
-    async fn hash(&self, _req: Request<pb::HashRequest>) -> Rpc<pb::HashResponse> {
+    async fn hash(&self, req: Request<pb::HashRequest>) -> Rpc<pb::HashResponse> {
         self.0.refuse_on_learner()?;
+        self.0.admin(&req).await?;
         let store = self.0.store.clone();
         let hash = tokio::task::spawn_blocking(move || store.hash())
             .await
@@ -153,6 +154,7 @@ impl pb::maintenance_server::Maintenance for Maintenance {
 
     async fn hash_kv(&self, req: Request<pb::HashKvRequest>) -> Rpc<pb::HashKvResponse> {
         self.0.refuse_on_learner()?;
+        self.0.admin(&req).await?;
         let rev = req.into_inner().revision;
         let store = self.0.store.clone();
         let (hash, current, compacted) = tokio::task::spawn_blocking(move || store.hash_kv(rev))
@@ -168,9 +170,10 @@ impl pb::maintenance_server::Maintenance for Maintenance {
 
     async fn snapshot(
         &self,
-        _req: Request<pb::SnapshotRequest>,
+        req: Request<pb::SnapshotRequest>,
     ) -> Rpc<BoxStream<pb::SnapshotResponse>> {
         self.0.refuse_on_learner()?;
+        self.0.admin(&req).await?;
         let shared = self.0.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::task::spawn_blocking(move || {

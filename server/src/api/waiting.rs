@@ -32,6 +32,27 @@ pub(crate) fn prefix_of(name: &[u8]) -> Vec<u8> {
     prefix
 }
 
+/// The caller may read every key under `name/` and write `keys` (what
+/// etcd's lock and election clients do through KV calls, checked up front:
+/// the operations below then run as the server's own).
+pub(crate) fn authorize(
+    s: &Shared,
+    caller: &crate::pb::kvserverpb::Caller,
+    name: Option<&[u8]>,
+    keys: &[&[u8]],
+) -> Result<(), Status> {
+    if let Some(name) = name {
+        let prefix = prefix_of(name);
+        s.auth
+            .check_read(Some(caller), &prefix, &prefix_end(&prefix))?;
+    }
+    for k in keys {
+        s.auth.check_read(Some(caller), k, b"")?;
+        s.auth.check_write(Some(caller), k, b"")?;
+    }
+    Ok(())
+}
+
 /// A lock or a candidacy needs a live lease to attach its key to.
 pub(crate) fn check_lease(s: &Shared, lease: i64) -> Result<(), Status> {
     match s.store.lease_time_to_live(lease) {

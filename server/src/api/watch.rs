@@ -10,7 +10,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Streaming};
 
 use super::{BoxStream, Rpc};
+use crate::error::ServerError;
 use crate::pb::etcdserverpb as pb;
+use crate::pb::kvserverpb::Caller;
 use crate::pb::mvccpb;
 use crate::shared::Shared;
 
@@ -24,6 +26,15 @@ impl pb::watch_server::Watch for Watch {
         req: Request<Streaming<pb::WatchRequest>>,
     ) -> Rpc<BoxStream<pb::WatchResponse>> {
         self.0.refuse_on_learner()?;
+        // Checked now and again at every watch created on the stream (the
+        // token may have been dropped meanwhile).
+        let caller = self.0.caller(req.metadata()).await?;
+        let token = req
+            .metadata()
+            .get("token")
+            .or_else(|| req.metadata().get("authorization"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let mut inbound = req.into_inner();
         let shared = self.0.clone();
         let mut stopping = self.1.clone();
@@ -35,7 +46,19 @@ impl pb::watch_server::Watch for Watch {
                 tokio::select! {
                     msg = inbound.message() => {
                         let Ok(Some(msg)) = msg else { break };
-                        let Some(out) = watch_request(&shared, &stream, &mut fragment, msg) else {
+                        let now = match &token {
+                            None => Ok(caller.clone()),
+                            Some(t) => shared
+                                .auth
+                                .tokens
+                                .user_of(t)
+                                .map(|username| Caller {
+                                    username,
+                                    auth_revision: shared.auth.revision(),
+                                })
+                                .ok_or(ServerError::InvalidAuthToken),
+                        };
+                        let Some(out) = watch_request(&shared, &stream, &mut fragment, msg, now) else {
                             continue;
                         };
                         if tx.send(Ok(out)).await.is_err() {
@@ -70,11 +93,26 @@ fn watch_request(
     stream: &mvcc::WatchStream,
     fragment: &mut std::collections::HashSet<i64>,
     msg: pb::WatchRequest,
+    caller: Result<Caller, ServerError>,
 ) -> Option<pb::WatchResponse> {
     use pb::watch_request::RequestUnion as U;
     let header = Some(shared.header(shared.store.current_revision()));
     match msg.request_union? {
         U::CreateRequest(c) => {
+            // Reading what it watches: refused as etcd refuses a watch,
+            // created and canceled at once with the reason.
+            let allowed = caller
+                .and_then(|caller| shared.auth.check_read(Some(&caller), &c.key, &c.range_end));
+            if let Err(e) = allowed {
+                return Some(pb::WatchResponse {
+                    header,
+                    watch_id: -1,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: e.to_string(),
+                    ..Default::default()
+                });
+            }
             let no_put = c
                 .filters
                 .contains(&(pb::watch_create_request::FilterType::Noput as i32));

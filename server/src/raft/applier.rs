@@ -253,6 +253,8 @@ impl Applier {
             let mut ctx = ApplyContext {
                 alarms: &mut alarms,
                 members: &self.shared.members,
+                auth: &self.shared.auth,
+                index: e.index,
             };
             let result =
                 apply::apply(&mut batch, &req, &mut ctx).map_err(|source| ApplyError::Entry {
@@ -397,6 +399,7 @@ impl Applier {
                 .map_err(|source| ApplyError::Install { index, source })?;
         }
         s.members.reload(&s.store)?;
+        s.auth.reload(&s.store)?;
         *s.alarms.lock().unwrap_or_else(|e| e.into_inner()) =
             crate::alarms::Alarms::from_store(&s.store)?;
         let list = s.members.list();

@@ -84,7 +84,10 @@ pub fn start(
     let storage = MemStorage::new();
     let has_wal = datadir::has_wal(&data_dir);
 
-    let (log, member_id, cluster_id, members, snapshot_index) = if has_wal {
+    if !has_wal {
+        prepare(cfg, &store, join)?;
+    }
+    let (log, member_id, cluster_id, members, snapshot_index) = {
         let marker = datadir::read_marker(&data_dir)?;
         let (log, rec) = wal::Wal::open(&wal_path, marker, wal_opts)?;
         let member_id = rec.metadata.member_id;
@@ -191,84 +194,6 @@ pub fn start(
             "recovered the raft log from the WAL"
         );
         (log, member_id, cluster_id, members, snap_index)
-    } else {
-        if store.consistent_index() > 0 {
-            return Err(StartError::Inconsistent(format!(
-                "the database has applied raft entries up to index {}, but {} holds no WAL: \
-                 without it this member cannot rejoin its cluster safely",
-                store.consistent_index(),
-                wal_path.display()
-            )));
-        }
-        match join {
-            Some(joined) => {
-                // Joining a running cluster: raft's configuration and the
-                // key space come with the leader's snapshot.
-                let log = wal::Wal::create(
-                    &wal_path,
-                    wal::Metadata {
-                        member_id: joined.member_id,
-                        cluster_id: joined.cluster_id,
-                    },
-                    wal_opts,
-                )?;
-                seed_members(&store, &joined.members, 0)?;
-                let members = Membership::from_store(&store)?;
-                (log, joined.member_id, joined.cluster_id, members, 0)
-            }
-            None => {
-                // A restart ignores the initial-cluster flags (as etcd):
-                // they are read only here.
-                let initial = initial_cluster(cfg)?;
-                let log = wal::Wal::create(
-                    &wal_path,
-                    wal::Metadata {
-                        member_id: initial.me.id,
-                        cluster_id: initial.cluster_id,
-                    },
-                    wal_opts,
-                )?;
-                // A new cluster's log starts at a snapshot at index 1 that
-                // holds its member list (etcd starts its log with one
-                // configuration change per member instead). So the log
-                // never reaches back to an empty state: a member added
-                // later always gets a snapshot first, with raft's
-                // configuration in it.
-                seed_members(&store, &initial.members, INITIAL_INDEX)?;
-                let members = Membership::from_store(&store)?;
-                let cs = conf_state(&members);
-                let record = wal::Record::Snapshot {
-                    index: INITIAL_INDEX,
-                    term: INITIAL_INDEX,
-                    conf_state: cs
-                        .write_to_bytes()
-                        .map_err(|e| StartError::Fatal(format!("encoding a conf state: {e}")))?,
-                };
-                // Waited for on a thread of its own: this runs inside the
-                // async runtime, whose threads must not block.
-                std::thread::scope(|scope| {
-                    scope
-                        .spawn(|| log.append(vec![record]).wait())
-                        .join()
-                        .map_err(|_| StartError::Panicked("WAL append"))
-                })??;
-                let mut snap = Snapshot::default();
-                let meta = snap.mut_metadata();
-                meta.index = INITIAL_INDEX;
-                meta.term = INITIAL_INDEX;
-                meta.set_conf_state(cs);
-                let mut core = storage.wl();
-                core.apply_snapshot(snap)?;
-                drop(core);
-                (
-                    log,
-                    initial.me.id,
-                    initial.cluster_id,
-                    members,
-                    INITIAL_INDEX,
-                )
-            }
-        }
     };
 
     let hard_state = storage.rl().hard_state().clone();
@@ -316,6 +241,12 @@ pub fn start(
         name: cfg.name.clone(),
         client_urls: cfg.client_urls(),
         members,
+        auth: crate::auth::AuthStore::load(
+            &store,
+            Duration::from_secs(cfg.auth_token_ttl.max(1)),
+            cfg.bcrypt_cost(),
+        )?,
+        bcrypt: tokio::sync::Semaphore::new(1),
         raft: RaftStatus {
             term: AtomicU64::new(hard_state.term),
             applied_index: AtomicU64::new(applied),
@@ -380,6 +311,91 @@ pub fn start(
         })?;
     shared.raft.term.store(hard_state.term, Ordering::Relaxed);
     Ok((shared, Threads { raft, apply }))
+}
+
+/// Makes a new member's data: its member list in the database, then its
+/// WAL, written in a temporary directory and renamed into place, so that a
+/// crash leaves either no WAL (and the member is prepared again) or a whole
+/// one (and it starts as a restart). A new cluster's WAL holds a snapshot
+/// record at index 1 with the membership (etcd starts its log with one
+/// configuration change per member instead), so the log never reaches back
+/// to an empty state and a member added later always gets a snapshot
+/// first, with raft's configuration in it. A joining member's WAL holds
+/// only its identity; raft's configuration comes with the leader's
+/// snapshot.
+fn prepare(
+    cfg: &Config,
+    store: &mvcc::Store,
+    join: Option<crate::join::Joined>,
+) -> Result<(), StartError> {
+    let data_dir = cfg.data_dir();
+    let wal_path = datadir::wal_dir(&data_dir);
+    if store.consistent_index() > INITIAL_INDEX {
+        return Err(StartError::Inconsistent(format!(
+            "the database has applied raft entries up to index {}, but {} holds no WAL: \
+             without it this member cannot rejoin its cluster safely",
+            store.consistent_index(),
+            wal_path.display()
+        )));
+    }
+    let (metadata, records) = match join {
+        Some(joined) => {
+            seed_members(store, &joined.members, 0)?;
+            let metadata = wal::Metadata {
+                member_id: joined.member_id,
+                cluster_id: joined.cluster_id,
+            };
+            (metadata, Vec::new())
+        }
+        None => {
+            // A restart ignores the initial-cluster flags (as etcd): they
+            // are read only here.
+            let initial = initial_cluster(cfg)?;
+            seed_members(store, &initial.members, INITIAL_INDEX)?;
+            let cs = conf_state(&Membership::from_store(store)?);
+            let record = wal::Record::Snapshot {
+                index: INITIAL_INDEX,
+                term: INITIAL_INDEX,
+                conf_state: cs
+                    .write_to_bytes()
+                    .map_err(|e| StartError::Fatal(format!("encoding a conf state: {e}")))?,
+            };
+            let metadata = wal::Metadata {
+                member_id: initial.me.id,
+                cluster_id: initial.cluster_id,
+            };
+            (metadata, vec![record])
+        }
+    };
+    let tmp = wal_path.with_extension("tmp");
+    let io = |op: &'static str, path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |e: std::io::Error| StartError::Fatal(format!("{}: {op}: {e}", path.display()))
+    };
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io("remove", &tmp))?;
+    }
+    // Waited for on a thread of its own: this runs inside the async
+    // runtime, whose threads must not block.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> Result<(), StartError> {
+                let log = wal::Wal::create(&tmp, metadata, wal::Options::default())?;
+                if !records.is_empty() {
+                    log.append(records).wait()?;
+                }
+                log.close();
+                Ok(())
+            })
+            .join()
+            .map_err(|_| StartError::Panicked("WAL creation"))
+    })??;
+    std::fs::rename(&tmp, &wal_path).map_err(io("rename", &tmp))?;
+    let member = datadir::member_dir(&data_dir);
+    std::fs::File::open(&member)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync", &member))?;
+    Ok(())
 }
 
 /// Where a new cluster's log starts: its initial snapshot's index (and

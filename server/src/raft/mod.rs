@@ -45,7 +45,7 @@ use tokio::sync::oneshot;
 
 use crate::apply::Applied;
 use crate::error::ServerError;
-use crate::pb::kvserverpb::{request::Op, MemberChange, Request};
+use crate::pb::kvserverpb::{request::Op, Caller, MemberChange, Request};
 use crate::shared::Shared;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfState};
 
@@ -112,10 +112,17 @@ impl Shared {
         }
     }
 
-    /// Proposes `op` through raft and waits for its answer (on this
-    /// member, whichever member leads).
+    /// Proposes the server's own `op` (no caller: not checked against
+    /// permissions) through raft and waits for its answer (on this member,
+    /// whichever member leads).
     pub async fn propose(&self, op: Op) -> Result<(Applied, i64), ServerError> {
-        self.submit(op, None).await
+        self.submit(op, None, None).await
+    }
+
+    /// Proposes a client's `op`: it is checked against `caller`'s
+    /// permissions when applied.
+    pub async fn propose_as(&self, op: Op, caller: &Caller) -> Result<(Applied, i64), ServerError> {
+        self.submit(op, None, Some(caller.clone())).await
     }
 
     /// Proposes a membership change as a raft configuration change of
@@ -126,7 +133,7 @@ impl Shared {
         node: u64,
         change: MemberChange,
     ) -> Result<(Applied, i64), ServerError> {
-        self.submit(Op::MemberChange(change), Some((change_type, node)))
+        self.submit(Op::MemberChange(change), Some((change_type, node)), None)
             .await
     }
 
@@ -142,11 +149,17 @@ impl Shared {
         &self,
         op: Op,
         conf: Option<(ConfChangeType, u64)>,
+        caller: Option<Caller>,
     ) -> Result<(Applied, i64), ServerError> {
         let start = Instant::now();
         let changes = self.raft.leader_changes.load(Ordering::Acquire);
         let id = self.ids.next();
-        let data = Request { id, op: Some(op) }.encode_to_vec();
+        let data = Request {
+            id,
+            op: Some(op),
+            caller,
+        }
+        .encode_to_vec();
         if data.len() > self.max_request_bytes + ENVELOPE_BYTES {
             return Err(ServerError::TooLarge);
         }

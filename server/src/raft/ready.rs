@@ -344,6 +344,7 @@ impl RaftLoop {
         let data = crate::pb::kvserverpb::Request {
             id: 0,
             op: Some(op),
+            caller: None,
         }
         .encode_to_vec();
         if let Err(e) = self.node.propose(Vec::new(), data) {
