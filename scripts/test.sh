@@ -99,12 +99,10 @@ else
     echo "target/debug/kvserver is missing after cargo test" >&2
     exit 1
   fi
-  # Tests marked `auth` belong to the auth issue (the user and role model).
-  python3 -m pytest -q "$shared/conformance" --server-cmd "$root/target/debug/kvserver" \
-    -m "not auth"
+  python3 -m pytest -q "$shared/conformance" --server-cmd "$root/target/debug/kvserver"
   # The same suite against a 3-member cluster it starts, membership
-  # changes (`cluster`) included.
+  # changes (`cluster`) and auth included.
   step "conformance suite, 3-member cluster"
   python3 -m pytest -q "$shared/conformance" --server-cmd "$root/target/debug/kvserver" \
-    --cluster-size 3 -m "not auth"
+    --cluster-size 3
 fi

@@ -33,6 +33,8 @@ pub enum ConfigError {
     ElectionTimeout { election: u64, heartbeat: u64 },
     #[error("--auth-token {0:?}: only \"simple\" tokens are supported (JWT is not yet)")]
     AuthToken(String),
+    #[error("{0} is set, but kvserver has no such setting ({1}): unset it rather than run without what it asks for")]
+    UnknownEnvironment(String, String),
     #[error("--heartbeat-interval must be at least 1 ms")]
     HeartbeatInterval,
     #[error("{0}")]
@@ -309,6 +311,33 @@ impl Config {
         Ok(())
     }
 
+    /// Refuses `ETCD_*` variables that name no setting of kvserver (etcd's
+    /// TLS variables, say): the operator asked for something that would
+    /// otherwise silently not happen.
+    pub fn check_environment(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        use clap::CommandFactory;
+        let cmd = Config::command();
+        let known: Vec<String> = cmd
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect();
+        for (name, _) in vars {
+            if name.starts_with("ETCD_") && !known.contains(&name) {
+                let flag = format!(
+                    "--{}",
+                    name.trim_start_matches("ETCD_")
+                        .to_lowercase()
+                        .replace('_', "-")
+                );
+                return Err(ConfigError::UnknownEnvironment(name, flag));
+            }
+        }
+        Ok(())
+    }
+
     /// The client URLs advertised (the listen URLs when none are given).
     pub fn client_urls(&self) -> Vec<String> {
         let urls = if self.advertise_client_urls.is_empty() {
@@ -453,6 +482,16 @@ mod tests {
             })
         );
         assert_eq!(parse(&["--initial-cluster-state", "existing"]), Ok(()));
+        let env = |k: &str| vec![(k.to_string(), "x".to_string())];
+        assert_eq!(Config::check_environment(env("ETCD_NAME")), Ok(()));
+        assert_eq!(Config::check_environment(env("ETCDCTL_API")), Ok(()));
+        assert_eq!(
+            Config::check_environment(env("ETCD_CERT_FILE")),
+            Err(ConfigError::UnknownEnvironment(
+                "ETCD_CERT_FILE".into(),
+                "--cert-file".into()
+            ))
+        );
         assert!(matches!(
             parse(&["--initial-cluster-state", "bogus"]),
             Err(ConfigError::ClusterState(_))

@@ -7,6 +7,10 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    if let Err(e) = server::config::Config::check_environment(std::env::vars()) {
+        eprintln!("kvserver: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let cfg = server::config::Config::parse();
     if let Err(e) = cfg.validate() {
         eprintln!("kvserver: {e}");

@@ -392,8 +392,13 @@ async fn a_member_moves_to_a_new_peer_url() {
         b"yes"
     );
     c.kill(1);
-    // With m2 down, m1 and m3 make the quorum over m3's new URL.
-    cl.put("quorum", "m1+m3", None).await.unwrap();
+    // With m2 down, m1 and m3 make the quorum over m3's new URL (after an
+    // election if m2 led).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while let Err(e) = cl.put("quorum", "m1+m3", None).await {
+        assert!(Instant::now() < deadline, "no quorum of m1 and m3: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
