@@ -5,8 +5,8 @@
 //!
 //! The first byte picks the message: 0 a RangeRequest served from the
 //! store, anything else a raft-entry request (Put, DeleteRange, Txn,
-//! Compaction, LeaseGrant, LeaseRevoke, Alarm) applied as a committed
-//! entry is.
+//! Compaction, LeaseGrant, LeaseRevoke, Alarm, the auth store's changes,
+//! with or without a caller) applied as a committed entry is.
 #![no_main]
 
 use std::sync::{Arc, Mutex, OnceLock};
@@ -21,6 +21,7 @@ struct Member {
     store: Arc<mvcc::Store>,
     alarms: Mutex<server::alarms::Alarms>,
     members: server::membership::Membership,
+    auth: server::auth::AuthStore,
     index: Mutex<u64>,
 }
 
@@ -38,8 +39,16 @@ fn member() -> &'static Member {
             )
             .expect("store"),
         );
+        let auth = server::auth::AuthStore::load(
+            &store,
+            std::time::Duration::from_secs(300),
+            None,
+            4,
+        )
+        .expect("auth store");
         Member {
             _dir: dir,
+            auth,
             store,
             alarms: Mutex::new(server::alarms::Alarms::default()),
             members: server::membership::Membership::default(),
@@ -76,6 +85,8 @@ fuzz_target!(|data: &[u8]| {
     let mut ctx = server::apply::ApplyContext {
         alarms: &mut alarms,
         members: &m.members,
+        auth: &m.auth,
+        index: *index,
     };
     let applied = server::apply::apply(&mut batch, &req, &mut ctx);
     assert!(applied.is_ok(), "storage failure: {applied:?}");

@@ -31,7 +31,7 @@ pub enum ConfigError {
     ClusterState(String),
     #[error("--election-timeout[{election}ms] should be at least as 5 times as --heartbeat-interval[{heartbeat}ms]")]
     ElectionTimeout { election: u64, heartbeat: u64 },
-    #[error("--auth-token {0:?}: only \"simple\" tokens are supported (JWT is not yet)")]
+    #[error("{0}")]
     AuthToken(String),
     #[error("{0} is set, but kvserver has no such setting ({1}): unset it rather than run without what it asks for")]
     UnknownEnvironment(String, String),
@@ -148,7 +148,8 @@ pub struct Config {
     pub experimental_lease_checkpoint_interval: Duration,
 
     /// How clients' tokens are made: `simple` (random tokens kept in
-    /// memory).
+    /// memory) or `jwt,pub-key=<file>,priv-key=<file>,sign-method=<alg>,
+    /// ttl=<duration>` (signed tokens).
     #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
     pub auth_token: String,
 
@@ -263,6 +264,25 @@ impl Config {
         Duration::from_secs(5) + 2 * Duration::from_millis(self.election_timeout)
     }
 
+    /// JWT tokens when `--auth-token jwt,...` asks for them (None:
+    /// simple tokens).
+    pub fn jwt_tokens(&self) -> Result<Option<crate::auth::jwt::JwtTokens>, ConfigError> {
+        match self
+            .auth_token
+            .split_once(',')
+            .map_or((self.auth_token.as_str(), ""), |(a, b)| (a, b))
+        {
+            ("simple", "") => Ok(None),
+            ("jwt", options) => crate::auth::jwt::JwtTokens::from_options(options)
+                .map(Some)
+                .map_err(|e| ConfigError::AuthToken(e.to_string())),
+            _ => Err(ConfigError::AuthToken(format!(
+                "--auth-token {:?}: use simple or jwt,<options>",
+                self.auth_token
+            ))),
+        }
+    }
+
     /// The bcrypt cost to use: etcd falls back to 10 outside 4 to 31.
     pub fn bcrypt_cost(&self) -> u32 {
         if (4..=31).contains(&self.bcrypt_cost) {
@@ -274,9 +294,7 @@ impl Config {
 
     /// Checks what the flags say together, as etcd does at start.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.auth_token != "simple" {
-            return Err(ConfigError::AuthToken(self.auth_token.clone()));
-        }
+        self.jwt_tokens()?;
         if self.heartbeat_interval == 0 {
             return Err(ConfigError::HeartbeatInterval);
         }

@@ -218,6 +218,12 @@ impl Shared {
         let Some(token) = token else {
             return Ok(crate::pb::kvserverpb::Caller::default());
         };
+        if self.auth.jwt.is_some() {
+            return self
+                .auth
+                .resolve(token)
+                .ok_or(ServerError::InvalidAuthToken);
+        }
         let index = SimpleTokens::index_of(token).ok_or(ServerError::InvalidAuthToken)?;
         // A login committed but not applied here yet: wait for it, but not
         // for an index far beyond what is committed (a forged token).
@@ -232,15 +238,9 @@ impl Shared {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let username = self
-            .auth
-            .tokens
-            .user_of(token)
-            .ok_or(ServerError::InvalidAuthToken)?;
-        Ok(crate::pb::kvserverpb::Caller {
-            username,
-            auth_revision: self.auth.revision(),
-        })
+        self.auth
+            .resolve(token)
+            .ok_or(ServerError::InvalidAuthToken)
     }
 
     /// Refuses a caller without the root role once auth is enabled

@@ -50,12 +50,7 @@ impl pb::watch_server::Watch for Watch {
                             None => Ok(caller.clone()),
                             Some(t) => shared
                                 .auth
-                                .tokens
-                                .user_of(t)
-                                .map(|username| Caller {
-                                    username,
-                                    auth_revision: shared.auth.revision(),
-                                })
+                                .resolve(t)
                                 .ok_or(ServerError::InvalidAuthToken),
                         };
                         let Some(out) = watch_request(&shared, &stream, &mut fragment, msg, now) else {

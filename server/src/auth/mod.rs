@@ -4,7 +4,8 @@
 //!   revision, in the database's auth buckets; changed only through raft
 //!   (every member applies the same); and every permission check.
 //! - [`perms`]: a user's key permissions as merged key intervals.
-//! - [`tokens`]: simple tokens, assigned by an applied login entry.
+//! - [`tokens`]: simple tokens, assigned by an applied login entry;
+//!   [`jwt`]: signed tokens (`--auth-token jwt,...`).
 //!
 //! How a request is checked:
 //! - A handler turns the request's `token` metadata into a
@@ -23,6 +24,7 @@
 //! - Requests the server makes itself (expired leases, checkpoints) carry
 //!   no caller and are not checked.
 
+pub mod jwt;
 pub mod perms;
 pub mod store;
 pub mod tokens;

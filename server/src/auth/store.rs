@@ -90,6 +90,8 @@ fn read_state(store: &mvcc::Store) -> Result<State, mvcc::Error> {
 pub struct AuthStore {
     state: RwLock<State>,
     pub tokens: SimpleTokens,
+    /// JWT tokens instead of simple ones (`--auth-token jwt,...`).
+    pub jwt: Option<super::jwt::JwtTokens>,
     pub bcrypt_cost: u32,
 }
 
@@ -114,13 +116,30 @@ impl AuthStore {
     pub fn load(
         store: &mvcc::Store,
         token_ttl: Duration,
+        jwt: Option<super::jwt::JwtTokens>,
         bcrypt_cost: u32,
     ) -> Result<AuthStore, mvcc::Error> {
         Ok(AuthStore {
             state: RwLock::new(read_state(store)?),
             tokens: SimpleTokens::new(token_ttl),
+            jwt,
             bcrypt_cost,
         })
+    }
+
+    /// The caller a token names, as far as this member knows now (a simple
+    /// token's login must have been applied here).
+    pub fn resolve(&self, token: &str) -> Option<Caller> {
+        match &self.jwt {
+            Some(j) => j.verify(token).map(|(username, auth_revision)| Caller {
+                username,
+                auth_revision,
+            }),
+            None => self.tokens.user_of(token).map(|username| Caller {
+                username,
+                auth_revision: self.revision(),
+            }),
+        }
     }
 
     /// Reads the store again (after a snapshot was installed).
@@ -401,11 +420,17 @@ impl AuthStore {
                     |u: &authpb::User| u.options.as_ref().is_some_and(|o| o.no_password);
                 match s.users.get(&a.name) {
                     _ if !s.enabled => Err(ServerError::AuthNotEnabled),
-                    Some(u) if !no_password(u) => Ok(Applied::Token(self.tokens.assign(
-                        &a.token_prefix,
-                        index,
-                        &a.name,
-                    ))),
+                    Some(u) if !no_password(u) => match &self.jwt {
+                        Some(j) => j
+                            .sign(&a.name, s.revision)
+                            .map(Applied::Token)
+                            .map_err(ServerError::Internal),
+                        None => Ok(Applied::Token(self.tokens.assign(
+                            &a.token_prefix,
+                            index,
+                            &a.name,
+                        ))),
+                    },
                     _ => Err(ServerError::AuthFailed),
                 }
             }

@@ -244,6 +244,7 @@ pub fn start(
         auth: crate::auth::AuthStore::load(
             &store,
             Duration::from_secs(cfg.auth_token_ttl.max(1)),
+            cfg.jwt_tokens()?,
             cfg.bcrypt_cost(),
         )?,
         bcrypt: tokio::sync::Semaphore::new(1),

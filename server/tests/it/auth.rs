@@ -485,3 +485,119 @@ async fn a_flood_of_wrong_passwords_is_refused_and_others_are_served() {
     );
     is_allowed(root.get("k", None).await, "after the flood");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_tokens_expire_and_refuse_tampering_other_keys_and_old_revisions() {
+    use server::pb::etcdserverpb::{
+        auth_client::AuthClient, kv_client::KvClient, AuthenticateRequest, PutRequest, RangeRequest,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("jwt.key");
+    std::fs::write(&key, b"the cluster's secret").unwrap();
+    let opt = format!("jwt,priv-key={},sign-method=HS256,ttl=3s", key.display());
+    let s = Server::start_with(&dir.path().join("d"), &["--auth-token", &opt]).await;
+    let ep = s.endpoint.clone();
+    let mut root = enable(&ep).await;
+    add_user(
+        &mut root,
+        "u",
+        &[Permission::read_write("x/").with_prefix()],
+    )
+    .await;
+
+    let url = format!("http://{ep}");
+    let login = |name: &'static str, pw: &'static str| {
+        let url = url.clone();
+        async move {
+            let mut a = AuthClient::connect(url).await.unwrap();
+            a.authenticate(AuthenticateRequest {
+                name: name.into(),
+                password: pw.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token
+        }
+    };
+    let put_with = |token: String| {
+        let url = url.clone();
+        async move {
+            let mut kv = KvClient::connect(url).await.unwrap();
+            let mut req = tonic::Request::new(PutRequest {
+                key: b"x/k".to_vec(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            });
+            req.metadata_mut().insert("token", token.parse().unwrap());
+            kv.put(req).await.map(|_| ())
+        }
+    };
+    let token = login("u", "pw").await;
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    put_with(token.clone()).await.unwrap();
+
+    #[derive(serde::Serialize)]
+    struct Claims {
+        username: String,
+        revision: u64,
+        exp: u64,
+    }
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 60;
+    let other = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &Claims {
+            username: "root".into(),
+            revision: 1000,
+            exp,
+        },
+        &jsonwebtoken::EncodingKey::from_secret(b"another secret"),
+    )
+    .unwrap();
+    let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+    parts[2] = parts[2].chars().rev().collect();
+    let tampered = parts.join(".");
+    for bad in [other, tampered] {
+        let e = put_with(bad).await.unwrap_err();
+        assert_eq!(
+            (e.code(), e.message()),
+            (
+                tonic::Code::Unauthenticated,
+                "etcdserver: invalid auth token"
+            )
+        );
+    }
+
+    // A token made before the auth store changed.
+    root.role_add("unrelated").await.unwrap();
+    let e = put_with(token.clone()).await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            tonic::Code::InvalidArgument,
+            "etcdserver: revision of auth store is old"
+        )
+    );
+    // A fresh one works, until it expires.
+    let fresh = login("u", "pw").await;
+    put_with(fresh.clone()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(4200)).await;
+    let mut kv = KvClient::connect(url.clone()).await.unwrap();
+    let mut req = tonic::Request::new(RangeRequest {
+        key: b"x/k".to_vec(),
+        ..Default::default()
+    });
+    req.metadata_mut().insert("token", fresh.parse().unwrap());
+    let e = kv.range(req).await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            tonic::Code::Unauthenticated,
+            "etcdserver: invalid auth token"
+        )
+    );
+}
