@@ -302,6 +302,7 @@ pub fn start(
         held_conf: std::collections::VecDeque::new(),
         handoff: None,
         removed: false,
+        pending_removal: None,
     };
     let raft = std::thread::Builder::new()
         .name("raft".into())

@@ -66,7 +66,12 @@ pub struct RaftLoop {
     pub(crate) handoff: Option<(u64, Instant)>,
     /// This member applied its own removal.
     pub(crate) removed: bool,
+    /// Its own removal, held (with the apply thread's reply) while this
+    /// leader hands leadership on.
+    pub(crate) pending_removal: Option<(ConfChange, ConfReply, Instant)>,
 }
+
+type ConfReply = std::sync::mpsc::Sender<Result<ConfState, raft::Error>>;
 
 impl RaftLoop {
     pub fn run(&mut self, rx: Receiver<Command>) {
@@ -172,7 +177,20 @@ impl RaftLoop {
                 self.propose_held_conf();
             }
             Command::ApplyConfChange { cc, reply } => {
-                let _ = reply.send(self.apply_conf_change(&cc));
+                let me = self.shared.member_id;
+                if cc.get_change_type() == ConfChangeType::RemoveNode
+                    && cc.node_id == me
+                    && self.is_leader()
+                {
+                    // This leader is removed: it hands leadership on first
+                    // and applies its removal once it no longer leads
+                    // (raft-rs cannot run a leader outside its own
+                    // configuration).
+                    self.start_handoff();
+                    self.pending_removal = Some((cc, reply, Instant::now()));
+                } else {
+                    let _ = reply.send(self.apply_conf_change(&cc));
+                }
             }
             Command::TransferLeader(to) => {
                 tracing::info!("leadership transfer to {to:x} starting");
@@ -307,26 +325,47 @@ impl RaftLoop {
         let me = self.shared.member_id;
         self.removed = !cs.voters.contains(&me) && !cs.learners.contains(&me);
         if self.is_leader() && !cs.voters.contains(&me) {
-            let best = self
-                .node
-                .raft
-                .prs()
-                .iter()
-                .filter(|(id, _)| **id != me && cs.voters.contains(id))
-                .max_by_key(|(_, pr)| pr.matched)
-                .map(|(id, _)| *id);
-            if let Some(to) = best {
-                tracing::info!(
-                    "removed from the cluster as its leader: handing leadership to {to:x}"
-                );
-                self.node.transfer_leader(to);
-                self.handoff = Some((to, Instant::now()));
-            }
+            // Still leading outside its configuration (the hand-off timed
+            // out): step down rather than run raft-rs's leader paths.
+            let term = self.node.raft.term;
+            self.node.raft.become_follower(term, raft::INVALID_ID);
         }
         Ok(cs)
     }
 
+    /// Asks the most up-to-date other voter to take leadership over.
+    fn start_handoff(&mut self) {
+        let me = self.shared.member_id;
+        let voters = self.node.raft.prs().conf().voters().ids();
+        let best = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != me && voters.contains(**id))
+            .max_by_key(|(_, pr)| pr.matched)
+            .map(|(id, _)| *id);
+        if let Some(to) = best {
+            tracing::info!("removed from the cluster as its leader: handing leadership to {to:x}");
+            self.node.transfer_leader(to);
+            self.handoff = Some((to, Instant::now()));
+        }
+    }
+
+    /// A removed leader: asks its successor again until it takes over (a
+    /// follower that has not applied the removal yet refuses to
+    /// campaign), then applies its removal; gives up waiting after two
+    /// election timeouts.
     fn hand_off(&mut self) {
+        if let Some((_, _, since)) = &self.pending_removal {
+            if !self.is_leader() || since.elapsed() >= 2 * self.shared.election_timeout {
+                if let Some((cc, reply, _)) = self.pending_removal.take() {
+                    self.handoff = None;
+                    let _ = reply.send(self.apply_conf_change(&cc));
+                }
+                return;
+            }
+        }
         let Some((to, at)) = self.handoff else {
             return;
         };
