@@ -52,16 +52,22 @@ pub enum ConfigError {
 #[command(name = "kvserver", version, about, long_about = None)]
 pub struct Config {
     /// Human-readable name of this member.
-    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    #[arg(
+        help_heading = "Member",
+        long,
+        env = "ETCD_NAME",
+        default_value = "default"
+    )]
     pub name: String,
 
     /// Directory of the member's data (WAL and database); default
     /// `<name>.kvserver` in the current directory.
-    #[arg(long, env = "ETCD_DATA_DIR")]
+    #[arg(help_heading = "Member", long, env = "ETCD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
     /// URLs to serve clients on (comma-separated; http only).
     #[arg(
+        help_heading = "Member",
         long,
         env = "ETCD_LISTEN_CLIENT_URLS",
         default_value = "http://127.0.0.1:2379"
@@ -69,11 +75,17 @@ pub struct Config {
     pub listen_client_urls: String,
 
     /// Client URLs this member tells the cluster and its clients about.
-    #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = "")]
+    #[arg(
+        help_heading = "Clustering",
+        long,
+        env = "ETCD_ADVERTISE_CLIENT_URLS",
+        default_value = ""
+    )]
     pub advertise_client_urls: String,
 
     /// URLs to listen on for peer traffic.
     #[arg(
+        help_heading = "Member",
         long,
         env = "ETCD_LISTEN_PEER_URLS",
         default_value = "http://127.0.0.1:2380"
@@ -81,20 +93,36 @@ pub struct Config {
     pub listen_peer_urls: String,
 
     /// Peer URLs this member tells the cluster about.
-    #[arg(long, env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", default_value = "")]
+    #[arg(
+        help_heading = "Clustering",
+        long,
+        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = ""
+    )]
     pub initial_advertise_peer_urls: String,
 
     /// The initial cluster: `name=peer-url,...`.
-    #[arg(long, env = "ETCD_INITIAL_CLUSTER", default_value = "")]
+    #[arg(
+        help_heading = "Clustering",
+        long,
+        env = "ETCD_INITIAL_CLUSTER",
+        default_value = ""
+    )]
     pub initial_cluster: String,
 
     /// `new` for a new cluster, `existing` to join a running one (after
     /// `etcdctl member add`; ignored once the data dir holds a WAL).
-    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
+    #[arg(
+        help_heading = "Clustering",
+        long,
+        env = "ETCD_INITIAL_CLUSTER_STATE",
+        default_value = "new"
+    )]
     pub initial_cluster_state: String,
 
     /// Token that makes the cluster ID unique to this cluster.
     #[arg(
+        help_heading = "Clustering",
         long,
         env = "ETCD_INITIAL_CLUSTER_TOKEN",
         default_value = "etcd-cluster"
@@ -102,27 +130,42 @@ pub struct Config {
     pub initial_cluster_token: String,
 
     /// Applied entries between two raft log snapshots (WAL release points).
-    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    #[arg(
+        help_heading = "Member",
+        long,
+        env = "ETCD_SNAPSHOT_COUNT",
+        default_value_t = 100_000
+    )]
     pub snapshot_count: u64,
 
     /// Milliseconds between leader heartbeats (one raft tick).
-    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    #[arg(
+        help_heading = "Member",
+        long,
+        env = "ETCD_HEARTBEAT_INTERVAL",
+        default_value_t = 100
+    )]
     pub heartbeat_interval: u64,
 
     /// Milliseconds without a leader before an election.
-    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    #[arg(
+        help_heading = "Member",
+        long,
+        env = "ETCD_ELECTION_TIMEOUT",
+        default_value_t = 1000
+    )]
     pub election_timeout: u64,
 
     /// Raft's pre-vote: a member that was cut off asks whether it could
     /// win before it starts an election, so it does not depose a healthy
     /// leader when it comes back.
-    #[arg(long, env = "ETCD_PRE_VOTE", default_value_t = true, action = clap::ArgAction::Set,
+    #[arg(help_heading = "Clustering", long, env = "ETCD_PRE_VOTE", default_value_t = true, action = clap::ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true")]
     pub pre_vote: bool,
 
     /// Refuse membership changes that could cost the cluster its quorum
     /// (members not started, or not connected to this one for 5 s).
-    #[arg(long, env = "ETCD_STRICT_RECONFIG_CHECK", default_value_t = true,
+    #[arg(help_heading = "Clustering", long, env = "ETCD_STRICT_RECONFIG_CHECK", default_value_t = true,
           action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub strict_reconfig_check: bool,
 
@@ -130,6 +173,7 @@ pub struct Config {
     /// follower that fell a little behind catches up from the log rather
     /// than by a whole snapshot.
     #[arg(
+        help_heading = "Experimental",
         long,
         env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES",
         default_value_t = 5000
@@ -139,7 +183,7 @@ pub struct Config {
     /// How often the leader records every lease's remaining TTL through
     /// raft (a restart or a new leader resumes leases from there), e.g.
     /// `5m`, `10s`.
-    #[arg(
+    #[arg(help_heading = "Experimental", 
         long,
         env = "ETCD_EXPERIMENTAL_LEASE_CHECKPOINT_INTERVAL",
         default_value = "5m",
@@ -150,26 +194,41 @@ pub struct Config {
     /// How clients' tokens are made: `simple` (random tokens kept in
     /// memory) or `jwt,pub-key=<file>,priv-key=<file>,sign-method=<alg>,
     /// ttl=<duration>` (signed tokens).
-    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
+    #[arg(
+        help_heading = "Auth",
+        long,
+        env = "ETCD_AUTH_TOKEN",
+        default_value = "simple"
+    )]
     pub auth_token: String,
 
     /// Seconds a simple token lives without use.
-    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
+    #[arg(
+        help_heading = "Auth",
+        long,
+        env = "ETCD_AUTH_TOKEN_TTL",
+        default_value_t = 300
+    )]
     pub auth_token_ttl: u64,
 
     /// The bcrypt cost passwords are hashed with (4 to 31).
-    #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10)]
+    #[arg(
+        help_heading = "Auth",
+        long,
+        env = "ETCD_BCRYPT_COST",
+        default_value_t = 10
+    )]
     pub bcrypt_cost: u32,
 
     /// Before serving, compare this member's HashKV with its peers' and
     /// refuse to start if they differ at the same revision.
-    #[arg(long, env = "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", default_value_t = false,
+    #[arg(help_heading = "Experimental", long, env = "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", default_value_t = false,
           action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub experimental_initial_corrupt_check: bool,
 
     /// How often the leader compares the members' HashKV (raising the
     /// CORRUPT alarm on a mismatch); 0 turns the check off.
-    #[arg(
+    #[arg(help_heading = "Experimental", 
         long,
         env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME",
         default_value = "0s",
@@ -178,40 +237,71 @@ pub struct Config {
     pub experimental_corrupt_check_time: Duration,
 
     /// Database size that raises the NOSPACE alarm; 0 means 2 GiB.
-    #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    #[arg(
+        help_heading = "Member",
+        long,
+        env = "ETCD_QUOTA_BACKEND_BYTES",
+        default_value_t = 0
+    )]
     pub quota_backend_bytes: i64,
 
     /// Largest request a client may send.
-    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
+    #[arg(help_heading = "Member", long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
     pub max_request_bytes: usize,
 
     /// Most operations in one transaction.
-    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
+    #[arg(
+        help_heading = "Member",
+        long,
+        env = "ETCD_MAX_TXN_OPS",
+        default_value_t = 128
+    )]
     pub max_txn_ops: usize,
 
     /// `periodic` (retention is a duration) or `revision` (retention is a
     /// number of revisions).
-    #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    #[arg(
+        help_heading = "Clustering",
+        long,
+        env = "ETCD_AUTO_COMPACTION_MODE",
+        default_value = "periodic"
+    )]
     pub auto_compaction_mode: String,
 
     /// How much history auto-compaction keeps; 0 turns it off. A duration
     /// (`1h`, `30m`, or hours as a bare number) in periodic mode.
-    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    #[arg(
+        help_heading = "Clustering",
+        long,
+        env = "ETCD_AUTO_COMPACTION_RETENTION",
+        default_value = "0"
+    )]
     pub auto_compaction_retention: String,
 
     /// debug, info, warn, error, panic or fatal (the last two log errors
     /// only).
-    #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
+    #[arg(
+        help_heading = "Logging",
+        long,
+        env = "ETCD_LOG_LEVEL",
+        default_value = "info"
+    )]
     pub log_level: String,
 
     /// `zap` or `capnslog` (etcd's loggers): either way logs go to stderr,
     /// one line per event. Anything else is refused.
-    #[arg(long, env = "ETCD_LOGGER", default_value = "zap", hide = true)]
+    #[arg(
+        help_heading = "Logging",
+        long,
+        env = "ETCD_LOGGER",
+        default_value = "zap",
+        hide = true
+    )]
     pub logger: String,
 
     /// The v2 API is not served: `false` is accepted (deployment files
     /// often say so), `true` is refused.
-    #[arg(long, env = "ETCD_ENABLE_V2", hide = true)]
+    #[arg(help_heading = "Clustering", long, env = "ETCD_ENABLE_V2", hide = true)]
     pub enable_v2: Option<String>,
 }
 
