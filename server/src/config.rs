@@ -11,7 +11,7 @@ use clap::Parser;
 /// A flag whose value the server cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    #[error("unsupported URL {0:?} (only http:// is served)")]
+    #[error("unsupported URL {0:?} (use http:// or https://)")]
     UnsupportedUrl(String),
     #[error("bad URL {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
@@ -303,6 +303,9 @@ pub struct Config {
     /// often say so), `true` is refused.
     #[arg(help_heading = "Clustering", long, env = "ETCD_ENABLE_V2", hide = true)]
     pub enable_v2: Option<String>,
+
+    #[command(flatten)]
+    pub tls: crate::tls::TlsFlags,
 }
 
 /// What the auto-compactor keeps.
@@ -338,14 +341,26 @@ impl Config {
         }
     }
 
-    /// The addresses to listen on for clients.
-    pub fn client_listen_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+    /// The addresses to listen on for clients, each with whether its URL
+    /// is `https://`.
+    pub fn client_listen_addrs(&self) -> Result<Vec<(SocketAddr, bool)>, ConfigError> {
         parse_urls(&self.listen_client_urls)
     }
 
-    /// The addresses to listen on for peers.
-    pub fn peer_listen_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+    /// The addresses to listen on for peers, each with whether its URL is
+    /// `https://`.
+    pub fn peer_listen_addrs(&self) -> Result<Vec<(SocketAddr, bool)>, ConfigError> {
         parse_urls(&self.listen_peer_urls)
+    }
+
+    /// The TLS the flags ask for, resolved (auto TLS certificates made).
+    pub fn tls(&self) -> Result<crate::tls::Tls, crate::tls::TlsError> {
+        crate::tls::Tls::from_flags(
+            &self.tls,
+            &self.data_dir(),
+            &split(&self.listen_client_urls),
+            &split(&self.listen_peer_urls),
+        )
     }
 
     /// How long a request waits for raft (etcd's: 5 s plus two election
@@ -501,17 +516,20 @@ fn split(urls: &str) -> Vec<String> {
         .collect()
 }
 
-fn parse_urls(urls: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+fn parse_urls(urls: &str) -> Result<Vec<(SocketAddr, bool)>, ConfigError> {
     split(urls)
         .iter()
         .map(|u| {
-            let rest = u
-                .strip_prefix("http://")
-                .ok_or_else(|| ConfigError::UnsupportedUrl(u.clone()))?;
+            let (rest, tls) = match (u.strip_prefix("http://"), u.strip_prefix("https://")) {
+                (Some(rest), _) => (rest, false),
+                (_, Some(rest)) => (rest, true),
+                _ => return Err(ConfigError::UnsupportedUrl(u.clone())),
+            };
             let hostport = rest.trim_end_matches('/');
             let hostport = hostport.replacen("localhost:", "127.0.0.1:", 1);
             hostport
                 .parse::<SocketAddr>()
+                .map(|a| (a, tls))
                 .map_err(|e| ConfigError::BadUrl {
                     url: u.clone(),
                     reason: e.to_string(),
@@ -594,11 +612,15 @@ mod tests {
         assert_eq!(Config::check_environment(env("ETCD_NAME")), Ok(()));
         assert_eq!(Config::check_environment(env("ETCDCTL_API")), Ok(()));
         assert_eq!(
-            Config::check_environment(env("ETCD_CERT_FILE")),
+            Config::check_environment(env("ETCD_WAL_DIR")),
             Err(ConfigError::UnknownEnvironment(
-                "ETCD_CERT_FILE".into(),
-                "--cert-file".into()
+                "ETCD_WAL_DIR".into(),
+                "--wal-dir".into()
             ))
+        );
+        assert_eq!(
+            Config::check_environment(env("ETCD_PEER_TRUSTED_CA_FILE")),
+            Ok(())
         );
         assert!(matches!(
             parse(&["--initial-cluster-state", "bogus"]),
@@ -627,10 +649,14 @@ mod tests {
         assert_eq!(
             parse_urls("http://127.0.0.1:2379,http://localhost:4000").unwrap(),
             vec![
-                "127.0.0.1:2379".parse::<SocketAddr>().unwrap(),
-                "127.0.0.1:4000".parse().unwrap()
+                ("127.0.0.1:2379".parse::<SocketAddr>().unwrap(), false),
+                ("127.0.0.1:4000".parse().unwrap(), false)
             ]
         );
-        assert!(parse_urls("https://127.0.0.1:1").is_err());
+        assert_eq!(
+            parse_urls("https://127.0.0.1:1").unwrap(),
+            vec![("127.0.0.1:1".parse().unwrap(), true)]
+        );
+        assert!(parse_urls("unix://x").is_err());
     }
 }

@@ -174,6 +174,8 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     DataDir(#[from] crate::datadir::DataDirError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("listening on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,

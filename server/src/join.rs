@@ -25,7 +25,7 @@ pub struct Joined {
 }
 
 /// Asks the other members of `--initial-cluster` for the cluster.
-pub async fn fetch(cfg: &Config) -> Result<Joined, StartError> {
+pub async fn fetch(cfg: &Config, dialer: &crate::tls::Dialer) -> Result<Joined, StartError> {
     let initial = initial_cluster(cfg)?;
     let mut mine = cfg.peer_urls();
     mine.sort();
@@ -39,7 +39,7 @@ pub async fn fetch(cfg: &Config) -> Result<Joined, StartError> {
     let mut last_error = String::from("no other member in --initial-cluster");
     loop {
         for url in &urls {
-            let Some(mut client) = Transport::client_for(std::slice::from_ref(url)) else {
+            let Some(mut client) = Transport::client_for(dialer, std::slice::from_ref(url)) else {
                 last_error = format!("{url}: not a URL");
                 continue;
             };

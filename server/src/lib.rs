@@ -45,6 +45,7 @@ pub mod pb;
 pub mod raft;
 pub mod restore;
 pub mod shared;
+pub mod tls;
 pub mod transport;
 
 use std::future::Future;
@@ -67,17 +68,22 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     run_with_state(cfg, shutdown, None).await
 }
 
-async fn bind(addrs: &[std::net::SocketAddr]) -> Result<Vec<tokio::net::TcpListener>, StartError> {
+/// A bound listener with the TLS its URL asks for.
+type Listener = (tokio::net::TcpListener, Option<Arc<tls::ServerSide>>);
+
+async fn bind(
+    addrs: &[(std::net::SocketAddr, bool)],
+    tls: &Option<Arc<tls::ServerSide>>,
+) -> Result<Vec<Listener>, StartError> {
     let mut listeners = Vec::new();
-    for addr in addrs {
-        listeners.push(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Listen {
-                    addr: *addr,
-                    source,
-                })?,
-        );
+    for (addr, secure) in addrs {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: *addr,
+                source,
+            })?;
+        listeners.push((l, if *secure { tls.clone() } else { None }));
     }
     Ok(listeners)
 }
@@ -90,16 +96,17 @@ pub async fn run_with_state(
     state: Option<tokio::sync::oneshot::Sender<SharedState>>,
 ) -> Result<(), StartError> {
     cfg.validate()?;
-    let client_listeners = bind(&cfg.client_listen_addrs()?).await?;
-    let peer_listeners = bind(&cfg.peer_listen_addrs()?).await?;
+    let tls = cfg.tls()?;
+    let client_listeners = bind(&cfg.client_listen_addrs()?, &tls.client).await?;
+    let peer_listeners = bind(&cfg.peer_listen_addrs()?, &tls.peer).await?;
     // A member joining a running cluster asks its peers for the member
     // list first (once: after that its WAL says who it is).
     let join = if cfg.initial_cluster_state == "existing" && !datadir::has_wal(&cfg.data_dir()) {
-        Some(join::fetch(&cfg).await?)
+        Some(join::fetch(&cfg, &tls.dialer).await?)
     } else {
         None
     };
-    let (shared, threads) = raft::start(&cfg, join)?;
+    let (shared, threads) = raft::start(&cfg, join, tls.dialer.clone())?;
     let _syncer = mvcc::spawn_watch_syncer(
         &shared.store,
         Duration::from_millis(20),
@@ -214,17 +221,18 @@ pub async fn run_with_state(
 }
 
 fn serve(
-    listener: tokio::net::TcpListener,
+    (listener, tls): Listener,
     routes: tonic::service::Routes,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
     use tokio_stream::StreamExt as _;
     tokio::spawn(async move {
         // etcdctl 3.4 sends an :authority with a scheme on some
-        // connections; `authority` lets them through as etcd does.
-        let incoming = tonic::transport::server::TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .map(|conn| conn.map(authority::AuthorityFix::new));
+        // connections; `authority` lets them through as etcd does. It
+        // reads the plain HTTP/2 stream, so it sits inside TLS.
+        let incoming =
+            tokio_stream::wrappers::ReceiverStream::new(tls::incoming::accept(listener, tls))
+                .map(|conn| conn.map(authority::AuthorityFix::new));
         tonic::transport::Server::builder()
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move {

@@ -121,6 +121,9 @@ pub struct Shared {
     /// At most one bcrypt computation at a time (a login flood must not
     /// take every core).
     pub bcrypt: tokio::sync::Semaphore,
+    /// `--client-cert-auth`: a request without a token is made by the
+    /// user its client certificate names (etcd's CommonName auth).
+    pub client_cert_auth: bool,
     pub raft: RaftStatus,
     pub alarms: Mutex<Alarms>,
     pub waiters: Waiters,
@@ -202,21 +205,36 @@ impl Shared {
         });
     }
 
-    /// Who sent a request: the user its `token` metadata names (none:
-    /// anonymous). A token this member does not know is refused; one made
-    /// by a login entry not applied here yet is waited for (a little).
-    pub async fn caller(
+    /// Who sent a request: the user its `token` metadata names; without
+    /// a token, with `--client-cert-auth`, the common name of the
+    /// client's verified certificate (etcd's order); else anonymous. A
+    /// token this member does not know is refused; one made by a login
+    /// entry not applied here yet is waited for (a little).
+    pub async fn caller<T>(
         &self,
-        md: &tonic::metadata::MetadataMap,
+        req: &tonic::Request<T>,
     ) -> Result<crate::pb::kvserverpb::Caller, crate::error::ServerError> {
         use crate::auth::tokens::SimpleTokens;
         use crate::error::ServerError;
+        let md = req.metadata();
         let token = md
             .get("token")
             .or_else(|| md.get("authorization"))
             .and_then(|v| v.to_str().ok());
         let Some(token) = token else {
-            return Ok(crate::pb::kvserverpb::Caller::default());
+            let common_name = req
+                .extensions()
+                .get::<crate::tls::ConnInfo>()
+                .and_then(|c| c.common_name.as_deref());
+            return Ok(match common_name {
+                Some(cn) if self.client_cert_auth && self.auth.enabled() => {
+                    crate::pb::kvserverpb::Caller {
+                        username: cn.to_string(),
+                        auth_revision: self.auth.revision(),
+                    }
+                }
+                _ => crate::pb::kvserverpb::Caller::default(),
+            });
         };
         if self.auth.jwt.is_some() {
             return self
@@ -250,7 +268,7 @@ impl Shared {
         &self,
         req: &tonic::Request<T>,
     ) -> Result<crate::pb::kvserverpb::Caller, crate::error::ServerError> {
-        let caller = self.caller(req.metadata()).await?;
+        let caller = self.caller(req).await?;
         self.auth.check_admin(Some(&caller))?;
         Ok(caller)
     }

@@ -25,7 +25,7 @@ pub struct Auth(pub Arc<Shared>);
 impl Auth {
     async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
         self.0.refuse_on_learner()?;
-        Ok(self.0.caller(req.metadata()).await?)
+        Ok(self.0.caller(req).await?)
     }
 
     /// Proposes an auth change; Ok once applied.

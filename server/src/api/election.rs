@@ -44,7 +44,7 @@ async fn leader_of(s: &Shared, name: &[u8]) -> Result<(Option<mvcc::KeyValue>, i
 impl el::election_server::Election for Election {
     async fn campaign(&self, req: Request<el::CampaignRequest>) -> Rpc<el::CampaignResponse> {
         self.0.refuse_on_learner()?;
-        let caller = self.0.caller(req.metadata()).await?;
+        let caller = self.0.caller(&req).await?;
         let r = req.into_inner();
         let s = &self.0;
         let key = member_key(&r.name, r.lease);
@@ -69,7 +69,7 @@ impl el::election_server::Election for Election {
 
     async fn proclaim(&self, req: Request<el::ProclaimRequest>) -> Rpc<el::ProclaimResponse> {
         self.0.refuse_on_learner()?;
-        let caller = self.0.caller(req.metadata()).await?;
+        let caller = self.0.caller(&req).await?;
         let r = req.into_inner();
         let leader = r.leader.ok_or_else(not_leader)?;
         authorize(&self.0, &caller, None, &[&leader.key])?;
@@ -81,7 +81,7 @@ impl el::election_server::Election for Election {
 
     async fn leader(&self, req: Request<el::LeaderRequest>) -> Rpc<el::LeaderResponse> {
         self.0.refuse_on_learner()?;
-        let caller = self.0.caller(req.metadata()).await?;
+        let caller = self.0.caller(&req).await?;
         let name = req.into_inner().name;
         authorize(&self.0, &caller, Some(&name), &[])?;
         let (kv, rev) = leader_of(&self.0, &name).await?;
@@ -97,7 +97,7 @@ impl el::election_server::Election for Election {
         req: Request<el::LeaderRequest>,
     ) -> Rpc<Pin<Box<dyn Stream<Item = Result<el::LeaderResponse, Status>> + Send + 'static>>> {
         self.0.refuse_on_learner()?;
-        let caller = self.0.caller(req.metadata()).await?;
+        let caller = self.0.caller(&req).await?;
         let name = req.into_inner().name;
         authorize(&self.0, &caller, Some(&name), &[])?;
         let s = self.0.clone();
@@ -151,7 +151,7 @@ impl el::election_server::Election for Election {
     async fn resign(&self, req: Request<el::ResignRequest>) -> Rpc<el::ResignResponse> {
         self.0.refuse_on_learner()?;
         use pb::request_op::Request as R;
-        let caller = self.0.caller(req.metadata()).await?;
+        let caller = self.0.caller(&req).await?;
         let leader = req.into_inner().leader.ok_or_else(not_leader)?;
         authorize(&self.0, &caller, None, &[&leader.key])?;
         let t = txn(

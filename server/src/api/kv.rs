@@ -23,7 +23,7 @@ impl pb::kv_server::Kv for Kv {
             // A learner serves serializable reads only (etcd).
             self.0.refuse_on_learner()?;
         }
-        let caller = self.0.caller(req.metadata()).await?;
+        let caller = self.0.caller(&req).await?;
         let r = req.into_inner();
         if r.key.is_empty() {
             return Err(mvcc_err(mvcc::Error::EmptyKey));
@@ -46,7 +46,7 @@ impl pb::kv_server::Kv for Kv {
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Rpc<pb::PutResponse> {
         self.0.refuse_on_learner()?;
-        let caller = self.0.caller(req.metadata()).await?;
+        let caller = self.0.caller(&req).await?;
         let r = req.into_inner();
         check_size(&self.0, r.encoded_len())?;
         if r.key.is_empty() {
@@ -66,7 +66,7 @@ impl pb::kv_server::Kv for Kv {
         req: Request<pb::DeleteRangeRequest>,
     ) -> Rpc<pb::DeleteRangeResponse> {
         self.0.refuse_on_learner()?;
-        let caller = self.0.caller(req.metadata()).await?;
+        let caller = self.0.caller(&req).await?;
         let r = req.into_inner();
         check_size(&self.0, r.encoded_len())?;
         if r.key.is_empty() {
@@ -83,7 +83,7 @@ impl pb::kv_server::Kv for Kv {
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Rpc<pb::TxnResponse> {
         self.0.refuse_on_learner()?;
-        let caller = self.0.caller(req.metadata()).await?;
+        let caller = self.0.caller(&req).await?;
         let r = req.into_inner();
         check_size(&self.0, r.encoded_len())?;
         if apply::txn_is_read_only(&r) {
@@ -113,7 +113,7 @@ impl pb::kv_server::Kv for Kv {
 
     async fn compact(&self, req: Request<pb::CompactionRequest>) -> Rpc<pb::CompactionResponse> {
         self.0.refuse_on_learner()?;
-        let caller = self.0.caller(req.metadata()).await?;
+        let caller = self.0.caller(&req).await?;
         match self
             .0
             .propose_as(Op::Compaction(req.into_inner()), &caller)

@@ -127,7 +127,7 @@ impl pb::lease_server::Lease for Lease {
         req: Request<pb::LeaseGrantRequest>,
     ) -> Rpc<pb::LeaseGrantResponse> {
         self.0.refuse_on_learner()?;
-        let caller = self.0.caller(req.metadata()).await?;
+        let caller = self.0.caller(&req).await?;
         let mut r = req.into_inner();
         if r.id == 0 {
             // A positive ID no live lease has, chosen here (from the
@@ -155,7 +155,7 @@ impl pb::lease_server::Lease for Lease {
         req: Request<pb::LeaseRevokeRequest>,
     ) -> Rpc<pb::LeaseRevokeResponse> {
         self.0.refuse_on_learner()?;
-        let caller = self.0.caller(req.metadata()).await?;
+        let caller = self.0.caller(&req).await?;
         match self
             .0
             .propose_as(Op::LeaseRevoke(req.into_inner()), &caller)

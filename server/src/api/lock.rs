@@ -16,7 +16,7 @@ pub struct Lock(pub Arc<Shared>);
 impl lk::lock_server::Lock for Lock {
     async fn lock(&self, req: Request<lk::LockRequest>) -> Rpc<lk::LockResponse> {
         self.0.refuse_on_learner()?;
-        let caller = self.0.caller(req.metadata()).await?;
+        let caller = self.0.caller(&req).await?;
         let r = req.into_inner();
         let s = &self.0;
         let key = member_key(&r.name, r.lease);
@@ -40,7 +40,7 @@ impl lk::lock_server::Lock for Lock {
 
     async fn unlock(&self, req: Request<lk::UnlockRequest>) -> Rpc<lk::UnlockResponse> {
         self.0.refuse_on_learner()?;
-        let caller = self.0.caller(req.metadata()).await?;
+        let caller = self.0.caller(&req).await?;
         let key = req.into_inner().key;
         authorize(&self.0, &caller, None, &[&key])?;
         let rev = delete_key(&self.0, key).await?;

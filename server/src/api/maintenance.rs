@@ -21,7 +21,7 @@ pub struct Maintenance(pub Arc<Shared>);
 impl pb::maintenance_server::Maintenance for Maintenance {
     async fn alarm(&self, req: Request<pb::AlarmRequest>) -> Rpc<pb::AlarmResponse> {
         self.0.refuse_on_learner()?;
-        let caller = self.0.caller(req.metadata()).await?;
+        let caller = self.0.caller(&req).await?;
         let r = req.into_inner();
         let rev = self.0.store.current_revision();
         if r.action() == pb::alarm_request::AlarmAction::Get {

@@ -28,7 +28,7 @@ impl pb::watch_server::Watch for Watch {
         self.0.refuse_on_learner()?;
         // Checked now and again at every watch created on the stream (the
         // token may have been dropped meanwhile).
-        let caller = self.0.caller(req.metadata()).await?;
+        let caller = self.0.caller(&req).await?;
         let token = req
             .metadata()
             .get("token")

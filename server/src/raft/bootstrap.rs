@@ -68,6 +68,7 @@ fn conf_state(members: &Membership) -> ConfState {
 pub fn start(
     cfg: &Config,
     join: Option<crate::join::Joined>,
+    dialer: crate::tls::Dialer,
 ) -> Result<(Arc<Shared>, Threads), StartError> {
     cfg.validate()?;
     let data_dir = cfg.data_dir();
@@ -228,6 +229,7 @@ pub fn start(
         tx.clone(),
         store.clone(),
         data_dir.clone(),
+        dialer,
     );
     for m in members.list() {
         if m.id != member_id {
@@ -248,6 +250,7 @@ pub fn start(
             cfg.bcrypt_cost(),
         )?,
         bcrypt: tokio::sync::Semaphore::new(1),
+        client_cert_auth: cfg.tls.client_cert_auth,
         raft: RaftStatus {
             term: AtomicU64::new(hard_state.term),
             applied_index: AtomicU64::new(applied),

@@ -78,6 +78,8 @@ pub struct Transport {
     heard: Mutex<HashMap<u64, (Instant, Instant)>>,
     pub faults: Arc<Faults>,
     runtime: tokio::runtime::Handle,
+    /// Makes the channels to peers (TLS for `https://` peer URLs).
+    pub dialer: crate::tls::Dialer,
 }
 
 fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
@@ -92,6 +94,12 @@ fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
         .http2_adaptive_window(true))
 }
 
+/// A channel to the peer at `url`, with TLS for `https://`.
+fn channel(dialer: &crate::tls::Dialer, url: &str) -> Result<Channel, String> {
+    let endpoint = endpoint(url).map_err(|e| e.to_string())?;
+    dialer.channel(url, endpoint).map_err(|e| e.to_string())
+}
+
 impl Transport {
     /// A transport for member `me` of `cluster_id`; must be called inside
     /// a tokio runtime (its tasks run there).
@@ -101,6 +109,7 @@ impl Transport {
         raft: Sender<Command>,
         store: Arc<mvcc::Store>,
         data_dir: PathBuf,
+        dialer: crate::tls::Dialer,
     ) -> Arc<Transport> {
         let t = Arc::new(Transport {
             me,
@@ -112,6 +121,7 @@ impl Transport {
             heard: Mutex::new(HashMap::new()),
             faults: Arc::new(Faults::default()),
             runtime: tokio::runtime::Handle::current(),
+            dialer,
         });
         t.faults.watch_env();
         t
@@ -134,8 +144,8 @@ impl Transport {
         // Called from the apply thread too: the channel's tasks run on the
         // transport's runtime.
         let _runtime = self.runtime.enter();
-        let Some(channel) = urls.iter().find_map(|u| match endpoint(u) {
-            Ok(e) => Some(e.connect_lazy()),
+        let Some(channel) = urls.iter().find_map(|u| match self.channel(u) {
+            Ok(c) => Some(c),
             Err(e) => {
                 tracing::warn!("peer {id:x}: bad peer URL {u:?}: {e}");
                 None
@@ -198,10 +208,14 @@ impl Transport {
             .map(|(since, _)| *since)
     }
 
+    fn channel(&self, url: &str) -> Result<Channel, String> {
+        channel(&self.dialer, url)
+    }
+
     /// A client for calls to any of `urls` (a peer not yet known, or the
     /// leader reached by URL).
-    pub fn client_for(urls: &[String]) -> Option<PeerClient<Channel>> {
-        let channel = urls.iter().find_map(|u| endpoint(u).ok())?.connect_lazy();
+    pub fn client_for(dialer: &crate::tls::Dialer, urls: &[String]) -> Option<PeerClient<Channel>> {
+        let channel = urls.iter().find_map(|u| channel(dialer, u).ok())?;
         Some(
             PeerClient::new(channel)
                 .max_decoding_message_size(MAX_PEER_MESSAGE)

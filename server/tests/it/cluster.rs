@@ -49,6 +49,8 @@ pub struct Cluster {
     extra: Vec<String>,
     /// Flags for one member only (after `extra`).
     own: Vec<Vec<String>>,
+    /// `http` or `https` (peer TLS) for the peer URLs.
+    peer_scheme: &'static str,
     _dir: tempfile::TempDir,
 }
 
@@ -74,11 +76,21 @@ impl Cluster {
     /// Starts `n` members, member `i` with `own[i]` flags too, without
     /// waiting for them.
     pub fn spawn_all(n: usize, extra: &[&str], own: &[&[&str]]) -> Cluster {
+        Cluster::spawn_all_with(n, extra, own, "http")
+    }
+
+    /// [`Cluster::spawn_all`] with peer URLs of `peer_scheme`.
+    pub fn spawn_all_with(
+        n: usize,
+        extra: &[&str],
+        own: &[&[&str]],
+        peer_scheme: &'static str,
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut members = Vec::new();
         for i in 1..=n {
             let peer_port = free_port();
-            let peer = format!("http://127.0.0.1:{peer_port}");
+            let peer = format!("{peer_scheme}://127.0.0.1:{peer_port}");
             let name = format!("m{i}");
             members.push(Member {
                 id: server::membership::member_id(std::slice::from_ref(&peer), TOKEN),
@@ -94,7 +106,7 @@ impl Cluster {
         }
         let initial_cluster = members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| format!("{}={peer_scheme}://127.0.0.1:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
         for m in &mut members {
@@ -110,6 +122,7 @@ impl Cluster {
                         .unwrap_or_default()
                 })
                 .collect(),
+            peer_scheme,
             _dir: dir,
         };
         for i in 0..n {
@@ -122,7 +135,7 @@ impl Cluster {
         let m = &mut self.members[i];
         std::fs::write(&m.faults, "").unwrap();
         let client = format!("http://127.0.0.1:{}", m.client_port);
-        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let peer = format!("{}://127.0.0.1:{}", self.peer_scheme, m.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -165,7 +178,7 @@ impl Cluster {
     /// it is not waited for.
     pub async fn add_member(&mut self, via: usize, learner: bool) -> usize {
         let peer_port = free_port();
-        let peer = format!("http://127.0.0.1:{peer_port}");
+        let peer = format!("{}://127.0.0.1:{peer_port}", self.peer_scheme);
         let mut cl = self.client(via).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         let resp = loop {

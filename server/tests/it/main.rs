@@ -20,6 +20,7 @@ mod partition;
 mod replication;
 mod startup;
 mod streams;
+mod tls;
 mod watch;
 
 use std::net::TcpListener;
