@@ -110,13 +110,18 @@ pub async fn run_with_state(
     let _syncer = mvcc::spawn_watch_syncer(
         &shared.store,
         Duration::from_millis(20),
-        Duration::from_secs(600),
+        cfg.experimental_watch_progress_notify_interval,
     )
     .map_err(|source| StartError::Thread {
         what: "watch syncer",
         source,
     })?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let http2 = ClientHttp2 {
+        max_concurrent_streams: cfg.max_concurrent_streams,
+        keepalive_interval: cfg.grpc_keepalive_interval,
+        keepalive_timeout: cfg.grpc_keepalive_timeout,
+    };
     let mut servers = Vec::new();
 
     // Peers first, so that the cluster can elect a leader.
@@ -128,7 +133,7 @@ pub async fn run_with_state(
         .max_encoding_message_size(transport::MAX_PEER_MESSAGE),
     );
     for listener in peer_listeners {
-        servers.push(serve(listener, peer_routes.clone(), stop_rx.clone()));
+        servers.push(serve(listener, peer_routes.clone(), None, stop_rx.clone()));
     }
 
     let routes =
@@ -187,7 +192,7 @@ pub async fn run_with_state(
             }
             tracing::info!("serving clients on {}", cfg.listen_client_urls);
             for listener in client_listeners {
-                servers.push(serve(listener, routes.clone(), stop_rx.clone()));
+                servers.push(serve(listener, routes.clone(), Some(http2), stop_rx.clone()));
             }
             if let Some(tx) = state {
                 let _ = tx.send(shared.clone());
@@ -220,9 +225,18 @@ pub async fn run_with_state(
     }
 }
 
+/// HTTP/2 settings of the client listeners (etcd's flags).
+#[derive(Clone, Copy)]
+struct ClientHttp2 {
+    max_concurrent_streams: u32,
+    keepalive_interval: Duration,
+    keepalive_timeout: Duration,
+}
+
 fn serve(
     (listener, tls): Listener,
     routes: tonic::service::Routes,
+    http2: Option<ClientHttp2>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
     use tokio_stream::StreamExt as _;
@@ -233,7 +247,15 @@ fn serve(
         let incoming =
             tokio_stream::wrappers::ReceiverStream::new(tls::incoming::accept(listener, tls))
                 .map(|conn| conn.map(authority::AuthorityFix::new));
-        tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(h) = http2 {
+            builder = builder
+                .max_concurrent_streams(h.max_concurrent_streams)
+                // etcd: 0 turns the pings off.
+                .http2_keepalive_interval(Some(h.keepalive_interval).filter(|d| !d.is_zero()))
+                .http2_keepalive_timeout(Some(h.keepalive_timeout));
+        }
+        builder
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop.changed().await;

@@ -7,11 +7,19 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    if let Err(e) = server::config::Config::check_environment(std::env::vars()) {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    if let Err(e) = server::config::Config::check_environment(env.clone()) {
         eprintln!("kvserver: {e}");
         return std::process::ExitCode::FAILURE;
     }
-    let cfg = server::config::Config::parse();
+    let args = match server::config::refused::take(std::env::args().collect(), &env) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("kvserver: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let cfg = server::config::Config::parse_from(args);
     if let Err(e) = cfg.validate() {
         eprintln!("kvserver: {e}");
         return std::process::ExitCode::FAILURE;
@@ -19,11 +27,33 @@ fn main() -> std::process::ExitCode {
     let filter =
         tracing_subscriber::EnvFilter::try_new(format!("{},raft=warn", cfg.tracing_level()))
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    let (writer, terminal) = match cfg.log_outputs.as_str() {
+        "default" | "stderr" => (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ),
+        "stdout" => (
+            BoxMakeWriter::new(std::io::stdout),
+            std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        ),
+        path => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(f) => (BoxMakeWriter::new(std::sync::Mutex::new(f)), false),
+            Err(e) => {
+                eprintln!("kvserver: --log-outputs {path}: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Colours only on a terminal, never in log files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        .with_ansi(terminal)
+        .with_writer(writer)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -8,7 +8,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use protobuf::Message as _;
@@ -75,6 +75,8 @@ pub struct Applier {
     /// Physical compactions answer once the records are gone.
     physical_waiters: Vec<(oneshot::Sender<ApplyResult>, ApplyResult)>,
     compaction_pending: bool,
+    /// Applying one request for longer than this is logged.
+    warn_apply: Duration,
 }
 
 impl Applier {
@@ -84,6 +86,7 @@ impl Applier {
         raft: Sender<Command>,
         snapshot_count: u64,
         last_snapshot: u64,
+        warn_apply: Duration,
     ) -> Applier {
         let last_term = shared.store.term();
         Applier {
@@ -96,6 +99,7 @@ impl Applier {
             reads: Vec::new(),
             physical_waiters: Vec::new(),
             compaction_pending: true,
+            warn_apply,
         }
     }
 
@@ -256,11 +260,21 @@ impl Applier {
                 auth: &self.shared.auth,
                 index: e.index,
             };
+            let started = Instant::now();
             let result =
                 apply::apply(&mut batch, &req, &mut ctx).map_err(|source| ApplyError::Entry {
                     index: e.index,
                     source,
                 })?;
+            let took = started.elapsed();
+            if took > self.warn_apply {
+                tracing::warn!(
+                    ?took,
+                    expected = ?self.warn_apply,
+                    index = e.index,
+                    "apply request took too long"
+                );
+            }
             drop(alarms);
             if let (Some(Op::MemberChange(c)), Ok(_)) = (&req.op, &result.0) {
                 changes.push(c.clone());

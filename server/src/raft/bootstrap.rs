@@ -279,6 +279,7 @@ pub fn start(
         tx,
         cfg.snapshot_count.max(1),
         snapshot_index,
+        cfg.experimental_warning_apply_duration,
     );
     let apply = std::thread::Builder::new()
         .name("apply".into())

@@ -9,6 +9,7 @@ mod concurrency;
 mod corruption;
 mod crash;
 mod failover;
+mod flags;
 mod jepsen;
 mod kv;
 mod lease;

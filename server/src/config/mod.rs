@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+pub mod refused;
+
 /// A flag whose value the server cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -45,6 +47,14 @@ pub enum ConfigError {
     Logger(String),
     #[error("--enable-v2 {0:?}: the v2 API is not served (use the v3 API, or --enable-v2=false)")]
     EnableV2(String),
+    #[error("{flag} {value:?}: {reason}")]
+    Refused {
+        flag: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("--log-outputs {0:?}: use default, stderr, stdout or one file path")]
+    LogOutputs(String),
 }
 
 /// An etcd-compatible, strongly consistent key-value server.
@@ -288,6 +298,16 @@ pub struct Config {
     )]
     pub log_level: String,
 
+    /// Where logs go: `default` or `stderr`, `stdout`, or a file path
+    /// (appended to).
+    #[arg(
+        help_heading = "Logging",
+        long,
+        env = "ETCD_LOG_OUTPUTS",
+        default_value = "default"
+    )]
+    pub log_outputs: String,
+
     /// `zap` or `capnslog` (etcd's loggers): either way logs go to stderr,
     /// one line per event. Anything else is refused.
     #[arg(
@@ -303,6 +323,31 @@ pub struct Config {
     /// often say so), `true` is refused.
     #[arg(help_heading = "Clustering", long, env = "ETCD_ENABLE_V2", hide = true)]
     pub enable_v2: Option<String>,
+
+    /// Most concurrent streams on one client connection.
+    #[arg(help_heading = "Member", long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]
+    pub max_concurrent_streams: u32,
+
+    /// How often the server pings an idle client connection (e.g. `2h`).
+    #[arg(help_heading = "Member", long, env = "ETCD_GRPC_KEEPALIVE_INTERVAL", default_value = "2h",
+          value_parser = humantime::parse_duration)]
+    pub grpc_keepalive_interval: Duration,
+
+    /// How long the server waits for a ping's answer before it closes the
+    /// connection.
+    #[arg(help_heading = "Member", long, env = "ETCD_GRPC_KEEPALIVE_TIMEOUT", default_value = "20s",
+          value_parser = humantime::parse_duration)]
+    pub grpc_keepalive_timeout: Duration,
+
+    /// How often a watch that asked for progress notifications gets one.
+    #[arg(help_heading = "Experimental", long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+          default_value = "10m", value_parser = humantime::parse_duration)]
+    pub experimental_watch_progress_notify_interval: Duration,
+
+    /// Applying one request for longer than this logs a warning.
+    #[arg(help_heading = "Experimental", long, env = "ETCD_EXPERIMENTAL_WARNING_APPLY_DURATION",
+          default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub experimental_warning_apply_duration: Duration,
 
     #[command(flatten)]
     pub tls: crate::tls::TlsFlags,
@@ -423,6 +468,9 @@ impl Config {
         if !matches!(self.logger.as_str(), "zap" | "capnslog") {
             return Err(ConfigError::Logger(self.logger.clone()));
         }
+        if self.log_outputs.contains(',') {
+            return Err(ConfigError::LogOutputs(self.log_outputs.clone()));
+        }
         if let Some(v) = &self.enable_v2 {
             if v != "false" {
                 return Err(ConfigError::EnableV2(v.clone()));
@@ -446,6 +494,7 @@ impl Config {
             .get_arguments()
             .filter_map(|a| a.get_env())
             .map(|e| e.to_string_lossy().into_owned())
+            .chain(refused::env_names())
             .collect();
         for (name, _) in vars {
             if name.starts_with("ETCD_") && !known.contains(&name) {
@@ -612,10 +661,10 @@ mod tests {
         assert_eq!(Config::check_environment(env("ETCD_NAME")), Ok(()));
         assert_eq!(Config::check_environment(env("ETCDCTL_API")), Ok(()));
         assert_eq!(
-            Config::check_environment(env("ETCD_WAL_DIR")),
+            Config::check_environment(env("ETCD_NO_SUCH_FLAG")),
             Err(ConfigError::UnknownEnvironment(
-                "ETCD_WAL_DIR".into(),
-                "--wal-dir".into()
+                "ETCD_NO_SUCH_FLAG".into(),
+                "--no-such-flag".into()
             ))
         );
         assert_eq!(
