@@ -84,15 +84,6 @@ pub struct Config {
     )]
     pub listen_client_urls: String,
 
-    /// Client URLs this member tells the cluster and its clients about.
-    #[arg(
-        help_heading = "Clustering",
-        long,
-        env = "ETCD_ADVERTISE_CLIENT_URLS",
-        default_value = ""
-    )]
-    pub advertise_client_urls: String,
-
     /// URLs to listen on for peer traffic.
     #[arg(
         help_heading = "Member",
@@ -101,6 +92,79 @@ pub struct Config {
         default_value = "http://127.0.0.1:2380"
     )]
     pub listen_peer_urls: String,
+
+    /// Applied entries between two raft log snapshots (WAL release points).
+    #[arg(
+        help_heading = "Member",
+        long,
+        env = "ETCD_SNAPSHOT_COUNT",
+        default_value_t = 100_000
+    )]
+    pub snapshot_count: u64,
+
+    /// Milliseconds between leader heartbeats (one raft tick).
+    #[arg(
+        help_heading = "Member",
+        long,
+        env = "ETCD_HEARTBEAT_INTERVAL",
+        default_value_t = 100
+    )]
+    pub heartbeat_interval: u64,
+
+    /// Milliseconds without a leader before an election.
+    #[arg(
+        help_heading = "Member",
+        long,
+        env = "ETCD_ELECTION_TIMEOUT",
+        default_value_t = 1000
+    )]
+    pub election_timeout: u64,
+
+    /// Database size that raises the NOSPACE alarm; 0 means 2 GiB.
+    #[arg(
+        help_heading = "Member",
+        long,
+        env = "ETCD_QUOTA_BACKEND_BYTES",
+        default_value_t = 0
+    )]
+    pub quota_backend_bytes: i64,
+
+    /// Largest request a client may send.
+    #[arg(help_heading = "Member", long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
+    pub max_request_bytes: usize,
+
+    /// Most operations in one transaction.
+    #[arg(
+        help_heading = "Member",
+        long,
+        env = "ETCD_MAX_TXN_OPS",
+        default_value_t = 128
+    )]
+    pub max_txn_ops: usize,
+
+    /// Most concurrent streams on one client connection.
+    #[arg(help_heading = "Member", long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]
+    pub max_concurrent_streams: u32,
+
+    /// How often the server pings an idle client connection (e.g. `2h`).
+    #[arg(help_heading = "Member", long, env = "ETCD_GRPC_KEEPALIVE_INTERVAL", default_value = "2h",
+          value_parser = humantime::parse_duration)]
+    pub grpc_keepalive_interval: Duration,
+
+    /// How long the server waits for a ping's answer before it closes the
+    /// connection.
+    #[arg(help_heading = "Member", long, env = "ETCD_GRPC_KEEPALIVE_TIMEOUT", default_value = "20s",
+          value_parser = humantime::parse_duration)]
+    pub grpc_keepalive_timeout: Duration,
+
+    /// Client URLs this member tells the cluster and its clients about.
+    #[arg(
+        help_heading = "Clustering",
+        long,
+        env = "ETCD_ADVERTISE_CLIENT_URLS",
+        default_value = ""
+    )]
+    pub advertise_client_urls: String,
 
     /// Peer URLs this member tells the cluster about.
     #[arg(
@@ -139,33 +203,6 @@ pub struct Config {
     )]
     pub initial_cluster_token: String,
 
-    /// Applied entries between two raft log snapshots (WAL release points).
-    #[arg(
-        help_heading = "Member",
-        long,
-        env = "ETCD_SNAPSHOT_COUNT",
-        default_value_t = 100_000
-    )]
-    pub snapshot_count: u64,
-
-    /// Milliseconds between leader heartbeats (one raft tick).
-    #[arg(
-        help_heading = "Member",
-        long,
-        env = "ETCD_HEARTBEAT_INTERVAL",
-        default_value_t = 100
-    )]
-    pub heartbeat_interval: u64,
-
-    /// Milliseconds without a leader before an election.
-    #[arg(
-        help_heading = "Member",
-        long,
-        env = "ETCD_ELECTION_TIMEOUT",
-        default_value_t = 1000
-    )]
-    pub election_timeout: u64,
-
     /// Raft's pre-vote: a member that was cut off asks whether it could
     /// win before it starts an election, so it does not depose a healthy
     /// leader when it comes back.
@@ -179,27 +216,33 @@ pub struct Config {
           action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub strict_reconfig_check: bool,
 
-    /// Entries a leader keeps in its log after a raft snapshot, so that a
-    /// follower that fell a little behind catches up from the log rather
-    /// than by a whole snapshot.
+    /// `periodic` (retention is a duration) or `revision` (retention is a
+    /// number of revisions).
     #[arg(
-        help_heading = "Experimental",
+        help_heading = "Clustering",
         long,
-        env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES",
-        default_value_t = 5000
+        env = "ETCD_AUTO_COMPACTION_MODE",
+        default_value = "periodic"
     )]
-    pub experimental_snapshot_catchup_entries: u64,
+    pub auto_compaction_mode: String,
 
-    /// How often the leader records every lease's remaining TTL through
-    /// raft (a restart or a new leader resumes leases from there), e.g.
-    /// `5m`, `10s`.
-    #[arg(help_heading = "Experimental", 
+    /// How much history auto-compaction keeps; 0 turns it off. A duration
+    /// (`1h`, `30m`, or hours as a bare number) in periodic mode.
+    #[arg(
+        help_heading = "Clustering",
         long,
-        env = "ETCD_EXPERIMENTAL_LEASE_CHECKPOINT_INTERVAL",
-        default_value = "5m",
-        value_parser = humantime::parse_duration
+        env = "ETCD_AUTO_COMPACTION_RETENTION",
+        default_value = "0"
     )]
-    pub experimental_lease_checkpoint_interval: Duration,
+    pub auto_compaction_retention: String,
+
+    /// The v2 API is not served: `false` is accepted (deployment files
+    /// often say so), `true` is refused.
+    #[arg(help_heading = "Clustering", long, env = "ETCD_ENABLE_V2", hide = true)]
+    pub enable_v2: Option<String>,
+
+    #[command(flatten)]
+    pub tls: crate::tls::TlsFlags,
 
     /// How clients' tokens are made: `simple` (random tokens kept in
     /// memory) or `jwt,pub-key=<file>,priv-key=<file>,sign-method=<alg>,
@@ -229,64 +272,6 @@ pub struct Config {
         default_value_t = 10
     )]
     pub bcrypt_cost: u32,
-
-    /// Before serving, compare this member's HashKV with its peers' and
-    /// refuse to start if they differ at the same revision.
-    #[arg(help_heading = "Experimental", long, env = "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", default_value_t = false,
-          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub experimental_initial_corrupt_check: bool,
-
-    /// How often the leader compares the members' HashKV (raising the
-    /// CORRUPT alarm on a mismatch); 0 turns the check off.
-    #[arg(help_heading = "Experimental", 
-        long,
-        env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME",
-        default_value = "0s",
-        value_parser = humantime::parse_duration
-    )]
-    pub experimental_corrupt_check_time: Duration,
-
-    /// Database size that raises the NOSPACE alarm; 0 means 2 GiB.
-    #[arg(
-        help_heading = "Member",
-        long,
-        env = "ETCD_QUOTA_BACKEND_BYTES",
-        default_value_t = 0
-    )]
-    pub quota_backend_bytes: i64,
-
-    /// Largest request a client may send.
-    #[arg(help_heading = "Member", long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
-    pub max_request_bytes: usize,
-
-    /// Most operations in one transaction.
-    #[arg(
-        help_heading = "Member",
-        long,
-        env = "ETCD_MAX_TXN_OPS",
-        default_value_t = 128
-    )]
-    pub max_txn_ops: usize,
-
-    /// `periodic` (retention is a duration) or `revision` (retention is a
-    /// number of revisions).
-    #[arg(
-        help_heading = "Clustering",
-        long,
-        env = "ETCD_AUTO_COMPACTION_MODE",
-        default_value = "periodic"
-    )]
-    pub auto_compaction_mode: String,
-
-    /// How much history auto-compaction keeps; 0 turns it off. A duration
-    /// (`1h`, `30m`, or hours as a bare number) in periodic mode.
-    #[arg(
-        help_heading = "Clustering",
-        long,
-        env = "ETCD_AUTO_COMPACTION_RETENTION",
-        default_value = "0"
-    )]
-    pub auto_compaction_retention: String,
 
     /// debug, info, warn, error, panic or fatal (the last two log errors
     /// only).
@@ -319,25 +304,43 @@ pub struct Config {
     )]
     pub logger: String,
 
-    /// The v2 API is not served: `false` is accepted (deployment files
-    /// often say so), `true` is refused.
-    #[arg(help_heading = "Clustering", long, env = "ETCD_ENABLE_V2", hide = true)]
-    pub enable_v2: Option<String>,
+    /// Entries a leader keeps in its log after a raft snapshot, so that a
+    /// follower that fell a little behind catches up from the log rather
+    /// than by a whole snapshot.
+    #[arg(
+        help_heading = "Experimental",
+        long,
+        env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES",
+        default_value_t = 5000
+    )]
+    pub experimental_snapshot_catchup_entries: u64,
 
-    /// Most concurrent streams on one client connection.
-    #[arg(help_heading = "Member", long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]
-    pub max_concurrent_streams: u32,
+    /// How often the leader records every lease's remaining TTL through
+    /// raft (a restart or a new leader resumes leases from there), e.g.
+    /// `5m`, `10s`.
+    #[arg(help_heading = "Experimental", 
+        long,
+        env = "ETCD_EXPERIMENTAL_LEASE_CHECKPOINT_INTERVAL",
+        default_value = "5m",
+        value_parser = humantime::parse_duration
+    )]
+    pub experimental_lease_checkpoint_interval: Duration,
 
-    /// How often the server pings an idle client connection (e.g. `2h`).
-    #[arg(help_heading = "Member", long, env = "ETCD_GRPC_KEEPALIVE_INTERVAL", default_value = "2h",
-          value_parser = humantime::parse_duration)]
-    pub grpc_keepalive_interval: Duration,
+    /// Before serving, compare this member's HashKV with its peers' and
+    /// refuse to start if they differ at the same revision.
+    #[arg(help_heading = "Experimental", long, env = "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", default_value_t = false,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub experimental_initial_corrupt_check: bool,
 
-    /// How long the server waits for a ping's answer before it closes the
-    /// connection.
-    #[arg(help_heading = "Member", long, env = "ETCD_GRPC_KEEPALIVE_TIMEOUT", default_value = "20s",
-          value_parser = humantime::parse_duration)]
-    pub grpc_keepalive_timeout: Duration,
+    /// How often the leader compares the members' HashKV (raising the
+    /// CORRUPT alarm on a mismatch); 0 turns the check off.
+    #[arg(help_heading = "Experimental", 
+        long,
+        env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME",
+        default_value = "0s",
+        value_parser = humantime::parse_duration
+    )]
+    pub experimental_corrupt_check_time: Duration,
 
     /// How often a watch that asked for progress notifications gets one.
     #[arg(help_heading = "Experimental", long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
@@ -349,8 +352,12 @@ pub struct Config {
           default_value = "100ms", value_parser = humantime::parse_duration)]
     pub experimental_warning_apply_duration: Duration,
 
-    #[command(flatten)]
-    pub tls: crate::tls::TlsFlags,
+    /// Skip verification of SAN field in client certificate for peer
+    /// connections.
+    #[arg(help_heading = "Experimental", long, env = "ETCD_EXPERIMENTAL_PEER_SKIP_CLIENT_SAN_VERIFICATION",
+          default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true")]
+    pub experimental_peer_skip_client_san_verification: bool,
 }
 
 /// What the auto-compactor keeps.
@@ -402,6 +409,7 @@ impl Config {
     pub fn tls(&self) -> Result<crate::tls::Tls, crate::tls::TlsError> {
         crate::tls::Tls::from_flags(
             &self.tls,
+            self.experimental_peer_skip_client_san_verification,
             &self.data_dir(),
             &split(&self.listen_client_urls),
             &split(&self.listen_peer_urls),

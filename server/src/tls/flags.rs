@@ -97,11 +97,4 @@ pub struct TlsFlags {
         default_value = ""
     )]
     pub cipher_suites: String,
-
-    /// Skip verification of SAN field in client certificate for peer
-    /// connections.
-    #[arg(help_heading = "Experimental", long, env = "ETCD_EXPERIMENTAL_PEER_SKIP_CLIENT_SAN_VERIFICATION",
-          default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1,
-          default_missing_value = "true")]
-    pub experimental_peer_skip_client_san_verification: bool,
 }

@@ -293,6 +293,7 @@ impl Tls {
     /// what would be accepted and do nothing.
     pub fn from_flags(
         f: &TlsFlags,
+        skip_peer_san_check: bool,
         data_dir: &Path,
         client_urls: &[String],
         peer_urls: &[String],
@@ -379,8 +380,7 @@ impl Tls {
                     .unwrap_or_default();
                 return Err(TlsError::HttpsWithoutCert(cert_flags, url));
             }
-            let check_san =
-                info.side == "peer" && !f.experimental_peer_skip_client_san_verification;
+            let check_san = info.side == "peer" && !skip_peer_san_check;
             let side = Arc::new(info.server(&provider, check_san)?);
             if info.side == "client" {
                 tls.client = Some(side);
