@@ -150,6 +150,18 @@ impl Drop for Server {
     }
 }
 
+/// Runs the real etcdctl (3.4) with `args`; returns (success, stdout + stderr).
+pub fn etcdctl(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(args)
+        .output()
+        .expect("etcdctl (Debian's etcd-client; scripts/test.sh installs it)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
 /// The gRPC status of a failed call.
 pub fn status(e: etcd_client::Error) -> (tonic::Code, String) {
     match e {

@@ -110,18 +110,6 @@ async fn every_member_serves_writes_reads_and_watches() {
     }
 }
 
-/// Runs the real etcdctl (3.4) with `args`; returns (success, stdout + stderr).
-fn etcdctl(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(args)
-        .output()
-        .expect("etcdctl (Debian's etcd-client; scripts/test.sh installs it)");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn etcdctl_cluster_commands_reach_every_member() {
     // etcdctl 3.4 dials the member list's client URLs with an :authority
@@ -137,7 +125,7 @@ async fn etcdctl_cluster_commands_reach_every_member() {
     ] {
         let mut args = vec!["--endpoints", ep.as_str()];
         args.extend_from_slice(cmd);
-        let (ok, text) = etcdctl(&args);
+        let (ok, text) = crate::etcdctl(&args);
         assert!(ok, "etcdctl {cmd:?} failed:\n{text}");
         assert!(!text.contains("PROTOCOL_ERROR"), "{text}");
         for m in &c.members {

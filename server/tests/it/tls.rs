@@ -107,23 +107,31 @@ fn write_pair(dir: &Path, name: &str, (cert, key): &(String, String)) -> (String
 
 /// The real etcdctl against `endpoint` with `tls` flags; (ok, output).
 fn ctl(endpoint: &str, tls: &[&str], args: &[&str]) -> (bool, String) {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args([
-            "--endpoints",
-            endpoint,
-            "--dial-timeout",
-            "2s",
-            "--command-timeout",
-            "3s",
-        ])
-        .args(tls)
-        .args(args)
-        .output()
-        .expect("etcdctl (Debian's etcd-client; scripts/test.sh installs it)");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    let mut all = vec![
+        "--endpoints",
+        endpoint,
+        "--dial-timeout",
+        "2s",
+        "--command-timeout",
+        "3s",
+    ];
+    all.extend_from_slice(tls);
+    all.extend_from_slice(args);
+    crate::etcdctl(&all)
+}
+
+/// Waits (at most 10 s) until `c` reads `value` at `key` serializably.
+async fn wait_value(c: &mut etcd_client::Client, key: &str, value: &[u8]) {
+    let opts = etcd_client::GetOptions::new().with_serializable();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c.get(key, Some(opts.clone())).await.unwrap();
+        if r.kvs().first().map(|kv| kv.value()) == Some(value) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{key} did not become {value:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// One kvserver with TLS on its client URL; killed when dropped.
@@ -463,17 +471,7 @@ async fn a_peer_tls_cluster_replicates_and_refuses_wrong_certificates() {
     c0.put("k", "v1", None)
         .await
         .expect("a put through a TLS quorum");
-    let mut c1 = c.client(1).await;
-    let opts = etcd_client::GetOptions::new().with_serializable();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = c1.get("k", Some(opts.clone())).await.unwrap();
-        if r.kvs().first().map(|kv| kv.value()) == Some(b"v1".as_slice()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not replicated to member 2");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_value(&mut c.client(1).await, "k", b"v1").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let log = c.log(0) + &c.log(1);
     assert!(
@@ -500,16 +498,7 @@ async fn a_peer_tls_cluster_replicates_and_refuses_wrong_certificates() {
     // With the right certificate it joins and catches up.
     c.restart_with(2, &g);
     c.wait_serving(2).await;
-    let mut c2 = c.client(2).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = c2.get("k", Some(opts.clone())).await.unwrap();
-        if r.kvs().first().map(|kv| kv.value()) == Some(b"v1".as_slice()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "member 3 did not catch up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_value(&mut c.client(2).await, "k", b"v1").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
