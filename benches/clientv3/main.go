@@ -9,6 +9,7 @@
 // Usage: clientv3-bench -endpoints a,b -conns 100 -clients 1000 -total 100000 -op put|range
 //
 //	[-consistency l|s] [-key foo] [-key-size 8] [-val-size 256] [-key-space 100000]
+//	[-cacert ca.pem] [-insecure-skip-tls-verify]   (TLS: https:// endpoints)
 package main
 
 import (
@@ -25,6 +26,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/clientv3"
+	"go.etcd.io/etcd/pkg/transport"
 )
 
 func main() {
@@ -38,6 +40,8 @@ func main() {
 	keySize := flag.Int("key-size", 8, "bytes of each key put")
 	valSize := flag.Int("val-size", 256, "bytes of each value put")
 	keySpace := flag.Int("key-space", 100000, "distinct keys put")
+	cacert := flag.String("cacert", "", "TLS: the CA that signed the server's certificate")
+	insecure := flag.Bool("insecure-skip-tls-verify", false, "TLS without verifying the server's certificate")
 	flag.Parse()
 	if *op != "put" && *op != "range" {
 		fmt.Fprintln(os.Stderr, "-op must be put or range")
@@ -45,12 +49,20 @@ func main() {
 	}
 
 	eps := strings.Split(*endpoints, ",")
+	cfg := clientv3.Config{DialTimeout: 5 * time.Second}
+	if *cacert != "" || *insecure {
+		tlsCfg, err := transport.TLSInfo{TrustedCAFile: *cacert}.ClientConfig()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "TLS:", err)
+			os.Exit(2)
+		}
+		tlsCfg.InsecureSkipVerify = *insecure
+		cfg.TLS = tlsCfg
+	}
 	cs := make([]*clientv3.Client, *conns)
 	for i := range cs {
-		c, err := clientv3.New(clientv3.Config{
-			Endpoints:   []string{eps[i%len(eps)]},
-			DialTimeout: 5 * time.Second,
-		})
+		cfg.Endpoints = []string{eps[i%len(eps)]}
+		c, err := clientv3.New(cfg)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "connecting:", err)
 			os.Exit(1)

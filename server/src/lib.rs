@@ -14,7 +14,8 @@
 //! - [`membership`]: members, their IDs, the member list; [`join`]: a
 //!   new member joining a running cluster.
 //! - [`raft`]: the raft thread, the apply thread, bootstrap, housekeeping.
-//! - [`transport`]: the peer service and per-peer senders.
+//! - [`transport`]: the peer service and per-peer senders; [`tls`]: TLS
+//!   for the client and peer listeners and the peer channels.
 //! - [`api`]: one file per client gRPC service; [`auth`]: users, roles,
 //!   permissions and tokens.
 //! - [`apply`]: one committed request applied to the key space.

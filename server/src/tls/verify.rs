@@ -233,3 +233,96 @@ fn canonical(ip: IpAddr) -> IpAddr {
         v4 => v4,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(cn: &str, sans: &[&str], serial: u64) -> CertificateDer<'static> {
+        let mut p =
+            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.serial_number = Some(rcgen::SerialNumber::from(serial));
+        let key = rcgen::KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn allowed_names_and_common_names() {
+        let c = cert("peer", &["127.0.0.1", "node1.example"], 1);
+        assert_eq!(common_name(&c).as_deref(), Some("peer"));
+        assert!(Allowed::CommonName("peer".into()).admits(&c));
+        assert!(!Allowed::CommonName("Peer".into()).admits(&c));
+        assert!(Allowed::Hostname("node1.example".into()).admits(&c));
+        assert!(Allowed::Hostname("127.0.0.1".into()).admits(&c));
+        assert!(!Allowed::Hostname("node2.example".into()).admits(&c));
+    }
+
+    #[tokio::test]
+    async fn a_peer_certificate_must_name_its_address() {
+        let ip = cert("peer", &["127.0.0.1"], 1);
+        assert!(check_san(&ip, "127.0.0.1".parse().unwrap()).await.is_ok());
+        assert!(check_san(&ip, "::ffff:127.0.0.1".parse().unwrap())
+            .await
+            .is_ok());
+        let e = check_san(&ip, "10.0.0.9".parse().unwrap())
+            .await
+            .unwrap_err();
+        assert!(e.contains("not 10.0.0.9"), "{e}");
+        assert!(
+            check_san(&cert("peer", &[], 2), "10.0.0.9".parse().unwrap())
+                .await
+                .is_ok()
+        );
+        let named = cert("peer", &["localhost"], 3);
+        assert!(check_san(&named, "127.0.0.1".parse().unwrap())
+            .await
+            .is_ok());
+    }
+
+    #[test]
+    fn revocation_lists_are_read_again_when_they_change() {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let list = |serials: &[u64]| {
+            let now = SystemTime::now();
+            rcgen::CertificateRevocationListParams {
+                this_update: now.into(),
+                next_update: (now + std::time::Duration::from_secs(3600)).into(),
+                crl_number: rcgen::SerialNumber::from(1u64),
+                issuing_distribution_point: None,
+                revoked_certs: serials
+                    .iter()
+                    .map(|s| rcgen::RevokedCertParams {
+                        serial_number: rcgen::SerialNumber::from(*s),
+                        revocation_time: now.into(),
+                        reason_code: None,
+                        invalidity_date: None,
+                    })
+                    .collect(),
+                key_identifier_method: rcgen::KeyIdMethod::Sha256,
+            }
+            .signed_by(&issuer)
+            .unwrap()
+            .pem()
+            .unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crl.pem");
+        std::fs::write(&path, list(&[200])).unwrap();
+        let crl = Crl::open(&path).unwrap();
+        let (a, b) = (cert("a", &[], 200), cert("b", &[], 7));
+        let e = crl.check(std::slice::from_ref(&a)).unwrap_err();
+        assert_eq!(e, "transport: certificate serial c8 revoked");
+        assert!(crl.check(std::slice::from_ref(&b)).is_ok());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, list(&[7])).unwrap();
+        assert!(crl.check(std::slice::from_ref(&a)).is_ok());
+        assert!(crl.check(std::slice::from_ref(&b)).is_err());
+        std::fs::write(&path, "not a list").unwrap();
+        assert!(Crl::open(&path).is_err());
+    }
+}

@@ -143,6 +143,11 @@ struct TlsMember {
 
 impl TlsMember {
     fn spawn(dir: &Path, flags: &[&str]) -> TlsMember {
+        TlsMember::spawn_env(dir, flags, &[])
+    }
+
+    /// [`TlsMember::spawn`] with `env` set too.
+    fn spawn_env(dir: &Path, flags: &[&str], env: &[(&str, &str)]) -> TlsMember {
         let client = format!("https://127.0.0.1:{}", free_port());
         let peer = format!("http://127.0.0.1:{}", free_port());
         let log = dir.join("kvserver.log");
@@ -155,6 +160,7 @@ impl TlsMember {
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("n1={peer}")])
             .args(flags)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -217,18 +223,15 @@ fn client_certificates_are_checked_and_name_the_user() {
     let stranger = write_pair(d, "stranger", &other.issue("root", 7, false));
     let crl = write(d, "crl.pem", &ca.crl(&[5]));
 
-    let mut m = TlsMember::spawn(
+    // Through etcd's variables (which kvserver once ignored) and a flag.
+    let mut m = TlsMember::spawn_env(
         d,
+        &["--client-crl-file", &crl],
         &[
-            "--cert-file",
-            &server.0,
-            "--key-file",
-            &server.1,
-            "--trusted-ca-file",
-            &ca_file,
-            "--client-cert-auth",
-            "--client-crl-file",
-            &crl,
+            ("ETCD_CERT_FILE", &server.0),
+            ("ETCD_KEY_FILE", &server.1),
+            ("ETCD_TRUSTED_CA_FILE", &ca_file),
+            ("ETCD_CLIENT_CERT_AUTH", "true"),
         ],
     );
     let ep = m.endpoint.clone();
@@ -325,7 +328,8 @@ fn auto_tls_makes_and_keeps_a_certificate() {
         assert!(ok && out.contains('v'), "{out}");
         std::fs::read(&cert).unwrap()
     };
-    let mut m = TlsMember::spawn(d, &["--auto-tls"]);
+    // The same through etcd's variable.
+    let mut m = TlsMember::spawn_env(d, &[], &[("ETCD_AUTO_TLS", "true")]);
     m.wait(&insecure);
     assert_eq!(
         std::fs::read(&cert).unwrap(),
