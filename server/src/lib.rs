@@ -40,6 +40,7 @@ pub mod config;
 pub mod corruption;
 pub mod datadir;
 pub mod error;
+pub mod http;
 pub mod join;
 pub mod membership;
 pub mod pb;
@@ -161,6 +162,14 @@ pub async fn run_with_state(
             .add_service(pb::v3electionpb::election_server::ElectionServer::new(
                 api::election::Election(shared.clone()),
             ));
+    // The client port's HTTP side shares the listeners (and the router).
+    let routes = tonic::service::Routes::from(
+        routes
+            .into_axum_router()
+            .merge(http::router(shared.clone()))
+            .fallback(http::fallback)
+            .layer(axum::middleware::from_fn(http::cors)),
+    );
     tracing::info!(
         name = %cfg.name,
         member_id = format!("{:x}", shared.member_id),
@@ -250,7 +259,9 @@ fn serve(
                 .map(|conn| conn.map(authority::AuthorityFix::new));
         let mut builder = tonic::transport::Server::builder();
         if let Some(h) = http2 {
+            // HTTP/1.1 for the JSON side (`http`).
             builder = builder
+                .accept_http1(true)
                 .max_concurrent_streams(h.max_concurrent_streams)
                 // etcd: 0 turns the pings off.
                 .http2_keepalive_interval(Some(h.keepalive_interval).filter(|d| !d.is_zero()))

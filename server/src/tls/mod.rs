@@ -208,6 +208,10 @@ impl Info {
         };
         let mut cfg = builder.with_single_cert(certs, key).map_err(rustls_err)?;
         cfg.alpn_protocols = vec![b"h2".to_vec()];
+        if self.side == "client" {
+            // The client port's HTTP side (`crate::http`).
+            cfg.alpn_protocols.push(b"http/1.1".to_vec());
+        }
         let crl_flag = self.flag("--client-crl-file", "--peer-crl-file");
         let crl = match &self.crl {
             Some(path) => Some(verify::Crl::open(path).map_err(|reason| TlsError::File {

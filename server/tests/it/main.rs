@@ -10,6 +10,7 @@ mod corruption;
 mod crash;
 mod failover;
 mod flags;
+mod http;
 mod jepsen;
 mod kv;
 mod lease;

@@ -134,6 +134,46 @@ async fn wait_value(c: &mut etcd_client::Client, key: &str, value: &[u8]) {
     }
 }
 
+/// GET `path` over HTTP/1.1 and TLS, with a client certificate.
+fn https_get(
+    endpoint: &str,
+    ca_pem: &str,
+    (cert, key): &(String, String),
+    path: &str,
+) -> crate::http::Answer {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let addr = endpoint.trim_start_matches("https://").to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        crate::http::request_on(tls, "GET", path, "").await
+    })
+}
+
 /// One kvserver with TLS on its client URL; killed when dropped.
 struct TlsMember {
     child: Child,
@@ -239,6 +279,10 @@ fn client_certificates_are_checked_and_name_the_user() {
 
     let (ok, out) = ctl(&ep, &tls_flags(&ca_file, &root), &["put", "a", "1"]);
     assert!(ok, "a client with a good certificate: {out}");
+
+    // The HTTP side is behind the same TLS (ALPN http/1.1).
+    let health = https_get(&ep, &ca.pem, &ca.issue("curl", 20, false), "/health");
+    assert_eq!(health.body, "{\"health\":\"true\"}");
 
     // Refused cleanly, one after the other: no certificate, plaintext on
     // the TLS port, a certificate from another CA, a revoked one, an
