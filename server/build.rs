@@ -21,6 +21,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     protos(Path::new("proto"), &mut files)?;
     files.sort();
     let descriptors = protox::compile(&files, ["proto"])?;
+    // The HTTP gateway maps JSON to and from these messages at run time.
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("descriptors.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

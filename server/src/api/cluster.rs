@@ -226,7 +226,7 @@ impl pb::cluster_server::Cluster for Cluster {
             .await?;
         let members = members_of(applied)?;
         Ok(Response::new(pb::MemberAddResponse {
-            header: Some(s.header(s.store.current_revision())),
+            header: Some(s.header(0)),
             member: Some(member),
             members: to_pb(&members),
         }))
@@ -247,7 +247,7 @@ impl pb::cluster_server::Cluster for Cluster {
             .await?;
         let members = members_of(applied)?;
         Ok(Response::new(pb::MemberRemoveResponse {
-            header: Some(s.header(s.store.current_revision())),
+            header: Some(s.header(0)),
             members: to_pb(&members),
         }))
     }
@@ -274,7 +274,7 @@ impl pb::cluster_server::Cluster for Cluster {
         let (applied, _) = s.propose(Op::MemberChange(c)).await?;
         let members = members_of(applied)?;
         Ok(Response::new(pb::MemberUpdateResponse {
-            header: Some(s.header(s.store.current_revision())),
+            header: Some(s.header(0)),
             members: to_pb(&members),
         }))
     }
@@ -285,7 +285,7 @@ impl pb::cluster_server::Cluster for Cluster {
     ) -> Rpc<pb::MemberListResponse> {
         self.0.refuse_on_learner()?;
         Ok(Response::new(pb::MemberListResponse {
-            header: Some(self.0.header(self.0.store.current_revision())),
+            header: Some(self.0.header(0)),
             members: self.0.members.list().iter().map(|m| m.to_pb()).collect(),
         }))
     }
@@ -299,7 +299,7 @@ impl pb::cluster_server::Cluster for Cluster {
         let s = &self.0;
         let members = promote_at_leader(s, req.into_inner().id).await?;
         Ok(Response::new(pb::MemberPromoteResponse {
-            header: Some(s.header(s.store.current_revision())),
+            header: Some(s.header(0)),
             members: to_pb(&members),
         }))
     }

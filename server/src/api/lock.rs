@@ -17,8 +17,11 @@ impl lk::lock_server::Lock for Lock {
     async fn lock(&self, req: Request<lk::LockRequest>) -> Rpc<lk::LockResponse> {
         self.0.refuse_on_learner()?;
         let caller = self.0.caller(&req).await?;
-        let r = req.into_inner();
+        let mut r = req.into_inner();
         let s = &self.0;
+        if r.lease == 0 {
+            r.lease = session_lease(s).await?;
+        }
         let key = member_key(&r.name, r.lease);
         authorize(s, &caller, Some(&r.name), &[&key])?;
         check_lease(s, r.lease)?;

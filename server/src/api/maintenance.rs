@@ -23,22 +23,18 @@ impl pb::maintenance_server::Maintenance for Maintenance {
         self.0.refuse_on_learner()?;
         let caller = self.0.caller(&req).await?;
         let r = req.into_inner();
-        let rev = self.0.store.current_revision();
+        // etcd 3.4 answers alarms without a header.
         if r.action() == pb::alarm_request::AlarmAction::Get {
-            let mut resp = self
+            let resp = self
                 .0
                 .alarms
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .apply(&r);
-            resp.header = Some(self.0.header(rev));
             return Ok(Response::new(resp));
         }
         match self.0.propose_as(Op::Alarm(r), &caller).await? {
-            (Applied::Alarm(mut a), rev) => {
-                a.header = Some(self.0.header(rev));
-                Ok(Response::new(a))
-            }
+            (Applied::Alarm(a), _) => Ok(Response::new(a)),
             _ => Err(Status::internal("mismatched answer")),
         }
     }

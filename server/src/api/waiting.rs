@@ -61,6 +61,23 @@ pub(crate) fn check_lease(s: &Shared, lease: i64) -> Result<(), Status> {
     }
 }
 
+/// etcd's session TTL when a lock or campaign names no lease.
+const SESSION_TTL: i64 = 60;
+
+/// For a lock or candidacy that names no lease: a new lease of 60 s
+/// that nobody keeps alive, as etcd's server-side session grants and
+/// orphans one.
+pub(crate) async fn session_lease(s: &std::sync::Arc<Shared>) -> Result<i64, Status> {
+    use crate::pb::etcdserverpb::lease_server::Lease as _;
+    let grant = crate::api::lease::Lease(s.clone())
+        .lease_grant(tonic::Request::new(pb::LeaseGrantRequest {
+            ttl: SESSION_TTL,
+            id: 0,
+        }))
+        .await?;
+    Ok(grant.into_inner().id)
+}
+
 pub(crate) fn member_key(name: &[u8], lease: i64) -> Vec<u8> {
     let mut key = name.to_vec();
     key.extend_from_slice(format!("/{lease:x}").as_bytes());

@@ -7,6 +7,7 @@
 //!
 //! - [`health`]: `/health` (etcd 3.4's rule), `/livez` and `/readyz`
 //!   (etcd 3.5's), `/version`.
+//! - [`gateway`]: etcd's JSON gateway, `POST /v3/...`.
 //!
 //! ## Invariants (etcd 3.4's answers, checked against the real one)
 //! - Every answer carries `--cors` (`*`): `Access-Control-Allow-Origin:
@@ -15,6 +16,7 @@
 //! - A path nothing serves gets 404 `404 page not found`; a method a route
 //!   does not take gets 405 `Method Not Allowed` with `Allow`.
 
+pub mod gateway;
 pub mod health;
 
 use std::sync::Arc;
@@ -26,7 +28,7 @@ use crate::shared::Shared;
 
 /// The routes of the client port's HTTP side.
 pub fn router(shared: Arc<Shared>) -> axum::Router {
-    health::routes(shared)
+    health::routes(shared.clone()).merge(gateway::routes(shared))
 }
 
 /// A plain-text answer as Go's `http.Error` writes it (the text and a
