@@ -20,13 +20,24 @@ pub struct Answer {
 
 /// One HTTP/1.1 request on `io` (the connection closed after it).
 pub async fn request_on<S: AsyncRead + AsyncWrite + Unpin>(
-    mut io: S,
+    io: S,
     method: &str,
     path: &str,
     body: &str,
 ) -> Answer {
+    request_on_with(io, method, path, "", body).await
+}
+
+/// [`request_on`] with `extra` header lines (each ending in `\r\n`).
+async fn request_on_with<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: S,
+    method: &str,
+    path: &str,
+    extra: &str,
+    body: &str,
+) -> Answer {
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
     io.write_all(req.as_bytes()).await.unwrap();
@@ -401,20 +412,9 @@ async fn the_json_gateway_answers_as_etcds() {
             a.body
         );
     }
-    let e = request_with(
-        &etcd.addr,
-        "/v3/kv/put",
-        r#"{"key":"YQ==","value":"Yg=="}"#,
-        &et,
-    )
-    .await;
-    let k = request_with(
-        &kv.endpoint,
-        "/v3/kv/put",
-        r#"{"key":"YQ==","value":"Yg=="}"#,
-        &kt,
-    )
-    .await;
+    let put = r#"{"key":"YQ==","value":"Yg=="}"#;
+    let e = request_with(&etcd.addr, "/v3/kv/put", put, &et).await;
+    let k = request_with(&kv.endpoint, "/v3/kv/put", put, &kt).await;
     assert_eq!((k.status, e.status), (200, 200), "{} / {}", k.body, e.body);
 
     // The member is unharmed.
@@ -425,11 +425,6 @@ async fn the_json_gateway_answers_as_etcds() {
 /// A POST with `token` in the Authorization header.
 async fn request_with(addr: &str, path: &str, body: &str, token: &str) -> Answer {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut io = tcp;
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAuthorization: {token}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    io.write_all(req.as_bytes()).await.unwrap();
-    read_answer(io).await
+    let auth = format!("Authorization: {token}\r\n");
+    request_on_with(tcp, "POST", path, &auth, body).await
 }
