@@ -63,6 +63,10 @@ pub enum TlsError {
     HttpsWithoutCert(&'static str, String),
     #[error("{0} is set, but no {1} URL is https://: it would do nothing (use https:// URLs, or unset it)")]
     NoHttps(&'static str, &'static str),
+    #[error("{0} is set, but no client certificate is asked for: it would do nothing (add {1})")]
+    NoClientCerts(&'static str, &'static str),
+    #[error("--cipher-suites is set, but no URL is https://: it would do nothing")]
+    CiphersWithoutTls,
     #[error("{0} needs {1} with auto TLS (a self-signed certificate cannot be verified)")]
     AutoWithCertAuth(&'static str, &'static str),
     #[error("AllowedCN and AllowedHostname are mutually exclusive (cn={0:?}, hostname={1:?})")]
@@ -363,6 +367,26 @@ impl Tls {
             } else if auto {
                 tracing::warn!("ignoring {} auto TLS since certs given", info.side);
             }
+            // A revocation list or an allowed name only checks client
+            // certificates, which are asked for only with a CA or cert auth.
+            if !(info.trusted_ca.is_some() || info.cert_auth) {
+                let unused = if info.crl.is_some() {
+                    Some(info.flag("--client-crl-file", "--peer-crl-file"))
+                } else if info.allowed.is_some() {
+                    Some(info.flag(
+                        "--client-cert-allowed-hostname",
+                        "--peer-cert-allowed-cn/--peer-cert-allowed-hostname",
+                    ))
+                } else {
+                    None
+                };
+                if let Some(flag) = unused {
+                    return Err(TlsError::NoClientCerts(
+                        flag,
+                        info.flag("--client-cert-auth", "--peer-client-cert-auth"),
+                    ));
+                }
+            }
             let set = info.cert.is_some()
                 || info.trusted_ca.is_some()
                 || info.cert_auth
@@ -391,6 +415,9 @@ impl Tls {
             } else {
                 tls.peer = Some(side);
             }
+        }
+        if !f.cipher_suites.trim().is_empty() && !any_https(client_urls) && !any_https(peer_urls) {
+            return Err(TlsError::CiphersWithoutTls);
         }
         let peer_client_set = peer.cert.is_some() || peer.trusted_ca.is_some();
         if peer_client_set {

@@ -466,6 +466,23 @@ fn tls_flags_that_would_do_nothing_are_refused() {
     );
     refuse(
         &[
+            "--cert-file",
+            &cert,
+            "--key-file",
+            &key,
+            "--listen-client-urls",
+            &https,
+            "--client-crl-file",
+            &cert,
+        ],
+        "--client-crl-file is set, but no client certificate is asked for",
+    );
+    refuse(
+        &["--cipher-suites", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"],
+        "--cipher-suites is set, but no URL is https://",
+    );
+    refuse(
+        &[
             "--peer-cert-allowed-cn",
             "a",
             "--peer-cert-allowed-hostname",
