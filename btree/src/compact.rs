@@ -91,6 +91,13 @@ impl Db {
     /// finishes (a later defragmentation reclaims them).
     pub fn defragment_online(&self) -> Result<CompactStats> {
         let source_bytes = self.lock_writer()?.file_len;
+        self.shared.defrag.start();
+        let result = self.defragment_rounds(source_bytes);
+        self.shared.defrag.finish();
+        result
+    }
+
+    fn defragment_rounds(&self, source_bytes: u64) -> Result<CompactStats> {
         // Rounds until the end of the file stops coming down: moving nodes
         // can leave the freelist's own run high up, and the next round's
         // smaller freelist fits lower.
@@ -142,6 +149,7 @@ impl Db {
                 continue;
             }
             let moved = tx.relocate_above(limit, cap.min(RECLAIM_STEP_NODES))?;
+            self.shared.defrag.step(moved as u64, hw - limit);
             if moved == 0 {
                 break;
             }

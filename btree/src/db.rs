@@ -81,6 +81,9 @@ pub(crate) struct Shared {
     pub io_factory: Option<IoFactory>,
     pub current: RwLock<Arc<Snapshot>>,
     pub writer: Mutex<Writer>,
+    /// Told of each commit (see [`Db::observe_commits`]).
+    pub observer: std::sync::OnceLock<crate::observe::CommitObserver>,
+    pub defrag: crate::observe::DefragProgress,
 }
 
 /// A database file. Cheap to clone; all clones share one handle.
@@ -306,8 +309,21 @@ impl Db {
                 io_factory: opts.io.clone(),
                 current: RwLock::new(snapshot),
                 writer: Mutex::new(writer),
+                observer: Default::default(),
+                defrag: Default::default(),
             }),
         })
+    }
+
+    /// Calls `observer` after every commit from now on, under the writer's
+    /// lock (the server's metrics); only the first observer set is kept.
+    pub fn observe_commits(&self, observer: crate::observe::CommitObserver) {
+        let _ = self.shared.observer.set(observer);
+    }
+
+    /// How the online defragmentation stands.
+    pub fn defrag_progress(&self) -> crate::observe::DefragState {
+        self.shared.defrag.state()
     }
 
     pub fn path(&self) -> &Path {

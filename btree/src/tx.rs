@@ -430,21 +430,34 @@ impl<'db> WriteTxn<'db> {
                 Ok(())
             };
         }
-        let result = self.write_changes();
-        if let Err(e) = &result {
-            self.writer.poisoned = Some(e.to_string());
-            return result;
-        }
+        let started = std::time::Instant::now();
+        let (pages_written, pages_freed) = match self.write_changes() {
+            Ok(counts) => counts,
+            Err(e) => {
+                self.writer.poisoned = Some(e.to_string());
+                return Err(e);
+            }
+        };
         if durable {
             let snap = self.db.snapshot();
             self.db.make_durable(&mut self.writer, &snap)?;
+        }
+        if let Some(observe) = self.db.shared.observer.get() {
+            observe(&crate::observe::CommitDone {
+                pages_written,
+                pages_freed,
+                free_pages: self.writer.freelist.free_count() as u64,
+                durable,
+                took: started.elapsed(),
+            });
         }
         Ok(())
     }
 
     /// Spills every changed tree to new pages, writes them and the new
-    /// freelist, and publishes the new snapshot (not yet durable).
-    fn write_changes(&mut self) -> Result<()> {
+    /// freelist, and publishes the new snapshot (not yet durable). Returns
+    /// the pages written and the pages freed.
+    fn write_changes(&mut self) -> Result<(u64, u64)> {
         let ps = self.db.page_size();
         let version = self.writer.version + 1;
         let map = self.base.map.clone();
@@ -508,6 +521,11 @@ impl<'db> WriteTxn<'db> {
             encode_freelist(fl_id, fl_pages, ps, &freelist.persisted_ids()),
         ));
 
+        let freed = old_fl.pages(ps) + self.arena.freed.iter().map(|r| r.1).sum::<u64>();
+        let written = runs
+            .iter()
+            .map(|(_, buf)| (buf.len() as u64).div_ceil(ps as u64))
+            .sum();
         self.db.ensure_capacity(&mut self.writer, high_water)?;
         self.db.write_runs(&self.writer, runs)?;
 
@@ -525,7 +543,7 @@ impl<'db> WriteTxn<'db> {
         });
         self.writer.version = version;
         self.db.publish(&mut self.writer, snap);
-        Ok(())
+        Ok((written, freed))
     }
 }
 

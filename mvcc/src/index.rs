@@ -196,6 +196,8 @@ impl KeyHistory {
 #[derive(Debug, Default, Clone)]
 pub struct KeyIndex {
     keys: BTreeMap<Vec<u8>, KeyHistory>,
+    /// Keys live now (etcd's `keys_total`).
+    live: usize,
 }
 
 impl KeyIndex {
@@ -206,8 +208,14 @@ impl KeyIndex {
     /// Records a put of `key` at `rev`.
     pub fn put(&mut self, key: &[u8], rev: Revision) {
         match self.keys.get_mut(key) {
-            Some(h) => h.put(rev),
+            Some(h) => {
+                if !h.is_live() {
+                    self.live += 1;
+                }
+                h.put(rev)
+            }
             None => {
+                self.live += 1;
                 let mut h = KeyHistory::default();
                 h.put(rev);
                 self.keys.insert(key.to_vec(), h);
@@ -225,6 +233,7 @@ impl KeyIndex {
             h.put(modified);
             return;
         }
+        self.live += 1;
         let g = h.current();
         g.created = created;
         g.version = version;
@@ -233,7 +242,14 @@ impl KeyIndex {
 
     /// Records the deletion of a live `key` at `rev`.
     pub fn tombstone(&mut self, key: &[u8], rev: Revision) -> Result<(), NotLive> {
-        self.keys.get_mut(key).ok_or(NotLive)?.tombstone(rev)
+        self.keys.get_mut(key).ok_or(NotLive)?.tombstone(rev)?;
+        self.live -= 1;
+        Ok(())
+    }
+
+    /// Number of keys live now.
+    pub fn live_count(&self) -> usize {
+        self.live
     }
 
     /// Whether `key` currently exists.
@@ -374,6 +390,25 @@ mod tests {
         assert_eq!(ix.tombstone(b"foo", r(20)), Err(NotLive));
         assert_eq!(ix.tombstone(b"bar", r(20)), Err(NotLive));
         assert!(!ix.is_live(b"foo"));
+    }
+
+    #[test]
+    fn the_live_count_follows_puts_deletes_restores_and_compactions() {
+        let mut ix = history();
+        assert_eq!(ix.live_count(), 1);
+        ix.put(b"bar", r(18));
+        ix.put(b"bar", r(19));
+        assert_eq!(ix.live_count(), 2);
+        ix.tombstone(b"foo", r(20)).unwrap();
+        assert_eq!(ix.live_count(), 1);
+        assert_eq!(ix.tombstone(b"foo", r(21)), Err(NotLive));
+        assert_eq!(ix.live_count(), 1);
+        ix.compact(21);
+        assert_eq!(ix.live_count(), 1);
+        ix.put(b"foo", r(22));
+        ix.restore(b"baz".to_vec(), r(23), r(23), 1);
+        ix.restore(b"baz".to_vec(), r(23), r(24), 2);
+        assert_eq!(ix.live_count(), 3);
     }
 
     #[test]

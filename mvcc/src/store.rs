@@ -944,6 +944,21 @@ impl Store {
         Ok(out)
     }
 
+    /// Keys that exist now.
+    pub fn key_count(&self) -> usize {
+        self.read_shared().index.live_count()
+    }
+
+    /// Calls `observer` after every B+tree commit (the server's metrics).
+    pub fn observe_commits(&self, observer: btree::CommitObserver) {
+        self.db.observe_commits(observer);
+    }
+
+    /// How an online defragmentation stands.
+    pub fn defrag_progress(&self) -> btree::DefragState {
+        self.db.defrag_progress()
+    }
+
     /// (file size, bytes in use) of the database file.
     pub fn db_size(&self) -> (u64, u64) {
         let file = std::fs::metadata(self.db.path()).map_or(0, |m| m.len());

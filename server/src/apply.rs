@@ -204,6 +204,7 @@ pub struct ApplyContext<'a> {
     pub auth: &'a crate::auth::AuthStore,
     /// The raft index of the entry being applied.
     pub index: u64,
+    pub metrics: &'a crate::metrics::Metrics,
 }
 
 /// The auth store applies its own requests (before this match).
@@ -264,6 +265,7 @@ pub fn apply(
             return Ok((Err(ServerError::NoSpace), batch.revision()));
         }
         Some(Op::Put(p)) => batch.put(&put_request(p)).map(|r| {
+            ctx.metrics.puts.inc();
             Applied::Put(pb::PutResponse {
                 header: header(r.revision),
                 prev_kv: r.prev_kv,
@@ -272,21 +274,25 @@ pub fn apply(
         Some(Op::DeleteRange(d)) => batch
             .delete_range(&d.key, &d.range_end, d.prev_kv)
             .map(|r| {
+                ctx.metrics.deletes.inc();
                 Applied::DeleteRange(pb::DeleteRangeResponse {
                     header: header(r.revision),
                     deleted: r.deleted,
                     prev_kvs: r.prev_kvs,
                 })
             }),
-        Some(Op::Txn(t)) => batch
-            .txn(&txn_request(t))
-            .map(|r| Applied::Txn(txn_response(r))),
+        Some(Op::Txn(t)) => batch.txn(&txn_request(t)).map(|r| {
+            ctx.metrics.txn(t, r.succeeded);
+            Applied::Txn(txn_response(r))
+        }),
         Some(Op::Compaction(c)) => batch.compact(c.revision).map(|()| {
             Applied::Compaction(pb::CompactionResponse {
                 header: header(batch.revision()),
             })
         }),
         Some(Op::LeaseGrant(g)) => batch.lease_grant(g.id, g.ttl).map(|ttl| {
+            ctx.metrics.leases_granted.inc();
+            ctx.metrics.lease_ttl.observe(ttl as f64);
             Applied::LeaseGrant(pb::LeaseGrantResponse {
                 header: header(batch.revision()),
                 id: g.id,
@@ -295,6 +301,7 @@ pub fn apply(
             })
         }),
         Some(Op::LeaseRevoke(r)) => batch.lease_revoke(r.id).map(|rev| {
+            ctx.metrics.leases_revoked.inc();
             Applied::LeaseRevoke(pb::LeaseRevokeResponse {
                 header: header(rev),
             })

@@ -176,6 +176,8 @@ pub enum StartError {
     DataDir(#[from] crate::datadir::DataDirError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("listening on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -204,4 +206,32 @@ pub enum StartError {
     Inconsistency(String),
     #[error("joining the cluster: no peer in --initial-cluster answered ({0})")]
     NoPeerAnswered(String),
+}
+
+/// gRPC's codes by number, as Go names them.
+pub const GO_CODE_NAMES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+
+/// A status as Go's gRPC prints it (`rpc error: code = ... desc = ...`):
+/// etcd puts that text in some answers (a refused watch's reason).
+pub fn go_status_text(s: &tonic::Status) -> String {
+    let name = GO_CODE_NAMES.get(s.code() as usize).unwrap_or(&"Unknown");
+    format!("rpc error: code = {name} desc = {}", s.message())
 }

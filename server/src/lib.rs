@@ -43,6 +43,7 @@ pub mod error;
 pub mod http;
 pub mod join;
 pub mod membership;
+pub mod metrics;
 pub mod pb;
 pub mod raft;
 pub mod restore;
@@ -101,6 +102,7 @@ pub async fn run_with_state(
     let tls = cfg.tls()?;
     let client_listeners = bind(&cfg.client_listen_addrs()?, &tls.client).await?;
     let peer_listeners = bind(&cfg.peer_listen_addrs()?, &tls.peer).await?;
+    let metrics_listeners = bind(&cfg.metrics_listen_addrs()?, &tls.client).await?;
     // A member joining a running cluster asks its peers for the member
     // list first (once: after that its WAL says who it is).
     let join = if cfg.initial_cluster_state == "existing" && !datadir::has_wal(&cfg.data_dir()) {
@@ -166,10 +168,34 @@ pub async fn run_with_state(
     let routes = tonic::service::Routes::from(
         routes
             .into_axum_router()
-            .merge(http::router(shared.clone()))
+            .merge(http::router(shared.clone(), stop_rx.clone()))
+            .fallback(http::fallback)
+            .layer(axum::middleware::from_fn(http::cors))
+            .layer(axum::middleware::from_fn_with_state(
+                shared.metrics.clone(),
+                metrics::grpc::track,
+            )),
+    );
+    // --listen-metrics-urls: /metrics and /health only, from the start
+    // (a member waiting for its cluster is worth watching).
+    let metrics_routes = tonic::service::Routes::from(
+        http::metrics_router(shared.clone())
             .fallback(http::fallback)
             .layer(axum::middleware::from_fn(http::cors)),
     );
+    for listener in metrics_listeners {
+        let http1 = ClientHttp2 {
+            max_concurrent_streams: cfg.max_concurrent_streams,
+            keepalive_interval: Duration::ZERO,
+            keepalive_timeout: cfg.grpc_keepalive_timeout,
+        };
+        servers.push(serve(
+            listener,
+            metrics_routes.clone(),
+            Some(http1),
+            stop_rx.clone(),
+        ));
+    }
     tracing::info!(
         name = %cfg.name,
         member_id = format!("{:x}", shared.member_id),

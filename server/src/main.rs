@@ -49,12 +49,20 @@ fn main() -> std::process::ExitCode {
             }
         },
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_writer(writer);
+    if cfg.log_format == "json" {
+        // One JSON object per line: level, time, target, message and the
+        // event's fields at the top level (log collectors read them so).
+        logs.json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
+    } else {
         // Colours only on a terminal, never in log files.
-        .with_ansi(terminal)
-        .with_writer(writer)
-        .init();
+        logs.with_ansi(terminal).init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -143,6 +143,8 @@ pub struct Shared {
     /// This member was removed from the cluster: it stops, and `run`
     /// returns without an error (as etcd, which exits 0).
     pub removed: AtomicBool,
+    /// What `/metrics` reports.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Shared {
@@ -216,12 +218,7 @@ impl Shared {
     ) -> Result<crate::pb::kvserverpb::Caller, crate::error::ServerError> {
         use crate::auth::tokens::SimpleTokens;
         use crate::error::ServerError;
-        let md = req.metadata();
-        let token = md
-            .get("token")
-            .or_else(|| md.get("authorization"))
-            .and_then(|v| v.to_str().ok());
-        let Some(token) = token else {
+        let Some(token) = token(req.metadata()) else {
             let common_name = req
                 .extensions()
                 .get::<crate::tls::ConnInfo>()
@@ -300,6 +297,14 @@ impl Shared {
             let _ = tx.send(Command::Stop);
         }
     }
+}
+
+/// The token a request carries: etcd's `token` metadata, or
+/// `authorization` (what the JSON gateway passes on).
+pub fn token(md: &tonic::metadata::MetadataMap) -> Option<&str> {
+    md.get("token")
+        .or_else(|| md.get("authorization"))
+        .and_then(|v| v.to_str().ok())
 }
 
 #[cfg(test)]

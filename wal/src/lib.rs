@@ -52,6 +52,7 @@ pub use segment::{segment_file_name, SegmentEnd};
 pub use backend::{Backend, Resolved, UringMode};
 use record::{encode_frame, roll, segment_seed, FrameRef};
 use segment::{create_preallocated, list_segments, sync_dir};
+pub use writer::{BatchDone, BatchObserver};
 use writer::{Command, LogWriter, OpenSegment};
 
 /// How to open or create a log.
@@ -353,6 +354,13 @@ impl Wal {
             self.counters.batches.load(Relaxed),
             self.counters.records.load(Relaxed),
         )
+    }
+
+    /// Calls `observer` for every batch made durable from now on, on the
+    /// writer's thread (the server's metrics); only the first observer set
+    /// is kept.
+    pub fn observe_batches(&self, observer: BatchObserver) {
+        let _ = self.counters.observer.set(observer);
     }
 
     /// The backend this log writes with.

@@ -19,8 +19,9 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -84,8 +85,16 @@ struct Serving {
     notify: Option<std::sync::mpsc::Sender<Dones>>,
     /// Why the log stopped, once a write or fdatasync failed.
     failed: Option<String>,
-    /// Answers of the batches in flight, oldest first.
-    in_flight: VecDeque<Dones>,
+    /// Answers of the batches in flight, oldest first, with what each
+    /// wrote.
+    in_flight: VecDeque<(Dones, Submitted)>,
+}
+
+/// A batch whose write is in flight.
+struct Submitted {
+    at: Instant,
+    records: u64,
+    bytes: u64,
 }
 
 impl Serving {
@@ -117,13 +126,31 @@ impl Serving {
 }
 
 /// What the writer has done since the log was opened.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Counters {
     /// Batches written, each with one fdatasync.
     pub batches: AtomicU64,
     /// Records made durable.
     pub records: AtomicU64,
+    /// Told of every batch made durable (the server's metrics).
+    pub observer: OnceLock<BatchObserver>,
 }
+
+/// One batch made durable: what [`crate::Wal::observe_batches`]'s
+/// observer is told.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchDone {
+    /// Records in the batch.
+    pub records: u64,
+    /// Bytes written (frames, including any padding to a block).
+    pub bytes: u64,
+    /// From the write's submission to its fdatasync's return.
+    pub took: Duration,
+}
+
+/// A function told of each batch made durable, on the writer's thread
+/// (so it must be quick).
+pub type BatchObserver = Arc<dyn Fn(&BatchDone) + Send + Sync>;
 
 impl LogWriter {
     pub fn run(mut self, rx: Receiver<Command>) {
@@ -238,7 +265,7 @@ impl LogWriter {
                 }
             };
             match result {
-                Ok(()) => state.in_flight.push_back(dones),
+                Ok(submitted) => state.in_flight.push_back((dones, submitted)),
                 Err(e) => state.fail(dones, e),
             }
         }
@@ -246,12 +273,21 @@ impl LogWriter {
 
     /// Waits for the oldest write in flight and answers its appends.
     fn finish_oldest(&mut self, state: &mut Serving) {
-        let Some(dones) = state.in_flight.pop_front() else {
+        let Some((dones, submitted)) = state.in_flight.pop_front() else {
             return;
         };
         let result = self.segment.writer.wait_oldest();
         match (result, &state.failed) {
-            (Ok(()), None) => state.deliver(dones),
+            (Ok(()), None) => {
+                if let Some(observe) = self.counters.observer.get() {
+                    observe(&BatchDone {
+                        records: submitted.records,
+                        bytes: submitted.bytes,
+                        took: submitted.at.elapsed(),
+                    });
+                }
+                state.deliver(dones)
+            }
             // After a failed write or fdatasync nothing later can be
             // trusted to be durable: refuse everything from now on.
             (Err(e), None) => {
@@ -285,7 +321,7 @@ impl LogWriter {
         records: impl Iterator<Item = &'a Record> + Clone,
         bytes: usize,
         pipelined: bool,
-    ) -> Result<()> {
+    ) -> Result<Submitted> {
         let (head, batch_start, flags) = if self.must_roll(bytes, pipelined) {
             // The caller waited for every write in flight before a roll.
             if self.segment.writer.in_flight() > 0 {
@@ -334,6 +370,7 @@ impl LogWriter {
         }
         let len = buf.len() as u64;
         let path = &self.segment.name.path;
+        let at = Instant::now();
         self.segment
             .writer
             .submit(IoBuf::unaligned(buf), batch_start)
@@ -344,7 +381,11 @@ impl LogWriter {
         self.rolling = rolling;
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         self.counters.records.fetch_add(count, Ordering::Relaxed);
-        Ok(())
+        Ok(Submitted {
+            at,
+            records: count,
+            bytes: len,
+        })
     }
 
     /// Bytes of the frames every segment starts with.

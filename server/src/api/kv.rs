@@ -39,6 +39,7 @@ impl pb::kv_server::Kv for Kv {
             .store
             .range(&apply::range_request(&r))
             .map_err(mvcc_err)?;
+        self.0.metrics.ranges.inc();
         let mut resp = apply::range_response(res);
         resp.header = Some(self.0.header(resp.header.map_or(0, |h| h.revision)));
         Ok(Response::new(resp))
@@ -98,6 +99,7 @@ impl pb::kv_server::Kv for Kv {
                 .store
                 .read_txn(&apply::txn_request(&r))
                 .map_err(mvcc_err)?;
+            self.0.metrics.txn(&r, res.succeeded);
             let mut t = apply::txn_response(res);
             t.header = Some(self.0.header(t.header.map_or(0, |h| h.revision)));
             return Ok(Response::new(t));

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{BoxStream, Rpc};
@@ -25,6 +26,7 @@ pub struct Lease(pub Arc<Shared>);
 /// checkpoint gets it cleared, as etcd's renewal does.
 pub fn renew_here(s: &Arc<Shared>, id: i64) -> Option<i64> {
     let ttl = s.store.lease_renew(id).ok()?;
+    s.metrics.leases_renewed.inc();
     if s.store.lease_checkpointed(id).unwrap_or(0) > 0 {
         let s = s.clone();
         tokio::spawn(async move {
@@ -173,30 +175,7 @@ impl pb::lease_server::Lease for Lease {
         &self,
         req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Rpc<BoxStream<pb::LeaseKeepAliveResponse>> {
-        self.0.refuse_on_learner()?;
-        let mut inbound = req.into_inner();
-        let shared = self.0.clone();
-        let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(async move {
-            // Ends when the client closes its side or goes away.
-            while let Ok(Some(r)) = inbound.message().await {
-                let out = match renew(&shared, r.id).await {
-                    // An unknown or expired lease answers TTL 0, as etcd's
-                    // does ("lease not found").
-                    Ok((ttl, rev)) => Ok(pb::LeaseKeepAliveResponse {
-                        header: Some(shared.header(rev)),
-                        id: r.id,
-                        ttl,
-                    }),
-                    Err(e) => Err(Status::from(e)),
-                };
-                let failed = out.is_err();
-                if tx.send(out).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        self.keep_alive(req).await
     }
 
     async fn lease_time_to_live(
@@ -237,5 +216,39 @@ impl pb::lease_server::Lease for Lease {
                 .map(|id| pb::LeaseStatus { id })
                 .collect(),
         }))
+    }
+}
+
+impl Lease {
+    /// Renews each lease `req` names as its message comes, from gRPC or
+    /// from the JSON gateway; ends when the client closes its side or
+    /// goes away.
+    pub async fn keep_alive<S>(&self, req: Request<S>) -> Rpc<BoxStream<pb::LeaseKeepAliveResponse>>
+    where
+        S: Stream<Item = Result<pb::LeaseKeepAliveRequest, Status>> + Send + Unpin + 'static,
+    {
+        self.0.refuse_on_learner()?;
+        let mut inbound = req.into_inner();
+        let shared = self.0.clone();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Some(Ok(r)) = inbound.next().await {
+                let out = match renew(&shared, r.id).await {
+                    // An unknown or expired lease answers TTL 0, as etcd's
+                    // does ("lease not found").
+                    Ok((ttl, rev)) => Ok(pb::LeaseKeepAliveResponse {
+                        header: Some(shared.header(rev)),
+                        id: r.id,
+                        ttl,
+                    }),
+                    Err(e) => Err(Status::from(e)),
+                };
+                let failed = out.is_err();
+                if tx.send(out).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -118,12 +118,15 @@ impl pb::maintenance_server::Maintenance for Maintenance {
 
     async fn defragment(&self, req: Request<pb::DefragmentRequest>) -> Rpc<pb::DefragmentResponse> {
         self.0.refuse_on_learner()?;
-        self.0.admin(&req).await?;
+        admin(&self.0, &req).await?;
         let store = self.0.store.clone();
-        let stats = tokio::task::spawn_blocking(move || store.defragment())
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(mvcc_err)?;
+        let m = self.0.metrics.clone();
+        let stats = tokio::task::spawn_blocking(move || {
+            crate::metrics::Metrics::time(&m.backend_defrag, || store.defragment())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(mvcc_err)?;
         tracing::info!(
             before = stats.source_bytes,
             after = stats.dest_bytes,
@@ -136,12 +139,15 @@ impl pb::maintenance_server::Maintenance for Maintenance {
 
     async fn hash(&self, req: Request<pb::HashRequest>) -> Rpc<pb::HashResponse> {
         self.0.refuse_on_learner()?;
-        self.0.admin(&req).await?;
+        admin(&self.0, &req).await?;
         let store = self.0.store.clone();
-        let hash = tokio::task::spawn_blocking(move || store.hash())
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(mvcc_err)?;
+        let m = self.0.metrics.clone();
+        let hash = tokio::task::spawn_blocking(move || {
+            crate::metrics::Metrics::time(&m.hash, || store.hash())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(mvcc_err)?;
         Ok(Response::new(pb::HashResponse {
             header: Some(self.0.header(self.0.store.current_revision())),
             hash,
@@ -150,13 +156,16 @@ impl pb::maintenance_server::Maintenance for Maintenance {
 
     async fn hash_kv(&self, req: Request<pb::HashKvRequest>) -> Rpc<pb::HashKvResponse> {
         self.0.refuse_on_learner()?;
-        self.0.admin(&req).await?;
+        admin(&self.0, &req).await?;
         let rev = req.into_inner().revision;
         let store = self.0.store.clone();
-        let (hash, current, compacted) = tokio::task::spawn_blocking(move || store.hash_kv(rev))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(mvcc_err)?;
+        let m = self.0.metrics.clone();
+        let (hash, current, compacted) = tokio::task::spawn_blocking(move || {
+            crate::metrics::Metrics::time(&m.hash_rev, || store.hash_kv(rev))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(mvcc_err)?;
         Ok(Response::new(pb::HashKvResponse {
             header: Some(self.0.header(current)),
             hash,
@@ -169,11 +178,14 @@ impl pb::maintenance_server::Maintenance for Maintenance {
         req: Request<pb::SnapshotRequest>,
     ) -> Rpc<BoxStream<pb::SnapshotResponse>> {
         self.0.refuse_on_learner()?;
-        self.0.admin(&req).await?;
+        admin(&self.0, &req).await?;
         let shared = self.0.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = send_snapshot(&shared, &tx) {
+            let m = shared.metrics.clone();
+            let sent =
+                crate::metrics::Metrics::time(&m.backend_snapshot, || send_snapshot(&shared, &tx));
+            if let Err(e) = sent {
                 let _ = tx.blocking_send(Err(e));
             }
         });
@@ -199,8 +211,9 @@ fn send_snapshot(
         shared.store.snapshot_into(&path).map_err(mvcc_err)?;
         let mut file = std::fs::File::open(&path).map_err(io)?;
         let size = file.metadata().map_err(io)?.len();
-        let header = Some(shared.header(shared.store.current_revision()));
-        let mut remaining = size + 32;
+        // As etcd 3.4: no header, and the bytes left count the database
+        // only (the checksum after it comes with 0).
+        let mut remaining = size;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -209,9 +222,9 @@ fn send_snapshot(
                 break;
             }
             hasher.update(&buf[..n]);
-            remaining -= n as u64;
+            remaining = remaining.saturating_sub(n as u64);
             let resp = pb::SnapshotResponse {
-                header,
+                header: None,
                 remaining_bytes: remaining,
                 blob: buf[..n].to_vec(),
             };
@@ -221,7 +234,7 @@ fn send_snapshot(
         }
         let digest = hasher.finalize().to_vec();
         let _ = tx.blocking_send(Ok(pb::SnapshotResponse {
-            header,
+            header: None,
             remaining_bytes: 0,
             blob: digest,
         }));
@@ -229,4 +242,26 @@ fn send_snapshot(
     })();
     let _ = std::fs::remove_file(&path);
     result
+}
+
+/// The root check of Defragment, Hash, HashKV and Snapshot as etcd 3.4
+/// makes it: its maintenance server asks the auth store itself and
+/// returns the store's own error, which reaches the client as Unknown
+/// with the store's text ("auth: user name is empty").
+async fn admin<T>(s: &Shared, req: &Request<T>) -> Result<(), Status> {
+    match s.admin(req).await {
+        Ok(_) => Ok(()),
+        Err(
+            e @ (ServerError::UserEmpty
+            | ServerError::UserNotFound
+            | ServerError::PermissionDenied
+            | ServerError::InvalidAuthToken
+            | ServerError::AuthOldRevision),
+        ) => Err(Status::unknown(e.to_string().replacen(
+            "etcdserver: ",
+            "auth: ",
+            1,
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }

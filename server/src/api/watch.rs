@@ -7,7 +7,8 @@ use std::sync::Arc;
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Streaming};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::{BoxStream, Rpc};
 use crate::error::ServerError;
@@ -25,27 +26,45 @@ impl pb::watch_server::Watch for Watch {
         &self,
         req: Request<Streaming<pb::WatchRequest>>,
     ) -> Rpc<BoxStream<pb::WatchResponse>> {
+        self.serve(req).await
+    }
+}
+
+impl Watch {
+    /// One watch stream fed by `req`'s messages, whether they come from
+    /// gRPC or from the JSON gateway. The client's closing its side
+    /// (etcd's CloseSend) ends no watcher; dropping the answer stream ends
+    /// them all.
+    pub async fn serve<S>(&self, req: Request<S>) -> Rpc<BoxStream<pb::WatchResponse>>
+    where
+        S: Stream<Item = Result<pb::WatchRequest, Status>> + Send + Unpin + 'static,
+    {
         self.0.refuse_on_learner()?;
         // Checked now and again at every watch created on the stream (the
         // token may have been dropped meanwhile).
         let caller = self.0.caller(&req).await?;
-        let token = req
-            .metadata()
-            .get("token")
-            .or_else(|| req.metadata().get("authorization"))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let token = crate::shared::token(req.metadata()).map(str::to_string);
         let mut inbound = req.into_inner();
         let shared = self.0.clone();
         let mut stopping = self.1.clone();
         let (tx, rx) = mpsc::channel(128);
         tokio::spawn(async move {
             let (stream, mut events) = shared.store.watch_stream(256);
+            shared.metrics.watch_streams.inc();
             let mut fragment: std::collections::HashSet<i64> = Default::default();
+            let mut reading = true;
             loop {
                 tokio::select! {
-                    msg = inbound.message() => {
-                        let Ok(Some(msg)) = msg else { break };
+                    msg = inbound.next(), if reading => {
+                        let msg = match msg {
+                            Some(Ok(msg)) => msg,
+                            // The client closed its side: the watchers go on.
+                            None => {
+                                reading = false;
+                                continue;
+                            }
+                            Some(Err(_)) => break,
+                        };
                         let now = match &token {
                             None => Ok(caller.clone()),
                             Some(t) => shared
@@ -64,20 +83,25 @@ impl pb::watch_server::Watch for Watch {
                         let Some(resp) = resp else { break };
                         let mut sent = true;
                         for out in watch_responses(&shared, &fragment, resp) {
+                            let events = out.events.len() as u64;
                             if tx.send(Ok(out)).await.is_err() {
                                 sent = false;
                                 break;
                             }
+                            shared.metrics.events.inc_by(events);
                         }
                         if !sent {
                             break;
                         }
                     }
+                    // The client went away.
+                    () = tx.closed() => break,
                     _ = stopping.changed() => break,
                 }
             }
             // Dropping the stream removes its watchers.
             drop(stream);
+            shared.metrics.watch_streams.dec();
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -99,12 +123,19 @@ fn watch_request(
             let allowed = caller
                 .and_then(|caller| shared.auth.check_read(Some(&caller), &c.key, &c.range_end));
             if let Err(e) = allowed {
+                // etcd 3.4 names the refusal as Go's gRPC prints a status.
+                let e = match e {
+                    ServerError::InvalidAuthToken
+                    | ServerError::AuthOldRevision
+                    | ServerError::UserEmpty => e,
+                    _ => ServerError::PermissionDenied,
+                };
                 return Some(pb::WatchResponse {
                     header,
                     watch_id: -1,
                     created: true,
                     canceled: true,
-                    cancel_reason: e.to_string(),
+                    cancel_reason: crate::error::go_status_text(&Status::from(e)),
                     ..Default::default()
                 });
             }

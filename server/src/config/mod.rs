@@ -273,6 +273,27 @@ pub struct Config {
     )]
     pub bcrypt_cost: u32,
 
+    /// List of URLs to listen on for the metrics and health endpoints
+    /// (`/metrics` and `/health` only).
+    #[arg(
+        help_heading = "Profiling and Monitoring",
+        long,
+        env = "ETCD_LISTEN_METRICS_URLS",
+        default_value = ""
+    )]
+    pub listen_metrics_urls: String,
+
+    /// `basic` or `extensive`: `extensive` adds the gRPC handling-time
+    /// histograms (grpc_server_handling_seconds).
+    #[arg(
+        help_heading = "Profiling and Monitoring",
+        long,
+        env = "ETCD_METRICS",
+        default_value = "basic",
+        value_parser = ["basic", "extensive"]
+    )]
+    pub metrics: String,
+
     /// debug, info, warn, error, panic or fatal (the last two log errors
     /// only).
     #[arg(
@@ -292,6 +313,17 @@ pub struct Config {
         default_value = "default"
     )]
     pub log_outputs: String,
+
+    /// `text` (one human-readable line per event) or `json` (one JSON
+    /// object per line, for log collectors); `console` is `text`.
+    #[arg(
+        help_heading = "Logging",
+        long,
+        env = "ETCD_LOG_FORMAT",
+        default_value = "text",
+        value_parser = ["text", "console", "json"]
+    )]
+    pub log_format: String,
 
     /// `zap` or `capnslog` (etcd's loggers): either way logs go to stderr,
     /// one line per event. Anything else is refused.
@@ -399,6 +431,15 @@ impl Config {
         parse_urls(&self.listen_client_urls)
     }
 
+    /// The addresses to listen on for metrics, each with whether its URL
+    /// is `https://` (the client certificate serves them).
+    pub fn metrics_listen_addrs(&self) -> Result<Vec<(SocketAddr, bool)>, ConfigError> {
+        if self.listen_metrics_urls.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        parse_urls(&self.listen_metrics_urls)
+    }
+
     /// The addresses to listen on for peers, each with whether its URL is
     /// `https://`.
     pub fn peer_listen_addrs(&self) -> Result<Vec<(SocketAddr, bool)>, ConfigError> {
@@ -411,7 +452,12 @@ impl Config {
             &self.tls,
             self.experimental_peer_skip_client_san_verification,
             &self.data_dir(),
-            &split(&self.listen_client_urls),
+            // The metrics URLs are served with the client side's TLS.
+            &[
+                split(&self.listen_client_urls),
+                split(&self.listen_metrics_urls),
+            ]
+            .concat(),
             &split(&self.listen_peer_urls),
         )
     }

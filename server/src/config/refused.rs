@@ -32,8 +32,6 @@ const REFUSED: &[Refused] = &[
     Refused { flag: "--cors", same_as_kvserver: &["*"], reason: "the HTTP side allows every origin (*); a list of origins is not supported yet" },
     Refused { flag: "--host-whitelist", same_as_kvserver: &["*"], reason: "the HTTP side takes every Host (*); a list of hosts is not supported yet" },
     Refused { flag: "--enable-pprof", same_as_kvserver: &["false"], reason: "there is no pprof endpoint (profile kvserver with perf)" },
-    Refused { flag: "--metrics", same_as_kvserver: &[], reason: "kvserver serves no /metrics yet" },
-    Refused { flag: "--listen-metrics-urls", same_as_kvserver: &[""], reason: "kvserver serves no /metrics yet" },
     Refused { flag: "--proxy", same_as_kvserver: &["off"], reason: "the v2 proxy is not supported" },
     Refused { flag: "--proxy-failure-wait", same_as_kvserver: &[], reason: "the v2 proxy is not supported" },
     Refused { flag: "--proxy-refresh-interval", same_as_kvserver: &[], reason: "the v2 proxy is not supported" },

@@ -12,8 +12,14 @@
 //! `{"error", "message", "code"}` with the HTTP status it maps the gRPC
 //! code to.
 //!
-//! Streams (`/v3/watch`, `/v3/lease/keepalive`,
-//! `/v3/maintenance/snapshot`, `/v3/election/observe`) are not served yet.
+//! Streams are answered as grpc-gateway streams them: chunked, one
+//! `{"result": <message>}` line per message, an error as a last
+//! `{"error": {...}}` object. `/v3/watch` and `/v3/lease/keepalive` read
+//! the request body as a sequence of JSON objects, each passed on as it
+//! arrives; the end of the body is the client closing its side (a
+//! watch goes on, keep-alives end), and the client going away ends the
+//! call. `/v3/maintenance/snapshot` and `/v3/election/observe` take one
+//! request and stream their answers.
 
 use std::future::Future;
 use std::sync::{Arc, LazyLock};
@@ -22,6 +28,9 @@ use axum::body::Body;
 use axum::http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use axum::routing::{any, MethodRouter};
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 
 use crate::api;
 use crate::pb::etcdserverpb as etcd;
@@ -66,13 +75,21 @@ fn http_status(code: tonic::Code) -> StatusCode {
     }
 }
 
-fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
-    let mut r = Response::new(Body::from(body));
+fn json(status: StatusCode, body: impl Into<Body>) -> Response<Body> {
+    let mut r = Response::new(body.into());
     *r.status_mut() = status;
-    r.headers_mut().insert(
+    let h = r.headers_mut();
+    h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    if status == StatusCode::OK {
+        // The gRPC header metadata, as grpc-gateway forwards it.
+        h.insert(
+            "grpc-metadata-content-type",
+            HeaderValue::from_static("application/grpc"),
+        );
+    }
     r
 }
 
@@ -84,9 +101,95 @@ fn error(code: tonic::Code, message: &str) -> Response<Body> {
     json(http_status(code), body.into_bytes())
 }
 
+/// The gRPC request the service is given: the message, the
+/// `Authorization` header as the token, the connection's TLS identity.
+fn grpc_request<T>(parts: &axum::http::request::Parts, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| tonic::metadata::MetadataValue::try_from(v.as_bytes()).ok())
+    {
+        request.metadata_mut().insert("authorization", token);
+    }
+    if let Some(conn) = parts.extensions.get::<crate::tls::ConnInfo>() {
+        request.extensions_mut().insert(conn.clone());
+    }
+    request
+}
+
+/// A request message from its JSON (`Value` or text).
+fn from_json<'de, Req, D>(desc: MessageDescriptor, de: D) -> Result<Req, String>
+where
+    Req: prost::Message + Default,
+    D: serde::Deserializer<'de>,
+{
+    let opts = prost_reflect::DeserializeOptions::new().deny_unknown_fields(false);
+    let message =
+        DynamicMessage::deserialize_with_options(desc, de, &opts).map_err(|e| e.to_string())?;
+    Req::decode(prost::Message::encode_to_vec(&message).as_slice()).map_err(|e| e.to_string())
+}
+
+/// The request of a call that takes one message: the whole body (an
+/// empty one is an empty request, as grpc-gateway takes EOF).
+async fn one_request<Req>(desc: MessageDescriptor, body: Body, limit: usize) -> Result<Req, Refused>
+where
+    Req: prost::Message + Default,
+{
+    let bad = |e: String| Refused(tonic::Code::InvalidArgument, e);
+    let body = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Req::default());
+    }
+    let mut de = serde_json::Deserializer::from_slice(&body);
+    let req = from_json(desc, &mut de).map_err(bad)?;
+    de.end().map_err(|e| bad(e.to_string()))?;
+    Ok(req)
+}
+
+/// A response message as grpc-gateway writes it.
+fn to_json<Resp: prost::Message>(desc: &MessageDescriptor, resp: &Resp) -> Result<Vec<u8>, String> {
+    let out = DynamicMessage::decode(desc.clone(), prost::Message::encode_to_vec(resp).as_slice())
+        .map_err(|e| e.to_string())?;
+    let opts = prost_reflect::SerializeOptions::new()
+        .use_proto_field_name(true)
+        .stringify_64_bit_integers(true)
+        .skip_default_fields(true);
+    let mut buf = Vec::new();
+    let mut ser = serde_json::Serializer::new(&mut buf);
+    out.serialize_with_options(&mut ser, &opts)
+        .map_err(|e| e.to_string())?;
+    Ok(buf)
+}
+
+/// A request the gateway answers with an error before any call.
+struct Refused(tonic::Code, String);
+
+impl Refused {
+    fn answer(self) -> Response<Body> {
+        error(self.0, &self.1)
+    }
+}
+
+/// The descriptors of a call's request and response (refused when the
+/// build lacks them).
+fn descriptors(
+    (req_name, resp_name): (&str, &str),
+) -> Result<(MessageDescriptor, MessageDescriptor), Refused> {
+    match (descriptor(req_name), descriptor(resp_name)) {
+        (Some(req), Some(resp)) => Ok((req, resp)),
+        _ => Err(Refused(
+            tonic::Code::Internal,
+            "the gateway has no descriptor for this call".into(),
+        )),
+    }
+}
+
 /// One unary call: JSON in, the service, JSON out.
 async fn call<Req, Resp, F, Fut>(
-    (req_name, resp_name): (&'static str, &'static str),
+    names: (&'static str, &'static str),
     limit: usize,
     req: Request<Body>,
     f: F,
@@ -100,66 +203,23 @@ where
     if req.method() != Method::POST {
         return super::text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
     }
-    let (Some(req_desc), Some(resp_desc)) = (descriptor(req_name), descriptor(resp_name)) else {
-        return error(
-            tonic::Code::Internal,
-            "the gateway has no descriptor for this call",
-        );
+    let (req_desc, resp_desc) = match descriptors(names) {
+        Ok(d) => d,
+        Err(r) => return r.answer(),
     };
     let (parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, limit).await {
-        Ok(b) => b,
-        Err(e) => return error(tonic::Code::InvalidArgument, &e.to_string()),
-    };
-    // An empty body is an empty request (grpc-gateway takes EOF so).
-    let decoded = if body.iter().all(u8::is_ascii_whitespace) {
-        Ok(DynamicMessage::new(req_desc))
-    } else {
-        let mut de = serde_json::Deserializer::from_slice(&body);
-        let opts = prost_reflect::DeserializeOptions::new().deny_unknown_fields(false);
-        DynamicMessage::deserialize_with_options(req_desc, &mut de, &opts)
-            .and_then(|m| de.end().map(|()| m))
-    };
-    let message = match decoded {
+    let message = match one_request(req_desc, body, limit).await {
         Ok(m) => m,
-        Err(e) => return error(tonic::Code::InvalidArgument, &e.to_string()),
+        Err(r) => return r.answer(),
     };
-    let request = match Req::decode(prost::Message::encode_to_vec(&message).as_slice()) {
-        Ok(r) => r,
-        Err(e) => return error(tonic::Code::InvalidArgument, &e.to_string()),
-    };
-    let mut request = tonic::Request::new(request);
-    if let Some(token) = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| tonic::metadata::MetadataValue::try_from(v.as_bytes()).ok())
-    {
-        request.metadata_mut().insert("authorization", token);
-    }
-    if let Some(conn) = parts.extensions.get::<crate::tls::ConnInfo>() {
-        request.extensions_mut().insert(conn.clone());
-    }
-    let response = match f(request).await {
+    let response = match f(grpc_request(&parts, message)).await {
         Ok(r) => r.into_inner(),
         Err(s) => return error(s.code(), s.message()),
     };
-    let out = match DynamicMessage::decode(
-        resp_desc,
-        prost::Message::encode_to_vec(&response).as_slice(),
-    ) {
-        Ok(m) => m,
-        Err(e) => return error(tonic::Code::Internal, &e.to_string()),
-    };
-    let opts = prost_reflect::SerializeOptions::new()
-        .use_proto_field_name(true)
-        .stringify_64_bit_integers(true)
-        .skip_default_fields(true);
-    let mut buf = Vec::new();
-    let mut ser = serde_json::Serializer::new(&mut buf);
-    if let Err(e) = out.serialize_with_options(&mut ser, &opts) {
-        return error(tonic::Code::Internal, &e.to_string());
+    match to_json(&resp_desc, &response) {
+        Ok(buf) => json(StatusCode::OK, buf),
+        Err(e) => error(tonic::Code::Internal, &e),
     }
-    json(StatusCode::OK, buf)
 }
 
 /// The route for one unary call.
@@ -176,23 +236,239 @@ where
     })
 }
 
-/// Adds `/v3/$path` and `/v3beta/$path` calling `$svc.$method`.
-macro_rules! rpc {
-    ($router:ident, $limit:ident, $path:literal, $svc:expr, $method:ident, $pkg:literal, $req:literal, $resp:literal) => {{
+/// A stream's answer as grpc-gateway's ForwardResponseStream writes it.
+/// The status is the first message's: 200, or the HTTP status of an
+/// error that comes before any message.
+async fn stream_answer<Resp>(
+    desc: MessageDescriptor,
+    answer: Result<tonic::Response<api::BoxStream<Resp>>, tonic::Status>,
+) -> Response<Body>
+where
+    Resp: prost::Message + 'static,
+{
+    let mut stream = match answer {
+        Ok(r) => r.into_inner(),
+        Err(s) => return stream_error(s),
+    };
+    let first = match stream.next().await {
+        None => return json(StatusCode::OK, Body::empty()),
+        Some(Err(s)) => return stream_error(s),
+        Some(Ok(m)) => m,
+    };
+    let chunk = move |m: Result<Resp, tonic::Status>| -> Result<Vec<u8>, std::convert::Infallible> {
+        let e = match m {
+            Ok(m) => match to_json(&desc, &m) {
+                Ok(json) => {
+                    let mut out = Vec::with_capacity(json.len() + 12);
+                    out.extend_from_slice(b"{\"result\":");
+                    out.extend_from_slice(&json);
+                    out.extend_from_slice(b"}\n");
+                    return Ok(out);
+                }
+                Err(e) => tonic::Status::internal(e),
+            },
+            Err(s) => s,
+        };
+        Ok(stream_error_chunk(&e))
+    };
+    // Everything up to and including the first error.
+    let mut ended = false;
+    let rest = stream.take_while(move |m| {
+        let take = !ended;
+        ended = m.is_err();
+        take
+    });
+    let body = tokio_stream::once(Ok(first)).chain(rest).map(chunk);
+    json(StatusCode::OK, Body::from_stream(body))
+}
+
+/// A stream's error object (grpc-gateway's StreamError).
+fn stream_error_chunk(s: &tonic::Status) -> Vec<u8> {
+    let status = http_status(s.code());
+    // In grpc-gateway's order.
+    let message = serde_json::Value::from(s.message());
+    let reason = serde_json::Value::from(status.canonical_reason().unwrap_or(""));
+    format!(
+        "{{\"error\":{{\"grpc_code\":{},\"http_code\":{},\"message\":{message},\"http_status\":{reason}}}}}",
+        s.code() as i32,
+        status.as_u16(),
+    )
+    .into_bytes()
+}
+
+/// A stream that failed before its first message.
+fn stream_error(s: tonic::Status) -> Response<Body> {
+    json(http_status(s.code()), stream_error_chunk(&s))
+}
+
+/// The route for a call that takes one message and streams its answers.
+fn server_stream<Req, Resp, F, Fut>(
+    (req_name, resp_name): (&'static str, &'static str),
+    limit: usize,
+    f: F,
+) -> MethodRouter
+where
+    Req: prost::Message + Default + Send + 'static,
+    Resp: prost::Message + Send + 'static,
+    F: Fn(tonic::Request<Req>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<tonic::Response<api::BoxStream<Resp>>, tonic::Status>>
+        + Send
+        + 'static,
+{
+    any(move |req: Request<Body>| {
+        let f = f.clone();
+        async move {
+            if req.method() != Method::POST {
+                return super::text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+            }
+            let (req_desc, resp_desc) = match descriptors((req_name, resp_name)) {
+                Ok(d) => d,
+                Err(r) => return r.answer(),
+            };
+            let (parts, body) = req.into_parts();
+            let message = match one_request(req_desc, body, limit).await {
+                Ok(m) => m,
+                Err(r) => return r.answer(),
+            };
+            stream_answer(resp_desc, f(grpc_request(&parts, message)).await).await
+        }
+    })
+}
+
+/// The request body of a streaming call: one JSON object after another
+/// (whitespace between them), each read as soon as it is whole.
+struct JsonObjects {
+    body: axum::body::BodyDataStream,
+    buf: Vec<u8>,
+    /// The largest object taken.
+    limit: usize,
+}
+
+impl JsonObjects {
+    /// The next object; `None` at the end of the body.
+    async fn next(&mut self) -> Option<Result<serde_json::Value, String>> {
+        loop {
+            let start = self
+                .buf
+                .iter()
+                .position(|b| !b.is_ascii_whitespace())
+                .unwrap_or(self.buf.len());
+            self.buf.drain(..start);
+            if !self.buf.is_empty() {
+                let mut values = serde_json::Deserializer::from_slice(&self.buf)
+                    .into_iter::<serde_json::Value>();
+                match values.next() {
+                    Some(Ok(v)) => {
+                        let used = values.byte_offset();
+                        self.buf.drain(..used);
+                        return Some(Ok(v));
+                    }
+                    Some(Err(e)) if !e.is_eof() => return Some(Err(e.to_string())),
+                    _ if self.buf.len() > self.limit => {
+                        return Some(Err("etcdserver: request is too large".into()))
+                    }
+                    _ => {}
+                }
+            }
+            match self.body.next().await {
+                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+                Some(Err(e)) => return Some(Err(e.to_string())),
+                None if self.buf.is_empty() => return None,
+                None => return Some(Err("unexpected EOF".into())),
+            }
+        }
+    }
+}
+
+/// The route for a call that streams both ways (Watch, LeaseKeepAlive).
+/// The first object is read before the call starts: a bad one is
+/// grpc-gateway's error (code 2, as the gateway's decoder fails); after
+/// it, a bad object or the end of the body closes the client's side.
+fn bidi_stream<Req, Resp, F, Fut>(
+    (req_name, resp_name): (&'static str, &'static str),
+    limit: usize,
+    f: F,
+) -> MethodRouter
+where
+    Req: prost::Message + Default + Send + 'static,
+    Resp: prost::Message + Send + 'static,
+    F: Fn(tonic::Request<ReceiverStream<Result<Req, tonic::Status>>>) -> Fut
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    Fut: Future<Output = Result<tonic::Response<api::BoxStream<Resp>>, tonic::Status>>
+        + Send
+        + 'static,
+{
+    any(move |req: Request<Body>| {
+        let f = f.clone();
+        async move {
+            if req.method() != Method::POST {
+                return super::text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+            }
+            let (req_desc, resp_desc) = match descriptors((req_name, resp_name)) {
+                Ok(d) => d,
+                Err(r) => return r.answer(),
+            };
+            let (parts, body) = req.into_parts();
+            let mut objects = JsonObjects {
+                body: body.into_data_stream(),
+                buf: Vec::new(),
+                limit,
+            };
+            let (tx, rx) = mpsc::channel(16);
+            match objects.next().await {
+                // An empty body: the client's side closed at once.
+                None => drop(tx),
+                Some(first) => {
+                    let first = first.and_then(|v| from_json::<Req, _>(req_desc.clone(), v));
+                    match first {
+                        Ok(m) => {
+                            let _ = tx.send(Ok(m)).await;
+                        }
+                        Err(e) => return error(tonic::Code::Unknown, &e),
+                    }
+                    tokio::spawn(async move {
+                        while let Some(Ok(v)) = objects.next().await {
+                            let Ok(m) = from_json::<Req, _>(req_desc.clone(), v) else {
+                                break;
+                            };
+                            if tx.send(Ok(m)).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            }
+            let inbound = ReceiverStream::new(rx);
+            stream_answer(resp_desc, f(grpc_request(&parts, inbound)).await).await
+        }
+    })
+}
+
+/// Adds `/v3/$path` and `/v3beta/$path`, one route per line:
+/// `service, "path" => method(package.Request -> Response);`, made by
+/// `$route` (unary, server_stream or bidi_stream).
+macro_rules! routes {
+    ($router:ident, $limit:ident, $route:ident; $($svc:ident, $path:literal => $method:ident($pkg:ident.$req:ident -> $resp:ident);)*) => {$(
         let svc = $svc.clone();
-        let names = (concat!($pkg, ".", $req), concat!($pkg, ".", $resp));
-        let route = unary(names, $limit, move |r| {
+        let names = (
+            concat!(stringify!($pkg), ".", stringify!($req)),
+            concat!(stringify!($pkg), ".", stringify!($resp)),
+        );
+        let route = $route(names, $limit, move |r| {
             let svc = svc.clone();
             async move { svc.$method(r).await }
         });
         $router = $router
             .route(concat!("/v3/", $path), route.clone())
             .route(concat!("/v3beta/", $path), route);
-    }};
+    )*};
 }
 
-/// The gateway's unary routes.
-pub fn routes(shared: Arc<Shared>) -> axum::Router {
+/// The gateway's routes.
+pub fn routes(shared: Arc<Shared>, stopping: tokio::sync::watch::Receiver<bool>) -> axum::Router {
     use etcd::auth_server::Auth as _;
     use etcd::cluster_server::Cluster as _;
     use etcd::kv_server::Kv as _;
@@ -206,439 +482,63 @@ pub fn routes(shared: Arc<Shared>) -> axum::Router {
     let m = api::maintenance::Maintenance(shared.clone());
     let auth = api::auth::Auth(shared.clone());
     let lock = api::lock::Lock(shared.clone());
+    let watch = api::watch::Watch(shared.clone(), stopping);
     let limit = max_body(shared.max_request_bytes);
     let el = api::election::Election(shared);
     let mut r = axum::Router::new();
-    rpc!(
-        r,
-        limit,
-        "kv/range",
-        kv,
-        range,
-        "etcdserverpb",
-        "RangeRequest",
-        "RangeResponse"
+    routes!(r, limit, unary;
+        kv, "kv/range" => range(etcdserverpb.RangeRequest -> RangeResponse);
+        kv, "kv/put" => put(etcdserverpb.PutRequest -> PutResponse);
+        kv, "kv/deleterange" => delete_range(etcdserverpb.DeleteRangeRequest -> DeleteRangeResponse);
+        kv, "kv/txn" => txn(etcdserverpb.TxnRequest -> TxnResponse);
+        kv, "kv/compaction" => compact(etcdserverpb.CompactionRequest -> CompactionResponse);
+        lease, "lease/grant" => lease_grant(etcdserverpb.LeaseGrantRequest -> LeaseGrantResponse);
+        lease, "lease/revoke" => lease_revoke(etcdserverpb.LeaseRevokeRequest -> LeaseRevokeResponse);
+        lease, "kv/lease/revoke" => lease_revoke(etcdserverpb.LeaseRevokeRequest -> LeaseRevokeResponse);
+        lease, "lease/timetolive" => lease_time_to_live(etcdserverpb.LeaseTimeToLiveRequest -> LeaseTimeToLiveResponse);
+        lease, "kv/lease/timetolive" => lease_time_to_live(etcdserverpb.LeaseTimeToLiveRequest -> LeaseTimeToLiveResponse);
+        lease, "lease/leases" => lease_leases(etcdserverpb.LeaseLeasesRequest -> LeaseLeasesResponse);
+        cluster, "cluster/member/add" => member_add(etcdserverpb.MemberAddRequest -> MemberAddResponse);
+        cluster, "cluster/member/remove" => member_remove(etcdserverpb.MemberRemoveRequest -> MemberRemoveResponse);
+        cluster, "cluster/member/update" => member_update(etcdserverpb.MemberUpdateRequest -> MemberUpdateResponse);
+        cluster, "cluster/member/list" => member_list(etcdserverpb.MemberListRequest -> MemberListResponse);
+        cluster, "cluster/member/promote" => member_promote(etcdserverpb.MemberPromoteRequest -> MemberPromoteResponse);
+        m, "maintenance/alarm" => alarm(etcdserverpb.AlarmRequest -> AlarmResponse);
+        m, "maintenance/status" => status(etcdserverpb.StatusRequest -> StatusResponse);
+        m, "maintenance/defragment" => defragment(etcdserverpb.DefragmentRequest -> DefragmentResponse);
+        // Hash and HashKV share a path in etcd 3.4's gateway; Hash answers.
+        m, "maintenance/hash" => hash(etcdserverpb.HashRequest -> HashResponse);
+        m, "maintenance/transfer-leadership" => move_leader(etcdserverpb.MoveLeaderRequest -> MoveLeaderResponse);
+        auth, "auth/enable" => auth_enable(etcdserverpb.AuthEnableRequest -> AuthEnableResponse);
+        auth, "auth/disable" => auth_disable(etcdserverpb.AuthDisableRequest -> AuthDisableResponse);
+        auth, "auth/authenticate" => authenticate(etcdserverpb.AuthenticateRequest -> AuthenticateResponse);
+        auth, "auth/user/add" => user_add(etcdserverpb.AuthUserAddRequest -> AuthUserAddResponse);
+        auth, "auth/user/get" => user_get(etcdserverpb.AuthUserGetRequest -> AuthUserGetResponse);
+        auth, "auth/user/list" => user_list(etcdserverpb.AuthUserListRequest -> AuthUserListResponse);
+        auth, "auth/user/delete" => user_delete(etcdserverpb.AuthUserDeleteRequest -> AuthUserDeleteResponse);
+        auth, "auth/user/changepw" => user_change_password(etcdserverpb.AuthUserChangePasswordRequest -> AuthUserChangePasswordResponse);
+        auth, "auth/user/grant" => user_grant_role(etcdserverpb.AuthUserGrantRoleRequest -> AuthUserGrantRoleResponse);
+        auth, "auth/user/revoke" => user_revoke_role(etcdserverpb.AuthUserRevokeRoleRequest -> AuthUserRevokeRoleResponse);
+        auth, "auth/role/add" => role_add(etcdserverpb.AuthRoleAddRequest -> AuthRoleAddResponse);
+        auth, "auth/role/get" => role_get(etcdserverpb.AuthRoleGetRequest -> AuthRoleGetResponse);
+        auth, "auth/role/list" => role_list(etcdserverpb.AuthRoleListRequest -> AuthRoleListResponse);
+        auth, "auth/role/delete" => role_delete(etcdserverpb.AuthRoleDeleteRequest -> AuthRoleDeleteResponse);
+        auth, "auth/role/grant" => role_grant_permission(etcdserverpb.AuthRoleGrantPermissionRequest -> AuthRoleGrantPermissionResponse);
+        auth, "auth/role/revoke" => role_revoke_permission(etcdserverpb.AuthRoleRevokePermissionRequest -> AuthRoleRevokePermissionResponse);
+        lock, "lock/lock" => lock(v3lockpb.LockRequest -> LockResponse);
+        lock, "lock/unlock" => unlock(v3lockpb.UnlockRequest -> UnlockResponse);
+        el, "election/campaign" => campaign(v3electionpb.CampaignRequest -> CampaignResponse);
+        el, "election/proclaim" => proclaim(v3electionpb.ProclaimRequest -> ProclaimResponse);
+        el, "election/leader" => leader(v3electionpb.LeaderRequest -> LeaderResponse);
+        el, "election/resign" => resign(v3electionpb.ResignRequest -> ResignResponse);
     );
-    rpc!(
-        r,
-        limit,
-        "kv/put",
-        kv,
-        put,
-        "etcdserverpb",
-        "PutRequest",
-        "PutResponse"
+    routes!(r, limit, server_stream;
+        m, "maintenance/snapshot" => snapshot(etcdserverpb.SnapshotRequest -> SnapshotResponse);
+        el, "election/observe" => observe(v3electionpb.LeaderRequest -> LeaderResponse);
     );
-    rpc!(
-        r,
-        limit,
-        "kv/deleterange",
-        kv,
-        delete_range,
-        "etcdserverpb",
-        "DeleteRangeRequest",
-        "DeleteRangeResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "kv/txn",
-        kv,
-        txn,
-        "etcdserverpb",
-        "TxnRequest",
-        "TxnResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "kv/compaction",
-        kv,
-        compact,
-        "etcdserverpb",
-        "CompactionRequest",
-        "CompactionResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "lease/grant",
-        lease,
-        lease_grant,
-        "etcdserverpb",
-        "LeaseGrantRequest",
-        "LeaseGrantResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "lease/revoke",
-        lease,
-        lease_revoke,
-        "etcdserverpb",
-        "LeaseRevokeRequest",
-        "LeaseRevokeResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "kv/lease/revoke",
-        lease,
-        lease_revoke,
-        "etcdserverpb",
-        "LeaseRevokeRequest",
-        "LeaseRevokeResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "lease/timetolive",
-        lease,
-        lease_time_to_live,
-        "etcdserverpb",
-        "LeaseTimeToLiveRequest",
-        "LeaseTimeToLiveResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "kv/lease/timetolive",
-        lease,
-        lease_time_to_live,
-        "etcdserverpb",
-        "LeaseTimeToLiveRequest",
-        "LeaseTimeToLiveResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "lease/leases",
-        lease,
-        lease_leases,
-        "etcdserverpb",
-        "LeaseLeasesRequest",
-        "LeaseLeasesResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "cluster/member/add",
-        cluster,
-        member_add,
-        "etcdserverpb",
-        "MemberAddRequest",
-        "MemberAddResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "cluster/member/remove",
-        cluster,
-        member_remove,
-        "etcdserverpb",
-        "MemberRemoveRequest",
-        "MemberRemoveResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "cluster/member/update",
-        cluster,
-        member_update,
-        "etcdserverpb",
-        "MemberUpdateRequest",
-        "MemberUpdateResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "cluster/member/list",
-        cluster,
-        member_list,
-        "etcdserverpb",
-        "MemberListRequest",
-        "MemberListResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "cluster/member/promote",
-        cluster,
-        member_promote,
-        "etcdserverpb",
-        "MemberPromoteRequest",
-        "MemberPromoteResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "maintenance/alarm",
-        m,
-        alarm,
-        "etcdserverpb",
-        "AlarmRequest",
-        "AlarmResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "maintenance/status",
-        m,
-        status,
-        "etcdserverpb",
-        "StatusRequest",
-        "StatusResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "maintenance/defragment",
-        m,
-        defragment,
-        "etcdserverpb",
-        "DefragmentRequest",
-        "DefragmentResponse"
-    );
-    // Hash and HashKV share a path in etcd 3.4's gateway; Hash answers.
-    rpc!(
-        r,
-        limit,
-        "maintenance/hash",
-        m,
-        hash,
-        "etcdserverpb",
-        "HashRequest",
-        "HashResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "maintenance/transfer-leadership",
-        m,
-        move_leader,
-        "etcdserverpb",
-        "MoveLeaderRequest",
-        "MoveLeaderResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "auth/enable",
-        auth,
-        auth_enable,
-        "etcdserverpb",
-        "AuthEnableRequest",
-        "AuthEnableResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "auth/disable",
-        auth,
-        auth_disable,
-        "etcdserverpb",
-        "AuthDisableRequest",
-        "AuthDisableResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "auth/authenticate",
-        auth,
-        authenticate,
-        "etcdserverpb",
-        "AuthenticateRequest",
-        "AuthenticateResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "auth/user/add",
-        auth,
-        user_add,
-        "etcdserverpb",
-        "AuthUserAddRequest",
-        "AuthUserAddResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "auth/user/get",
-        auth,
-        user_get,
-        "etcdserverpb",
-        "AuthUserGetRequest",
-        "AuthUserGetResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "auth/user/list",
-        auth,
-        user_list,
-        "etcdserverpb",
-        "AuthUserListRequest",
-        "AuthUserListResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "auth/user/delete",
-        auth,
-        user_delete,
-        "etcdserverpb",
-        "AuthUserDeleteRequest",
-        "AuthUserDeleteResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "auth/user/changepw",
-        auth,
-        user_change_password,
-        "etcdserverpb",
-        "AuthUserChangePasswordRequest",
-        "AuthUserChangePasswordResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "auth/user/grant",
-        auth,
-        user_grant_role,
-        "etcdserverpb",
-        "AuthUserGrantRoleRequest",
-        "AuthUserGrantRoleResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "auth/user/revoke",
-        auth,
-        user_revoke_role,
-        "etcdserverpb",
-        "AuthUserRevokeRoleRequest",
-        "AuthUserRevokeRoleResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "auth/role/add",
-        auth,
-        role_add,
-        "etcdserverpb",
-        "AuthRoleAddRequest",
-        "AuthRoleAddResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "auth/role/get",
-        auth,
-        role_get,
-        "etcdserverpb",
-        "AuthRoleGetRequest",
-        "AuthRoleGetResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "auth/role/list",
-        auth,
-        role_list,
-        "etcdserverpb",
-        "AuthRoleListRequest",
-        "AuthRoleListResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "auth/role/delete",
-        auth,
-        role_delete,
-        "etcdserverpb",
-        "AuthRoleDeleteRequest",
-        "AuthRoleDeleteResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "auth/role/grant",
-        auth,
-        role_grant_permission,
-        "etcdserverpb",
-        "AuthRoleGrantPermissionRequest",
-        "AuthRoleGrantPermissionResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "auth/role/revoke",
-        auth,
-        role_revoke_permission,
-        "etcdserverpb",
-        "AuthRoleRevokePermissionRequest",
-        "AuthRoleRevokePermissionResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "lock/lock",
-        lock,
-        lock,
-        "v3lockpb",
-        "LockRequest",
-        "LockResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "lock/unlock",
-        lock,
-        unlock,
-        "v3lockpb",
-        "UnlockRequest",
-        "UnlockResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "election/campaign",
-        el,
-        campaign,
-        "v3electionpb",
-        "CampaignRequest",
-        "CampaignResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "election/proclaim",
-        el,
-        proclaim,
-        "v3electionpb",
-        "ProclaimRequest",
-        "ProclaimResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "election/leader",
-        el,
-        leader,
-        "v3electionpb",
-        "LeaderRequest",
-        "LeaderResponse"
-    );
-    rpc!(
-        r,
-        limit,
-        "election/resign",
-        el,
-        resign,
-        "v3electionpb",
-        "ResignRequest",
-        "ResignResponse"
+    routes!(r, limit, bidi_stream;
+        watch, "watch" => serve(etcdserverpb.WatchRequest -> WatchResponse);
+        lease, "lease/keepalive" => keep_alive(etcdserverpb.LeaseKeepAliveRequest -> LeaseKeepAliveResponse);
     );
     r
 }

@@ -24,23 +24,27 @@ pub const CLUSTER_VERSION: &str = "3.4.0";
 /// How long the health check's read may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(1);
 
-pub fn routes(shared: Arc<Shared>) -> axum::Router {
-    let h = shared.clone();
-    let r = shared.clone();
-    axum::Router::new()
-        .route(
-            "/health",
-            any(move |req: Request<Body>| {
-                let s = h.clone();
-                async move {
-                    if req.method() != Method::GET {
-                        return method_not_allowed("GET");
-                    }
-                    let healthy = check(&s, &excluded(&req)).await.is_ok();
-                    health_answer(healthy)
+/// `/health` alone (what `--listen-metrics-urls` serve beside
+/// `/metrics`).
+pub fn health_route(shared: Arc<Shared>) -> axum::Router {
+    axum::Router::new().route(
+        "/health",
+        any(move |req: Request<Body>| {
+            let s = shared.clone();
+            async move {
+                if req.method() != Method::GET {
+                    return method_not_allowed("GET");
                 }
-            }),
-        )
+                let healthy = check(&s, &excluded(&req)).await.is_ok();
+                health_answer(healthy)
+            }
+        }),
+    )
+}
+
+pub fn routes(shared: Arc<Shared>) -> axum::Router {
+    let r = shared.clone();
+    health_route(shared)
         .route(
             "/readyz",
             any(move |req: Request<Body>| {
@@ -107,11 +111,18 @@ async fn check(s: &Shared, excluded: &[String]) -> Result<(), String> {
             return Err(format!("alarm {name}"));
         }
     }
+    // As etcd's, an alarm counts neither as a success nor as a failure.
     if s.leader() == 0 {
         tracing::warn!("/health error; no leader (status code 503)");
+        s.metrics.health_failures.inc();
         return Err("no leader".into());
     }
-    match tokio::time::timeout(READ_TIMEOUT, s.read_index()).await {
+    let read = tokio::time::timeout(READ_TIMEOUT, s.read_index()).await;
+    match &read {
+        Ok(Ok(())) => s.metrics.health_success.inc(),
+        _ => s.metrics.health_failures.inc(),
+    }
+    match read {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
             tracing::warn!("/health error; linearizable read failed: {e}");

@@ -8,6 +8,8 @@
 //! - [`health`]: `/health` (etcd 3.4's rule), `/livez` and `/readyz`
 //!   (etcd 3.5's), `/version`.
 //! - [`gateway`]: etcd's JSON gateway, `POST /v3/...`.
+//! - [`metrics`]: `/metrics`, which `--listen-metrics-urls` also serve
+//!   (with `/health` and nothing else: [`metrics_router`]).
 //!
 //! ## Invariants (etcd 3.4's answers, checked against the real one)
 //! - Every answer carries `--cors` (`*`): `Access-Control-Allow-Origin:
@@ -18,6 +20,7 @@
 
 pub mod gateway;
 pub mod health;
+pub mod metrics;
 
 use std::sync::Arc;
 
@@ -27,8 +30,15 @@ use axum::http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use crate::shared::Shared;
 
 /// The routes of the client port's HTTP side.
-pub fn router(shared: Arc<Shared>) -> axum::Router {
-    health::routes(shared.clone()).merge(gateway::routes(shared))
+pub fn router(shared: Arc<Shared>, stopping: tokio::sync::watch::Receiver<bool>) -> axum::Router {
+    health::routes(shared.clone())
+        .merge(metrics::routes(shared.clone()))
+        .merge(gateway::routes(shared, stopping))
+}
+
+/// What `--listen-metrics-urls` serve: `/metrics` and `/health`.
+pub fn metrics_router(shared: Arc<Shared>) -> axum::Router {
+    health::health_route(shared.clone()).merge(metrics::routes(shared))
 }
 
 /// A plain-text answer as Go's `http.Error` writes it (the text and a

@@ -259,6 +259,7 @@ impl Applier {
                 members: &self.shared.members,
                 auth: &self.shared.auth,
                 index: e.index,
+                metrics: &self.shared.metrics,
             };
             let started = Instant::now();
             let result =
@@ -268,6 +269,7 @@ impl Applier {
                 })?;
             let took = started.elapsed();
             if took > self.warn_apply {
+                self.shared.metrics.slow_apply.inc();
                 tracing::warn!(
                     ?took,
                     expected = ?self.warn_apply,
@@ -474,7 +476,7 @@ impl Applier {
             return Ok(());
         }
         let term = self.last_term;
-        s.store.sync()?;
+        crate::metrics::Metrics::time(&s.metrics.backend_sync, || s.store.sync())?;
         let conf: ConfState = crate::membership::conf_state(&s.members.list());
         self.log
             .append(vec![wal::Record::Snapshot {

@@ -80,6 +80,11 @@ pub fn start(
             max_txn_ops: cfg.max_txn_ops,
         },
     )?);
+    let metrics = Arc::new(crate::metrics::Metrics::new(cfg.metrics == "extensive")?);
+    {
+        let m = metrics.clone();
+        store.observe_commits(Arc::new(move |c| m.backend_commit(c)));
+    }
     let wal_path = datadir::wal_dir(&data_dir);
     let wal_opts = wal::Options::default();
     let storage = MemStorage::new();
@@ -230,6 +235,7 @@ pub fn start(
         store.clone(),
         data_dir.clone(),
         dialer,
+        metrics.clone(),
     );
     for m in members.list() {
         if m.id != member_id {
@@ -270,7 +276,13 @@ pub fn start(
         failure: Mutex::new(None),
         failed: tokio::sync::Notify::new(),
         removed: AtomicBool::new(false),
+        metrics: metrics.clone(),
     });
+    metrics.set_member(member_id, cfg.quota_bytes().max(0) as u64);
+    {
+        let m = metrics.clone();
+        log.observe_batches(Arc::new(move |b| m.wal_batch(b)));
+    }
     let log = Arc::new(log);
     let (apply_tx, apply_rx) = std::sync::mpsc::channel::<ApplyTask>();
     let applier = Applier::new(

@@ -69,7 +69,10 @@ impl RaftLoop {
             .retain(|id, _| expired.contains(id));
         for id in expired {
             let due = match self.housekeeping.revoking.get(&id) {
-                None => true,
+                None => {
+                    self.shared.metrics.leases_expired.inc();
+                    true
+                }
                 Some(at) => now.duration_since(*at) >= REVOKE_RETRY,
             };
             if due {

@@ -170,25 +170,33 @@ impl Shared {
         impl Drop for Forget<'_> {
             fn drop(&mut self) {
                 self.0.waiters.take(self.1);
+                self.0.metrics.proposals_pending.dec();
             }
         }
+        self.metrics.proposals_pending.inc();
         let _forget = Forget(self, id);
-        match conf {
-            None => self.send(Command::Propose { id, data })?,
+        let sent = match conf {
+            None => self.send(Command::Propose { id, data }),
             Some((change_type, node_id)) => {
                 let mut cc = ConfChange::default();
                 cc.set_change_type(change_type);
                 cc.node_id = node_id;
                 cc.context = data.into();
-                self.send(Command::ProposeConfChange { id, cc })?
+                self.send(Command::ProposeConfChange { id, cc })
             }
-        }
-        match tokio::time::timeout(self.request_timeout, rx).await {
-            Ok(Ok((Ok(a), rev))) => Ok((a, rev)),
-            Ok(Ok((Err(e), _))) => Err(e),
-            Ok(Err(_)) => Err(ServerError::Stopped),
-            Err(_) => Err(self.timeout_error(start, changes)),
-        }
+        };
+        // Failed: not handed to raft, or not applied in time (etcd's
+        // proposals_failed_total); an error the entry's apply gave is not.
+        let answer = match sent {
+            Err(e) => Err(e),
+            Ok(()) => match tokio::time::timeout(self.request_timeout, rx).await {
+                Ok(Ok(answer)) => return answer.0.map(|a| (a, answer.1)),
+                Ok(Err(_)) => Err(ServerError::Stopped),
+                Err(_) => Err(self.timeout_error(start, changes)),
+            },
+        };
+        self.metrics.proposals_failed.inc();
+        answer
     }
 
     /// Waits until this member has applied everything committed before
@@ -198,11 +206,18 @@ impl Shared {
         let changes = self.raft.leader_changes.load(Ordering::Acquire);
         let (reply, rx) = oneshot::channel();
         self.send(Command::ReadIndex { reply })?;
-        match tokio::time::timeout(self.request_timeout, rx).await {
+        let result = match tokio::time::timeout(self.request_timeout, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(ServerError::Stopped),
-            Err(_) => Err(self.timeout_error(start, changes)),
+            Err(_) => {
+                self.metrics.slow_read_indexes.inc();
+                Err(self.timeout_error(start, changes))
+            }
+        };
+        if result.is_err() {
+            self.metrics.read_indexes_failed.inc();
         }
+        result
     }
 
     /// etcd's reading of a request that timed out: no leader now, a leader

@@ -439,6 +439,9 @@ impl RaftLoop {
         s.raft.leader.store(leader, Ordering::Release);
         s.raft.is_leader.store(self.is_leader(), Ordering::Release);
         s.raft.leader_changes.fetch_add(1, Ordering::AcqRel);
+        if leader != 0 {
+            s.metrics.leader_changes_seen.inc();
+        }
         *s.raft
             .leader_since
             .lock()

@@ -80,6 +80,7 @@ pub struct Transport {
     runtime: tokio::runtime::Handle,
     /// Makes the channels to peers (TLS for `https://` peer URLs).
     pub dialer: crate::tls::Dialer,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
@@ -110,6 +111,7 @@ impl Transport {
         store: Arc<mvcc::Store>,
         data_dir: PathBuf,
         dialer: crate::tls::Dialer,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Transport> {
         let t = Arc::new(Transport {
             me,
@@ -122,6 +124,7 @@ impl Transport {
             faults: Arc::new(Faults::default()),
             runtime: tokio::runtime::Handle::current(),
             dialer,
+            metrics,
         });
         t.faults.watch_env();
         t
@@ -164,8 +167,15 @@ impl Transport {
             },
         );
         let t = self.clone();
+        let probed = channel.clone();
         self.runtime
             .spawn(async move { sender::stream_to(t, id, channel, rx).await });
+        let t = self.clone();
+        let alive = peers.get(&id).map(|p| p.queue.downgrade());
+        if let Some(alive) = alive {
+            self.runtime
+                .spawn(async move { sender::probe(t, id, probed, alive).await });
+        }
     }
 
     /// Stops sending to peer `id` (removed from the cluster): its queue

@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 
 use super::{Queued, Transport, KEEP_ALIVE, MAX_PEER_MESSAGE};
 use crate::pb::kvserverpb::peer_client::PeerClient;
-use crate::pb::kvserverpb::RaftBatch;
+use crate::pb::kvserverpb::{PeerAck, RaftBatch};
 use crate::raft::Command;
 
 /// What a member answers a removed member's messages with (etcd's).
@@ -29,12 +29,57 @@ fn log_again(last: &Option<Instant>) -> bool {
     last.is_none_or(|t| t.elapsed() >= LOG_EVERY)
 }
 
+/// How often a peer's round trip is timed.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// Times a `Peer.Probe` round trip to `peer` every [`PROBE_EVERY`] into
+/// `etcd_network_peer_round_trip_time_seconds`, for as long as the peer's
+/// queue (`alive`) exists: a removed peer, or one given new URLs, ends it.
+pub(crate) async fn probe(
+    t: Arc<Transport>,
+    peer: u64,
+    channel: Channel,
+    alive: mpsc::WeakSender<Queued>,
+) {
+    let Ok(rtt) = t
+        .metrics
+        .peer_rtt
+        .get_metric_with_label_values(&[&format!("{peer:x}")])
+    else {
+        return;
+    };
+    let mut client = PeerClient::new(channel);
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    loop {
+        tick.tick().await;
+        if alive.upgrade().is_none() {
+            return;
+        }
+        let start = Instant::now();
+        let answered = tokio::time::timeout(PROBE_EVERY, client.probe(PeerAck {})).await;
+        if let Ok(Ok(_)) = answered {
+            rtt.observe(start.elapsed().as_secs_f64());
+        }
+    }
+}
+
 pub(crate) async fn stream_to(
     t: Arc<Transport>,
     peer: u64,
     channel: Channel,
     mut queue: mpsc::Receiver<Queued>,
 ) {
+    let label = format!("{peer:x}");
+    let sent = t
+        .metrics
+        .peer_sent_bytes
+        .get_metric_with_label_values(&[&label])
+        .ok();
+    let failures = t
+        .metrics
+        .peer_sent_failures
+        .get_metric_with_label_values(&[&label])
+        .ok();
     let mut backoff = MIN_BACKOFF;
     let mut down_since: Option<Instant> = None;
     let mut last_logged: Option<Instant> = None;
@@ -55,8 +100,12 @@ pub(crate) async fn stream_to(
                     if t.faults.drops_out(peer) {
                         continue;
                     }
+                    let bytes = prost::Message::encoded_len(&ping) as u64;
                     if tx.send(ping).await.is_err() {
                         break Err(tonic::Status::unavailable("the stream closed"));
+                    }
+                    if let Some(c) = &sent {
+                        c.inc_by(bytes);
                     }
                 }
                 q = queue.recv() => {
@@ -65,14 +114,21 @@ pub(crate) async fn stream_to(
                     if !delay.is_zero() {
                         tokio::time::sleep_until((q.at + delay).into()).await;
                     }
+                    let bytes = prost::Message::encoded_len(&q.batch) as u64;
                     if tx.send(q.batch).await.is_err() {
                         break Err(tonic::Status::unavailable("the stream closed"));
+                    }
+                    if let Some(c) = &sent {
+                        c.inc_by(bytes);
                     }
                     sent_any = true;
                 }
             }
         };
         t.to_raft(Command::Unreachable(peer));
+        if let Some(c) = &failures {
+            c.inc();
+        }
         if let Err(s) = &ended {
             if s.code() == tonic::Code::PermissionDenied && s.message() == REMOVED {
                 // The peer knows this member was removed from the cluster.

@@ -93,8 +93,25 @@ impl Peer for PeerService {
         req: Request<Streaming<kpb::RaftBatch>>,
     ) -> Result<Response<kpb::PeerAck>, Status> {
         let mut inbound = req.into_inner();
+        let mut received: Option<(u64, prometheus::IntCounter)> = None;
         while let Some(batch) = inbound.message().await? {
             self.check(batch.cluster_id, batch.from, Some(batch.to))?;
+            if received
+                .as_ref()
+                .is_none_or(|(from, _)| *from != batch.from)
+            {
+                let from = format!("{:x}", batch.from);
+                received = self
+                    .0
+                    .metrics
+                    .peer_received_bytes
+                    .get_metric_with_label_values(&[&from])
+                    .ok()
+                    .map(|c| (batch.from, c));
+            }
+            if let Some((_, c)) = &received {
+                c.inc_by(prost::Message::encoded_len(&batch) as u64);
+            }
             if self.0.transport.faults.drops_in(batch.from) {
                 continue;
             }
@@ -162,6 +179,10 @@ impl Peer for PeerService {
             },
         };
         Ok(Response::new(resp))
+    }
+
+    async fn probe(&self, _req: Request<kpb::PeerAck>) -> Result<Response<kpb::PeerAck>, Status> {
+        Ok(Response::new(kpb::PeerAck {}))
     }
 
     async fn members(

@@ -261,6 +261,8 @@ fn normalized(v: serde_json::Value) -> serde_json::Value {
         "name",
         "token",
         "key",
+        // Leases the servers chose (Campaign's own).
+        "lease",
     ];
     match v {
         Value::Object(m) => Value::Object(
@@ -412,6 +414,17 @@ async fn the_json_gateway_answers_as_etcds() {
             a.body
         );
     }
+    // A stream refused before its first message: grpc-gateway's stream
+    // error, with the status of its code.
+    for (path, body) in [
+        ("/v3/maintenance/snapshot", "{}"),
+        ("/v3/watch", r#"{"create_request":{"key":"Zm9v"}}"#),
+    ] {
+        let mut e = Streamed::post(&etcd.addr, path, body).await;
+        let mut k = Streamed::post(&kv.endpoint, path, body).await;
+        let (kl, el) = (k.next_json().await, e.next_json().await);
+        assert_eq!((k.status, kl), (e.status, el), "{path}");
+    }
     let put = r#"{"key":"YQ==","value":"Yg=="}"#;
     let e = request_with(&etcd.addr, "/v3/kv/put", put, &et).await;
     let k = request_with(&kv.endpoint, "/v3/kv/put", put, &kt).await;
@@ -427,4 +440,274 @@ async fn request_with(addr: &str, path: &str, body: &str, token: &str) -> Answer
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let auth = format!("Authorization: {token}\r\n");
     request_on_with(tcp, "POST", path, &auth, body).await
+}
+
+/// A streamed HTTP/1.1 answer read as it comes: the status, then the
+/// body's lines (one JSON object each, as grpc-gateway streams them).
+pub struct Streamed {
+    tcp: tokio::net::TcpStream,
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    /// Raw bytes read and not yet taken apart.
+    raw: Vec<u8>,
+    /// The body's data (chunked framing removed) not yet returned as lines.
+    data: String,
+    chunked: bool,
+    ended: bool,
+}
+
+impl Streamed {
+    /// POSTs `body` to `path` and reads the answer's head.
+    pub async fn post(addr: &str, path: &str, body: &str) -> Streamed {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut s = Streamed {
+            tcp,
+            status: 0,
+            headers: BTreeMap::new(),
+            raw: Vec::new(),
+            data: String::new(),
+            chunked: false,
+            ended: false,
+        };
+        let end = loop {
+            if let Some(i) = s.raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            assert!(s.read_more().await, "the connection closed before the head");
+        };
+        let head = String::from_utf8_lossy(&s.raw[..end]).into_owned();
+        s.raw.drain(..end + 4);
+        let mut lines = head.lines();
+        s.status = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        s.headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string()))
+            .collect();
+        s.chunked = s
+            .headers
+            .get("transfer-encoding")
+            .is_some_and(|v| v.contains("chunked"));
+        s
+    }
+
+    /// Reads more bytes; false at the end of the connection.
+    async fn read_more(&mut self) -> bool {
+        let mut buf = [0u8; 16384];
+        let n = tokio::time::timeout(Duration::from_secs(5), self.tcp.read(&mut buf))
+            .await
+            .expect("more of the answer within 5 s")
+            .unwrap_or(0);
+        self.raw.extend_from_slice(&buf[..n]);
+        n > 0
+    }
+
+    /// Moves whole chunks from `raw` to `data`.
+    fn dechunk(&mut self) {
+        if !self.chunked {
+            self.data.push_str(&String::from_utf8_lossy(&self.raw));
+            self.raw.clear();
+            let length = self
+                .headers
+                .get("content-length")
+                .and_then(|l| l.parse().ok());
+            if length.is_some_and(|n: usize| self.data.len() >= n) {
+                self.ended = true;
+            }
+            return;
+        }
+        while let Some(i) = self.raw.windows(2).position(|w| w == b"\r\n") {
+            let size = String::from_utf8_lossy(&self.raw[..i]).into_owned();
+            let n = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
+            if n == 0 {
+                self.ended = true;
+                self.raw.clear();
+                return;
+            }
+            if self.raw.len() < i + 2 + n + 2 {
+                return;
+            }
+            self.data
+                .push_str(&String::from_utf8_lossy(&self.raw[i + 2..i + 2 + n]));
+            self.raw.drain(..i + 2 + n + 2);
+        }
+    }
+
+    /// The next line of the body, or whatever is left at its end (None
+    /// when nothing is).
+    pub async fn next(&mut self) -> Option<String> {
+        loop {
+            self.dechunk();
+            if let Some(i) = self.data.find('\n') {
+                let line = self.data[..i].to_string();
+                self.data.drain(..=i);
+                return Some(line);
+            }
+            if self.ended || !self.read_more().await {
+                self.dechunk();
+                let rest = std::mem::take(&mut self.data);
+                return (!rest.is_empty()).then_some(rest);
+            }
+        }
+    }
+
+    /// The next line as JSON, normalized.
+    pub async fn next_json(&mut self) -> serde_json::Value {
+        let line = self.next().await.expect("another message");
+        normalized(serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+    }
+}
+
+/// A metric's value as `/metrics` at `addr` reports it (0 if absent).
+pub async fn metric(addr: &str, name: &str) -> f64 {
+    let a = request(addr, "GET", "/metrics", "").await;
+    a.body
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_over_http_answer_as_etcds() {
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kv = Server::start(&dir.path().join("kv")).await;
+    for addr in [&etcd.addr, &kv.endpoint] {
+        request(
+            addr,
+            "POST",
+            "/v3/kv/put",
+            r#"{"key":"Zm9v","value":"MQ=="}"#,
+        )
+        .await;
+    }
+    // A watch from revision 1 delivers what happened, then what happens.
+    let watch = r#"{"create_request":{"key":"Zm9v","start_revision":"1","prev_kv":true}}"#;
+    let mut e = Streamed::post(&etcd.addr, "/v3/watch", watch).await;
+    let mut k = Streamed::post(&kv.endpoint, "/v3/watch", watch).await;
+    assert_eq!((k.status, e.status), (200, 200));
+    assert_eq!(k.headers.get("content-type"), e.headers.get("content-type"));
+    assert_eq!(k.next_json().await, e.next_json().await, "created");
+    assert_eq!(k.next_json().await, e.next_json().await, "the past event");
+    for addr in [&etcd.addr, &kv.endpoint] {
+        request(
+            addr,
+            "POST",
+            "/v3/kv/put",
+            r#"{"key":"Zm9v","value":"Mg=="}"#,
+        )
+        .await;
+        request(addr, "POST", "/v3/kv/deleterange", r#"{"key":"Zm9v"}"#).await;
+    }
+    assert_eq!(
+        k.next_json().await,
+        e.next_json().await,
+        "a put as it happens"
+    );
+    assert_eq!(k.next_json().await, e.next_json().await, "a delete");
+    // The client going away ends the watch on the member.
+    assert_eq!(
+        metric(&kv.endpoint, "etcd_debugging_mvcc_watch_stream_total").await,
+        1.0
+    );
+    drop(k);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&kv.endpoint, "etcd_debugging_mvcc_watch_stream_total").await != 0.0 {
+        assert!(Instant::now() < deadline, "the watch outlived its client");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metric(&kv.endpoint, "etcd_debugging_mvcc_watcher_total").await,
+        0.0
+    );
+
+    // Keep-alives: one answer per object in the body, then the end.
+    for addr in [&etcd.addr, &kv.endpoint] {
+        request(addr, "POST", "/v3/lease/grant", r#"{"TTL":"60","ID":"7"}"#).await;
+    }
+    for body in [
+        r#"{"ID":"7"} {"ID":"7"}"#,
+        r#"{"ID":"8"}"#,
+        "",
+        r#"{"ID":"7""#,
+        "xx",
+    ] {
+        let mut e = Streamed::post(&etcd.addr, "/v3/lease/keepalive", body).await;
+        let mut k = Streamed::post(&kv.endpoint, "/v3/lease/keepalive", body).await;
+        assert_eq!(k.status, e.status, "keepalive {body}");
+        loop {
+            let (kl, el) = (k.next().await, e.next().await);
+            let parse = |l: Option<String>| {
+                l.map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+                    // grpc-gateway's decoding errors are Go's words.
+                    let mut v = normalized(v);
+                    if v.get("code").is_some() {
+                        v["error"] = "_".into();
+                        v["message"] = "_".into();
+                    }
+                    v
+                })
+            };
+            let (kv_, ev) = (parse(kl), parse(el));
+            assert_eq!(kv_, ev, "keepalive {body}");
+            if ev.is_none() {
+                break;
+            }
+        }
+    }
+
+    // A snapshot: the database in chunks, then its SHA-256.
+    let mut k = Streamed::post(&kv.endpoint, "/v3/maintenance/snapshot", "{}").await;
+    let mut e = Streamed::post(&etcd.addr, "/v3/maintenance/snapshot", "{}").await;
+    assert_eq!((k.status, e.status), (200, 200));
+    for s in [&mut k, &mut e] {
+        use base64::Engine as _;
+        let mut blobs = Vec::new();
+        while let Some(line) = s.next().await {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let r = &v["result"];
+            assert!(r.get("header").is_none(), "{line}");
+            let blob = base64::engine::general_purpose::STANDARD
+                .decode(r["blob"].as_str().unwrap())
+                .unwrap();
+            blobs.push(blob);
+        }
+        let sum = blobs.pop().unwrap();
+        let db: Vec<u8> = blobs.concat();
+        use sha2::Digest as _;
+        assert_eq!(sha2::Sha256::digest(&db).as_slice(), sum.as_slice());
+    }
+
+    // Observe: the leader now, then each new one.
+    let campaign = r#"{"name":"ZWw=","value":"djE=","lease":"7"}"#;
+    for addr in [&etcd.addr, &kv.endpoint] {
+        let a = request(addr, "POST", "/v3/election/campaign", campaign).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    let mut e = Streamed::post(&etcd.addr, "/v3/election/observe", r#"{"name":"ZWw="}"#).await;
+    let mut k = Streamed::post(&kv.endpoint, "/v3/election/observe", r#"{"name":"ZWw="}"#).await;
+    assert_eq!(k.next_json().await, e.next_json().await, "the leader");
+    for addr in [&etcd.addr, &kv.endpoint] {
+        request(addr, "POST", "/v3/lease/revoke", r#"{"ID":"7"}"#).await;
+        request(
+            addr,
+            "POST",
+            "/v3/election/campaign",
+            r#"{"name":"ZWw=","value":"djI="}"#,
+        )
+        .await;
+    }
+    assert_eq!(k.next_json().await, e.next_json().await, "the next leader");
 }

@@ -17,6 +17,7 @@ mod lease;
 mod linearizability;
 mod maintenance;
 mod membership;
+mod metrics;
 mod operations;
 mod partition;
 mod replication;
