@@ -28,3 +28,55 @@ clientv3_bench() {
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# The member helpers below keep what they start in the caller's `pids`
+# array and their data under the caller's `$work` directory.
+
+# start_member SERVER SCHEME: a fresh one-member cluster of SERVER
+# ("etcd" or "kvserver", or the path of another kvserver binary) serving
+# clients over SCHEME (http, or https with --auto-tls); waits until it
+# takes a put. Sets $ep (host:port), $url, $pid and $tls (what
+# benches/clientv3 needs for it).
+start_member() {
+  local server=$1 scheme=${2:-http} port peer dir
+  port=$(free_port); peer=$(free_port); dir="$work/$(basename "$server")-$RANDOM"
+  local client="$scheme://127.0.0.1:$port" peers="http://127.0.0.1:$peer"
+  local args=(--data-dir "$dir" --listen-client-urls "$client" --advertise-client-urls "$client"
+    --listen-peer-urls "$peers" --initial-advertise-peer-urls "$peers"
+    --initial-cluster "default=$peers" --name default)
+  local ctl=()
+  tls=()
+  if [ "$scheme" = https ]; then
+    args+=(--auto-tls)
+    tls=(-insecure-skip-tls-verify)
+    ctl=(--insecure-transport=false --insecure-skip-tls-verify)
+  fi
+  case "$server" in
+    etcd) etcd "${args[@]}" >"$dir.log" 2>&1 & ;;
+    kvserver) "$kvserver" "${args[@]}" >"$dir.log" 2>&1 & ;;
+    *) "$server" "${args[@]}" >"$dir.log" 2>&1 & ;;
+  esac
+  pid=$!
+  pids+=("$pid")
+  for _ in $(seq 1 100); do
+    if etcdctl --endpoints "$client" "${ctl[@]}" put foo bar >/dev/null 2>&1; then
+      ep="127.0.0.1:$port"
+      url=$client
+      return
+    fi
+    sleep 0.1
+  done
+  echo "$server did not start; see $dir.log" >&2
+  exit 1
+}
+
+# stop_last: stops the member started last.
+stop_last() {
+  local p=${pids[-1]}
+  kill "$p" 2>/dev/null || true
+  wait "$p" 2>/dev/null || true
+  unset 'pids[-1]'
+}
+
+# cpu PID: the CPU seconds (user + system) process PID has used.
+cpu() { awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$1/stat"; }

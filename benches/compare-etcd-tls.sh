@@ -25,50 +25,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start NAME SCHEME: a fresh member of NAME (etcd or kvserver) serving
-# SCHEME (http or https); sets $ep, $pid and $tls (the bench's flags).
-start() {
-  local name=$1 scheme=$2 port peer dir
-  port=$(free_port); peer=$(free_port); dir="$work/$name-$RANDOM"
-  local client="$scheme://127.0.0.1:$port" peers="http://127.0.0.1:$peer"
-  local args=(--data-dir "$dir" --listen-client-urls "$client" --advertise-client-urls "$client"
-    --listen-peer-urls "$peers" --initial-advertise-peer-urls "$peers"
-    --initial-cluster "default=$peers" --name default)
-  tls=()
-  local ctl=()
-  if [ "$scheme" = https ]; then
-    args+=(--auto-tls)
-    tls=(-insecure-skip-tls-verify)
-    ctl=(--insecure-transport=false --insecure-skip-tls-verify)
-  fi
-  if [ "$name" = etcd ]; then
-    etcd "${args[@]}" >"$dir.log" 2>&1 &
-  else
-    "$kvserver" "${args[@]}" >"$dir.log" 2>&1 &
-  fi
-  pid=$!
-  pids+=("$pid")
-  for _ in $(seq 1 100); do
-    if ETCDCTL_API=3 etcdctl --endpoints "$client" "${ctl[@]}" put foo bar >/dev/null 2>&1; then
-      ep=$client
-      return
-    fi
-    sleep 0.1
-  done
-  echo "$name did not start; see $dir.log" >&2
-  exit 1
-}
-
-stop_last() {
-  local p=${pids[-1]}
-  kill "$p" 2>/dev/null || true
-  wait "$p" 2>/dev/null || true
-  unset 'pids[-1]'
-}
-
-# CPU seconds (user + system) process $1 has used.
-cpu() { awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
-
 loads=(
   "put-10conns-100clients|-op put -conns 10 -clients 100 -total 30000"
   "range-serializable-10conns-100clients|-op range -consistency s -conns 10 -clients 100 -total 60000"
@@ -80,12 +36,12 @@ results="$work/results"
 for round in $(seq 1 "$rounds"); do
   for scheme in http https; do
     for server in etcd kvserver; do
-      start "$server" "$scheme"
+      start_member "$server" "$scheme"
       for load in "${loads[@]}"; do
         name=${load%%|*}
         before=$(cpu "$pid")
         # shellcheck disable=SC2086
-        line=$("$clientv3" ${load#*|} "${tls[@]}" -endpoints "${ep#*://}" | tail -1)
+        line=$("$clientv3" ${load#*|} "${tls[@]}" -endpoints "$ep" | tail -1)
         after=$(cpu "$pid")
         echo "$round $server $scheme $name $before $after $line" >>"$results"
         echo "round $round $server $scheme $name: $(echo "$line" | python3 -c 'import json,sys; j=json.load(sys.stdin); print("%.0f/s errors %d" % (j["per_second"], j["errors"]))')" >&2

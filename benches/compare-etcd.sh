@@ -22,38 +22,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start NAME: starts a fresh member of NAME (etcd or kvserver); sets $ep.
-start() {
-  local name=$1 port peer dir
-  port=$(free_port); peer=$(free_port); dir="$work/$name-$RANDOM"
-  local client="http://127.0.0.1:$port" peers="http://127.0.0.1:$peer"
-  local args=(--data-dir "$dir" --listen-client-urls "$client" --advertise-client-urls "$client"
-    --listen-peer-urls "$peers" --initial-advertise-peer-urls "$peers"
-    --initial-cluster "default=$peers" --name default)
-  if [ "$name" = etcd ]; then
-    etcd "${args[@]}" >"$dir.log" 2>&1 &
-  else
-    "$kvserver" "${args[@]}" >"$dir.log" 2>&1 &
-  fi
-  pids+=($!)
-  for _ in $(seq 1 100); do
-    if ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$port" endpoint health >/dev/null 2>&1; then
-      ep="127.0.0.1:$port"
-      return
-    fi
-    sleep 0.1
-  done
-  echo "$name did not start; see $dir.log" >&2
-  exit 1
-}
-
-stop_last() {
-  local p=${pids[-1]}
-  kill "$p" 2>/dev/null || true
-  wait "$p" 2>/dev/null || true
-  unset 'pids[-1]'
-}
-
 # The loads: name and kvtool bench arguments.
 loads=(
   "put-100conns-1000clients|put --conns 100 --clients 1000 --total 100000 --key-size 8 --val-size 256 --key-space-size 100000"
@@ -66,7 +34,7 @@ results="$work/results"
 : >"$results"
 for round in $(seq 1 "$rounds"); do
   for server in etcd kvserver; do
-    start "$server"
+    start_member "$server"
     ETCDCTL_API=3 etcdctl --endpoints "$ep" put foo bar >/dev/null
     for load in "${loads[@]}"; do
       name=${load%%|*}

@@ -74,10 +74,32 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 fuzz_secs=${FUZZ_SECONDS:-60}
 scratch=$(mktemp -d)
-for target in btree_ops wal_recovery grpc_requests mvcc_model; do
-  mkdir -p "$scratch/$target"
-  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "$scratch/$target" "corpus/$target" -- \
-    -max_total_time="$fuzz_secs" -rss_limit_mb=4096 -print_final_stats=1)
+targets=(btree_ops wal_recovery grpc_requests mvcc_model)
+# One build for every target, then two targets at a time (libFuzzer runs
+# on one core; the machine has two).
+(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build)
+fuzz_one() {
+  mkdir -p "$scratch/$1"
+  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$1" "$scratch/$1" "corpus/$1" -- \
+    -max_total_time="$fuzz_secs" -rss_limit_mb=4096 -print_final_stats=1) >"$scratch/$1.log" 2>&1
+}
+for ((i = 0; i < ${#targets[@]}; i += 2)); do
+  fuzz_pids=()
+  for target in "${targets[@]:i:2}"; do
+    fuzz_one "$target" &
+    fuzz_pids+=("$!")
+  done
+  for j in "${!fuzz_pids[@]}"; do
+    target=${targets[i + j]}
+    if wait "${fuzz_pids[j]}"; then
+      grep -E "^stat::(number_of_executed_units|peak_rss_mb)|Done [0-9]+ runs" "$scratch/$target.log" |
+        sed "s/^/$target: /"
+    else
+      cat "$scratch/$target.log"
+      echo "fuzz target $target failed" >&2
+      exit 1
+    fi
+  done
 done
 rm -rf "$scratch"
 

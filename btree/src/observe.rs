@@ -2,7 +2,7 @@
 //! into metrics): each commit as it happens, and the progress of an
 //! online defragmentation. Nothing here changes what is written.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +28,8 @@ pub type CommitObserver = Arc<dyn Fn(&CommitDone) + Send + Sync>;
 /// An online defragmentation's progress, updated at each step.
 #[derive(Debug, Default)]
 pub(crate) struct DefragProgress {
-    running: AtomicBool,
+    /// Defragmentations under way (two requests may overlap).
+    running: AtomicU64,
     nodes_moved: AtomicU64,
     pages_above_target: AtomicU64,
 }
@@ -47,7 +48,7 @@ pub struct DefragState {
 
 impl DefragProgress {
     pub(crate) fn start(&self) {
-        self.running.store(true, Relaxed);
+        self.running.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn step(&self, moved: u64, pages_above_target: u64) {
@@ -56,13 +57,14 @@ impl DefragProgress {
     }
 
     pub(crate) fn finish(&self) {
-        self.pages_above_target.store(0, Relaxed);
-        self.running.store(false, Relaxed);
+        if self.running.fetch_sub(1, Relaxed) == 1 {
+            self.pages_above_target.store(0, Relaxed);
+        }
     }
 
     pub(crate) fn state(&self) -> DefragState {
         DefragState {
-            running: self.running.load(Relaxed),
+            running: self.running.load(Relaxed) > 0,
             nodes_moved: self.nodes_moved.load(Relaxed),
             pages_above_target: self.pages_above_target.load(Relaxed),
         }

@@ -282,8 +282,9 @@ pub fn apply(
                 })
             }),
         Some(Op::Txn(t)) => batch.txn(&txn_request(t)).map(|r| {
-            ctx.metrics.txn(t, r.succeeded);
-            Applied::Txn(txn_response(r))
+            let r = txn_response(r);
+            ctx.metrics.txn(t, &r);
+            Applied::Txn(r)
         }),
         Some(Op::Compaction(c)) => batch.compact(c.revision).map(|()| {
             Applied::Compaction(pb::CompactionResponse {

@@ -164,17 +164,18 @@ pub async fn run_with_state(
             .add_service(pb::v3electionpb::election_server::ElectionServer::new(
                 api::election::Election(shared.clone()),
             ));
-    // The client port's HTTP side shares the listeners (and the router).
+    // The client port's HTTP side shares the listeners (and the router):
+    // the gRPC routes are counted (metrics), the HTTP ones get etcd's CORS
+    // headers; neither layer sits on the other's path.
     let routes = tonic::service::Routes::from(
         routes
             .into_axum_router()
-            .merge(http::router(shared.clone(), stop_rx.clone()))
-            .fallback(http::fallback)
-            .layer(axum::middleware::from_fn(http::cors))
-            .layer(axum::middleware::from_fn_with_state(
-                shared.metrics.clone(),
-                metrics::grpc::track,
-            )),
+            .layer(metrics::grpc::GrpcLayer(shared.metrics.clone()))
+            .merge(
+                http::router(shared.clone(), stop_rx.clone())
+                    .layer(axum::middleware::from_fn(http::cors)),
+            )
+            .fallback(http::fallback),
     );
     // --listen-metrics-urls: /metrics and /health only, from the start
     // (a member waiting for its cluster is worth watching).
@@ -249,6 +250,7 @@ pub async fn run_with_state(
         let _ = tokio::time::timeout(Duration::from_secs(3), s).await;
     }
     shared.stop();
+    shared.transport.stop();
     let removed = shared.removed.load(std::sync::atomic::Ordering::Acquire);
     drop(shared);
     tokio::task::spawn_blocking(move || threads.join())

@@ -99,8 +99,8 @@ impl pb::kv_server::Kv for Kv {
                 .store
                 .read_txn(&apply::txn_request(&r))
                 .map_err(mvcc_err)?;
-            self.0.metrics.txn(&r, res.succeeded);
             let mut t = apply::txn_response(res);
+            self.0.metrics.txn(&r, &t);
             t.header = Some(self.0.header(t.header.map_or(0, |h| h.revision)));
             return Ok(Response::new(t));
         }

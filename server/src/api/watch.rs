@@ -50,7 +50,14 @@ impl Watch {
         let (tx, rx) = mpsc::channel(128);
         tokio::spawn(async move {
             let (stream, mut events) = shared.store.watch_stream(256);
+            struct Open(prometheus::IntGauge);
+            impl Drop for Open {
+                fn drop(&mut self) {
+                    self.0.dec();
+                }
+            }
             shared.metrics.watch_streams.inc();
+            let _open = Open(shared.metrics.watch_streams.clone());
             let mut fragment: std::collections::HashSet<i64> = Default::default();
             let mut reading = true;
             loop {
@@ -101,7 +108,6 @@ impl Watch {
             }
             // Dropping the stream removes its watchers.
             drop(stream);
-            shared.metrics.watch_streams.dec();
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

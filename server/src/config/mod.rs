@@ -532,6 +532,7 @@ impl Config {
         }
         self.client_listen_addrs()?;
         self.peer_listen_addrs()?;
+        self.metrics_listen_addrs()?;
         self.auto_compaction()?;
         Ok(())
     }

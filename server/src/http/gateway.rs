@@ -336,44 +336,83 @@ where
 }
 
 /// The request body of a streaming call: one JSON object after another
-/// (whitespace between them), each read as soon as it is whole.
+/// (whitespace between them), each read as soon as it is whole. Bytes are
+/// scanned once as they come (nesting and strings followed), and an object
+/// is parsed only when its closing brace has come.
 struct JsonObjects {
     body: axum::body::BodyDataStream,
     buf: Vec<u8>,
     /// The largest object taken.
     limit: usize,
+    /// How far `buf` has been scanned, and the scan's state there.
+    scanned: usize,
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
 }
 
 impl JsonObjects {
+    fn new(body: Body, limit: usize) -> JsonObjects {
+        JsonObjects {
+            body: body.into_data_stream(),
+            buf: Vec::new(),
+            limit,
+            scanned: 0,
+            depth: 0,
+            in_string: false,
+            escaped: false,
+        }
+    }
+
+    /// Where the first value in `buf` ends, if it has come whole; scans
+    /// only what was not scanned before.
+    fn value_end(&mut self) -> Option<usize> {
+        while self.scanned < self.buf.len() {
+            let b = self.buf[self.scanned];
+            self.scanned += 1;
+            if self.in_string {
+                match b {
+                    _ if self.escaped => self.escaped = false,
+                    b'\\' => self.escaped = true,
+                    b'"' => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => {
+                    self.depth = self.depth.saturating_sub(1);
+                    if self.depth == 0 {
+                        return Some(self.scanned);
+                    }
+                }
+                // Not an object: serde says what is wrong with it.
+                _ if self.depth == 0 && !b.is_ascii_whitespace() => return Some(self.buf.len()),
+                _ => {}
+            }
+        }
+        None
+    }
+
     /// The next object; `None` at the end of the body.
     async fn next(&mut self) -> Option<Result<serde_json::Value, String>> {
         loop {
-            let start = self
-                .buf
-                .iter()
-                .position(|b| !b.is_ascii_whitespace())
-                .unwrap_or(self.buf.len());
-            self.buf.drain(..start);
-            if !self.buf.is_empty() {
-                let mut values = serde_json::Deserializer::from_slice(&self.buf)
-                    .into_iter::<serde_json::Value>();
-                match values.next() {
-                    Some(Ok(v)) => {
-                        let used = values.byte_offset();
-                        self.buf.drain(..used);
-                        return Some(Ok(v));
-                    }
-                    Some(Err(e)) if !e.is_eof() => return Some(Err(e.to_string())),
-                    _ if self.buf.len() > self.limit => {
-                        return Some(Err("etcdserver: request is too large".into()))
-                    }
-                    _ => {}
-                }
+            if let Some(end) = self.value_end() {
+                let parsed = serde_json::from_slice(&self.buf[..end]).map_err(|e| e.to_string());
+                self.buf.drain(..end);
+                self.scanned = 0;
+                self.depth = 0;
+                return Some(parsed);
+            }
+            if self.buf.len() > self.limit {
+                return Some(Err("etcdserver: request is too large".into()));
             }
             match self.body.next().await {
                 Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
                 Some(Err(e)) => return Some(Err(e.to_string())),
-                None if self.buf.is_empty() => return None,
+                None if self.buf.iter().all(u8::is_ascii_whitespace) => return None,
                 None => return Some(Err("unexpected EOF".into())),
             }
         }
@@ -412,11 +451,7 @@ where
                 Err(r) => return r.answer(),
             };
             let (parts, body) = req.into_parts();
-            let mut objects = JsonObjects {
-                body: body.into_data_stream(),
-                buf: Vec::new(),
-                limit,
-            };
+            let mut objects = JsonObjects::new(body, limit);
             let (tx, rx) = mpsc::channel(16);
             match objects.next().await {
                 // An empty body: the client's side closed at once.
@@ -429,8 +464,14 @@ where
                         }
                         Err(e) => return error(tonic::Code::Unknown, &e),
                     }
+                    // Reads on until the body ends or the call does.
                     tokio::spawn(async move {
-                        while let Some(Ok(v)) = objects.next().await {
+                        loop {
+                            let next = tokio::select! {
+                                next = objects.next() => next,
+                                () = tx.closed() => break,
+                            };
+                            let Some(Ok(v)) = next else { break };
                             let Ok(m) = from_json::<Req, _>(req_desc.clone(), v) else {
                                 break;
                             };

@@ -35,7 +35,7 @@ pub fn health_route(shared: Arc<Shared>) -> axum::Router {
                 if req.method() != Method::GET {
                     return method_not_allowed("GET");
                 }
-                let healthy = check(&s, &excluded(&req)).await.is_ok();
+                let healthy = check(&s, &excluded(&req), true).await.is_ok();
                 health_answer(healthy)
             }
         }),
@@ -53,7 +53,7 @@ pub fn routes(shared: Arc<Shared>) -> axum::Router {
                     if req.method() != Method::GET {
                         return method_not_allowed("GET");
                     }
-                    match check(&s, &[]).await {
+                    match check(&s, &[], false).await {
                         Ok(()) => text(StatusCode::OK, "ok"),
                         Err(why) => {
                             text(StatusCode::SERVICE_UNAVAILABLE, &format!("not ok: {why}"))
@@ -101,8 +101,9 @@ fn excluded(req: &Request<Body>) -> Vec<String> {
         .collect()
 }
 
-/// etcd 3.4's health rule; the reason when unhealthy.
-async fn check(s: &Shared, excluded: &[String]) -> Result<(), String> {
+/// etcd 3.4's health rule; the reason when unhealthy. `counted`: a
+/// `/health` check, which etcd counts (`etcd_server_health_*`).
+async fn check(s: &Shared, excluded: &[String], counted: bool) -> Result<(), String> {
     let alarms = s.alarms.lock().unwrap_or_else(|e| e.into_inner()).list();
     for a in alarms {
         let name = a.alarm().as_str_name().to_string();
@@ -114,11 +115,14 @@ async fn check(s: &Shared, excluded: &[String]) -> Result<(), String> {
     // As etcd's, an alarm counts neither as a success nor as a failure.
     if s.leader() == 0 {
         tracing::warn!("/health error; no leader (status code 503)");
-        s.metrics.health_failures.inc();
+        if counted {
+            s.metrics.health_failures.inc();
+        }
         return Err("no leader".into());
     }
     let read = tokio::time::timeout(READ_TIMEOUT, s.read_index()).await;
     match &read {
+        _ if !counted => {}
         Ok(Ok(())) => s.metrics.health_success.inc(),
         _ => s.metrics.health_failures.inc(),
     }

@@ -66,34 +66,36 @@ pub(crate) fn method_not_allowed(allow: &'static str) -> Response<Body> {
     r
 }
 
+/// Whether a request is gRPC (HTTP/2 with `content-type:
+/// application/grpc...`; the rest of the client port is HTTP).
+fn is_grpc(req: &Request<Body>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// What no route serves: gRPC's UNIMPLEMENTED for a gRPC request (as
 /// tonic answers), else Go's 404.
 pub async fn fallback(req: Request<Body>) -> Response<Body> {
-    let grpc = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
-    if grpc {
+    if is_grpc(&req) {
         let (parts, ()) = tonic::Status::unimplemented("")
             .into_http::<()>()
             .into_parts();
         return Response::from_parts(parts, Body::empty());
     }
-    if req.method() == Method::OPTIONS {
-        return Response::new(Body::empty());
-    }
-    text(StatusCode::NOT_FOUND, "404 page not found")
+    let mut r = if req.method() == Method::OPTIONS {
+        Response::new(Body::empty())
+    } else {
+        text(StatusCode::NOT_FOUND, "404 page not found")
+    };
+    cors_headers(&mut r);
+    r
 }
 
 /// Adds etcd's CORS headers (`--cors '*'`) to an HTTP answer; gRPC
 /// answers pass untouched.
 pub async fn cors(req: Request<Body>, next: axum::middleware::Next) -> Response<Body> {
-    let grpc = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
+    let grpc = is_grpc(&req);
     let options = req.method() == Method::OPTIONS;
     let mut r = if options && !grpc {
         Response::new(Body::empty())
@@ -101,16 +103,21 @@ pub async fn cors(req: Request<Body>, next: axum::middleware::Next) -> Response<
         next.run(req).await
     };
     if !grpc {
-        let h = r.headers_mut();
-        h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
-        h.insert(
-            "access-control-allow-methods",
-            HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
-        );
-        h.insert(
-            "access-control-allow-headers",
-            HeaderValue::from_static("accept, content-type, authorization"),
-        );
+        cors_headers(&mut r);
     }
     r
+}
+
+/// etcd's CORS headers (`--cors '*'`).
+fn cors_headers(r: &mut Response<Body>) {
+    let h = r.headers_mut();
+    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    h.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
+    );
+    h.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static("accept, content-type, authorization"),
+    );
 }

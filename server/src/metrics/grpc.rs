@@ -5,7 +5,7 @@
 //! `grpc_server_handling_seconds`, and etcd's bytes to and from clients
 //! and requests per client API version.
 //!
-//! [`track`] is a layer over the client port's router: it reads the call
+//! [`GrpcLayer`] is a layer over the client port's gRPC routes: it reads the call
 //! from the path, counts the messages and their bytes as the bodies pass
 //! (gRPC's 5-byte prefix read off the stream, so a message split across
 //! frames counts once), and the status from the trailers. Every etcd
@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderMap, Request, Response};
+use axum::http::{HeaderMap, HeaderName, Request, Response};
 use http_body::Frame;
 use prometheus::{Histogram, HistogramOpts, IntCounter};
 
@@ -108,13 +108,23 @@ const METHODS: &[(&str, &[(&str, &str)])] = &[
 
 /// One method's series, resolved once.
 struct Method {
-    unary: bool,
     started: IntCounter,
     handled: [IntCounter; 17],
     received: IntCounter,
     sent: IntCounter,
     handling: Option<Histogram>,
+    /// `etcd_server_client_requests_total` for this method's kind, by
+    /// [`CLIENT_VERSIONS`] index.
+    client_requests: Vec<IntCounter>,
+    /// etcd's bytes from and to clients (shared by every method).
+    received_bytes: IntCounter,
+    sent_bytes: IntCounter,
 }
+
+/// The `client-api-version` values counted by name (etcd's clients send
+/// their major.minor); any other is "unknown", so that no client can grow
+/// the label set.
+const CLIENT_VERSIONS: [&str; 8] = ["3.0", "3.1", "3.2", "3.3", "3.4", "3.5", "3.6", "unknown"];
 
 /// The gRPC metrics, by path (`/etcdserverpb.KV/Range`).
 pub struct GrpcMetrics {
@@ -122,7 +132,12 @@ pub struct GrpcMetrics {
 }
 
 impl GrpcMetrics {
-    pub(super) fn new(r: &mut Registrar<'_>, extensive: bool) -> R<GrpcMetrics> {
+    pub(super) fn new(
+        r: &mut Registrar<'_>,
+        extensive: bool,
+        client_requests: &prometheus::IntCounterVec,
+        (received_bytes, sent_bytes): (&IntCounter, &IntCounter),
+    ) -> R<GrpcMetrics> {
         let labels = ["grpc_type", "grpc_service", "grpc_method"];
         let with_code = ["grpc_type", "grpc_service", "grpc_method", "grpc_code"];
         let started = r.counter_vec(
@@ -160,18 +175,20 @@ impl GrpcMetrics {
         for (service, calls) in METHODS {
             for (method, kind) in *calls {
                 let l = [*kind, *service, *method];
-                let code =
-                    |c: &str| handled.get_metric_with_label_values(&[kind, service, method, c]);
                 let mut codes = Vec::with_capacity(CODES.len());
                 for c in CODES {
-                    codes.push(code(c)?);
+                    codes.push(handled.get_metric_with_label_values(&[kind, service, method, c])?);
                 }
                 let handled: [IntCounter; 17] = match codes.try_into() {
                     Ok(a) => a,
                     Err(_) => return Err(prometheus::Error::Msg("gRPC codes".into())),
                 };
+                let call_kind = if *kind == "unary" { "unary" } else { "stream" };
+                let mut by_version = Vec::with_capacity(CLIENT_VERSIONS.len());
+                for v in CLIENT_VERSIONS {
+                    by_version.push(client_requests.get_metric_with_label_values(&[call_kind, v])?);
+                }
                 let m = Method {
-                    unary: *kind == "unary",
                     started: started.get_metric_with_label_values(&l)?,
                     handled,
                     received: received.get_metric_with_label_values(&l)?,
@@ -180,6 +197,9 @@ impl GrpcMetrics {
                         Some(h) => Some(h.get_metric_with_label_values(&l)?),
                         None => None,
                     },
+                    client_requests: by_version,
+                    received_bytes: received_bytes.clone(),
+                    sent_bytes: sent_bytes.clone(),
                 };
                 methods.insert(format!("/{service}/{method}"), Arc::new(m));
             }
@@ -188,99 +208,154 @@ impl GrpcMetrics {
     }
 }
 
-/// Counts a gRPC call on the client port (other requests pass untouched).
-pub async fn track(
-    axum::extract::State(metrics): axum::extract::State<Arc<Metrics>>,
-    req: Request<Body>,
-    next: axum::middleware::Next,
-) -> Response<Body> {
-    let grpc = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    let method = match grpc {
-        true => metrics.grpc.methods.get(req.uri().path()).cloned(),
-        false => None,
-    };
-    let Some(method) = method else {
-        return next.run(req).await;
-    };
-    method.started.inc();
-    let version = client_api_version(req.headers());
-    let kind = if method.unary { "unary" } else { "stream" };
-    if let Ok(c) = metrics
-        .client_requests
-        .get_metric_with_label_values(&[kind, version])
-    {
-        c.inc();
-    }
-    let start = Instant::now();
-    let (parts, body) = req.into_parts();
-    let body = Body::new(Counted {
-        inner: body,
-        frames: Framing::default(),
-        on_message: Counting::Received(metrics.clone(), method.clone()),
-        done: None,
-    });
-    let response = next.run(Request::from_parts(parts, body)).await;
-    let (parts, body) = response.into_parts();
-    // A trailers-only answer carries its status in the headers.
-    let status = grpc_status(&parts.headers);
-    let done = Done {
-        method: method.clone(),
-        start,
-    };
-    if let Some(code) = status {
-        done.finish(code);
-        return Response::from_parts(parts, body);
-    }
-    let body = Body::new(Counted {
-        inner: body,
-        frames: Framing::default(),
-        on_message: Counting::Sent(metrics, method),
-        done: Some(done),
-    });
-    Response::from_parts(parts, body)
-}
+/// The layer over the client port's gRPC routes that counts each call
+/// (a path that is no etcd method passes uncounted). A plain tower layer,
+/// so a call pays for no boxed future.
+#[derive(Clone)]
+pub struct GrpcLayer(pub Arc<Metrics>);
 
-/// etcd's `client-api-version` label: the client's metadata, or
-/// "unknown". Only short version-like values are taken, so that no client
-/// can grow the label set without bound.
-fn client_api_version(h: &HeaderMap) -> &str {
-    match h.get("client-api-version").and_then(|v| v.to_str().ok()) {
-        Some(v)
-            if !v.is_empty()
-                && v.len() <= 8
-                && v.bytes().all(|b| b.is_ascii_digit() || b == b'.') =>
-        {
-            v
+impl<S> tower::Layer<S> for GrpcLayer {
+    type Service = Track<S>;
+
+    fn layer(&self, inner: S) -> Track<S> {
+        Track {
+            inner,
+            metrics: self.0.clone(),
         }
-        _ => "unknown",
     }
 }
 
+/// [`GrpcLayer`]'s service.
+#[derive(Clone)]
+pub struct Track<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S> tower::Service<Request<Body>> for Track<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = Tracked<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let Some(method) = self.metrics.grpc.methods.get(req.uri().path()).cloned() else {
+            return Tracked {
+                inner: self.inner.call(req),
+                call: None,
+            };
+        };
+        method.started.inc();
+        method.client_requests[client_api_version(req.headers())].inc();
+        // Counted as canceled if the call is dropped before its status is
+        // known (the client reset it, a deadline passed).
+        let done = Done {
+            start: method.handling.as_ref().map(|_| Instant::now()),
+            method: method.clone(),
+            finished: false,
+        };
+        let req = req.map(|body| {
+            Body::new(Counted {
+                inner: body,
+                frames: Framing::default(),
+                way: Way::Received,
+                method,
+                done: None,
+            })
+        });
+        Tracked {
+            inner: self.inner.call(req),
+            call: Some(done),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call's answer on its way: its body is wrapped to count what it
+    /// sends and its status.
+    pub struct Tracked<F> {
+        #[pin]
+        inner: F,
+        call: Option<Done>,
+    }
+}
+
+impl<F, E> std::future::Future for Tracked<F>
+where
+    F: std::future::Future<Output = Result<Response<Body>, E>>,
+{
+    type Output = Result<Response<Body>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match this.inner.poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(r)) => r,
+        };
+        let Some(done) = this.call.take() else {
+            return Poll::Ready(Ok(response));
+        };
+        // A trailers-only answer carries its status in the headers.
+        if let Some(code) = grpc_status(response.headers()) {
+            done.finish(code);
+            return Poll::Ready(Ok(response));
+        }
+        let method = done.method.clone();
+        Poll::Ready(Ok(response.map(|body| {
+            Body::new(Counted {
+                inner: body,
+                frames: Framing::default(),
+                way: Way::Sent,
+                method,
+                done: Some(done),
+            })
+        })))
+    }
+}
+
+/// The index in [`CLIENT_VERSIONS`] of the client's `client-api-version`.
+fn client_api_version(h: &HeaderMap) -> usize {
+    static NAME: HeaderName = HeaderName::from_static("client-api-version");
+    let v = h.get(&NAME).map(|v| v.as_bytes());
+    CLIENT_VERSIONS
+        .iter()
+        .position(|known| v == Some(known.as_bytes()))
+        .unwrap_or(CLIENT_VERSIONS.len() - 1)
+}
+
+/// gRPC's status code, as a code number (a number no code has is Unknown).
 fn grpc_status(h: &HeaderMap) -> Option<usize> {
-    let v = h.get("grpc-status")?.to_str().ok()?.parse::<usize>().ok()?;
-    Some(v.min(CODES.len() - 1))
+    static NAME: HeaderName = HeaderName::from_static("grpc-status");
+    let v = h.get(&NAME)?.to_str().ok()?.parse::<usize>().ok()?;
+    Some(if v < CODES.len() { v } else { 2 })
 }
 
 /// Which way a body's messages go.
-enum Counting {
-    Received(Arc<Metrics>, Arc<Method>),
-    Sent(Arc<Metrics>, Arc<Method>),
+#[derive(Clone, Copy)]
+enum Way {
+    Received,
+    Sent,
 }
 
-impl Counting {
-    fn message(&self, bytes: u64) {
-        match self {
-            Counting::Received(m, method) => {
-                m.client_received_bytes.inc_by(bytes);
-                method.received.inc();
-            }
-            Counting::Sent(m, method) => {
-                m.client_sent_bytes.inc_by(bytes);
-                method.sent.inc();
-            }
+impl Method {
+    /// `bytes` more of a message going `way`; `whole`: its last byte.
+    fn count(&self, way: Way, bytes: u64, whole: bool) {
+        let (total, messages) = match way {
+            Way::Received => (&self.received_bytes, &self.received),
+            Way::Sent => (&self.sent_bytes, &self.sent),
+        };
+        if bytes > 0 {
+            total.inc_by(bytes);
+        }
+        if whole {
+            messages.inc();
         }
     }
 }
@@ -296,14 +371,15 @@ struct Framing {
 }
 
 impl Framing {
-    /// Feeds `data`; calls `message(len)` for each message whose prefix
-    /// has been read.
-    fn feed(&mut self, mut data: &[u8], message: impl Fn(u64)) {
+    /// Feeds `data`; calls `count(bytes, whole)` for the bytes of messages
+    /// it holds, `whole` once a message's last byte has come.
+    fn feed(&mut self, mut data: &[u8], count: impl Fn(u64, bool)) {
         while !data.is_empty() {
             if self.left > 0 {
                 let n = (self.left as usize).min(data.len());
                 self.left -= n as u64;
                 data = &data[n..];
+                count(n as u64, self.left == 0);
                 continue;
             }
             let n = (5 - self.have).min(data.len());
@@ -312,32 +388,44 @@ impl Framing {
             data = &data[n..];
             if self.have == 5 {
                 self.have = 0;
-                let len = u32::from_be_bytes([
-                    self.prefix[1],
-                    self.prefix[2],
-                    self.prefix[3],
-                    self.prefix[4],
-                ]);
-                self.left = u64::from(len);
-                message(self.left);
+                let [_, a, b, c, d] = self.prefix;
+                self.left = u64::from(u32::from_be_bytes([a, b, c, d]));
+                if self.left == 0 {
+                    count(0, true);
+                }
             }
         }
     }
 }
 
-/// Counts a call handled once, when its status is known (or, for a call
-/// whose answer was dropped unfinished, as canceled).
+/// Counts a call handled once: with its status, or, dropped before one
+/// came, as canceled.
 struct Done {
     method: Arc<Method>,
-    start: Instant,
+    /// Set with `--metrics extensive` (the handling-time histogram).
+    start: Option<Instant>,
+    finished: bool,
 }
 
 impl Done {
-    fn finish(&self, code: usize) {
-        self.method.handled[code].inc();
-        if let Some(h) = &self.method.handling {
-            h.observe(self.start.elapsed().as_secs_f64());
+    fn finish(mut self, code: usize) {
+        self.record(code);
+    }
+
+    fn record(&mut self, code: usize) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
         }
+        self.method.handled[code].inc();
+        if let (Some(h), Some(start)) = (&self.method.handling, self.start) {
+            h.observe(start.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.record(1);
     }
 }
 
@@ -345,7 +433,8 @@ impl Done {
 struct Counted {
     inner: Body,
     frames: Framing,
-    on_message: Counting,
+    way: Way,
+    method: Arc<Method>,
     /// For an answer: counts the call handled at its trailers.
     done: Option<Done>,
 }
@@ -360,15 +449,30 @@ impl http_body::Body for Counted {
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                let on = &this.on_message;
-                this.frames.feed(data, |len| on.message(len));
-            } else if let Some(trailers) = frame.trailers_ref() {
-                if let Some(done) = this.done.take() {
-                    done.finish(grpc_status(trailers).unwrap_or(2));
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let (method, way) = (&this.method, this.way);
+                    this.frames
+                        .feed(data, |n, whole| method.count(way, n, whole));
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    if let Some(done) = this.done.take() {
+                        done.finish(grpc_status(trailers).unwrap_or(2));
+                    }
                 }
             }
+            // An answer that ends without a status, or fails.
+            Poll::Ready(None) => {
+                if let Some(done) = this.done.take() {
+                    done.finish(2);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(done) = this.done.take() {
+                    done.finish(13);
+                }
+            }
+            Poll::Pending => {}
         }
         polled
     }
@@ -379,15 +483,6 @@ impl http_body::Body for Counted {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        if let Some(done) = self.done.take() {
-            // The client went away before the status was sent.
-            done.finish(1);
-        }
     }
 }
 
@@ -409,20 +504,27 @@ mod tests {
         for split in [1, 2, 4, 5, 6, 7, 64, 1000] {
             let seen = std::cell::RefCell::new(Vec::new());
             let mut f = Framing::default();
+            let bytes = std::cell::Cell::new(0);
             for chunk in stream.chunks(split) {
-                f.feed(chunk, |len| seen.borrow_mut().push(len));
+                f.feed(chunk, |n, whole| {
+                    bytes.set(bytes.get() + n);
+                    if whole {
+                        seen.borrow_mut().push(bytes.replace(0));
+                    }
+                });
             }
             assert_eq!(seen.into_inner(), vec![3, 0, 300], "split {split}");
         }
     }
 
     #[test]
-    fn client_versions_outside_a_short_version_shape_are_unknown() {
+    fn client_versions_other_than_etcds_are_unknown() {
         let mut h = HeaderMap::new();
-        assert_eq!(client_api_version(&h), "unknown");
+        let name = |h: &HeaderMap| CLIENT_VERSIONS[client_api_version(h)];
+        assert_eq!(name(&h), "unknown");
         h.insert("client-api-version", "3.4".parse().unwrap());
-        assert_eq!(client_api_version(&h), "3.4");
-        h.insert("client-api-version", "3.4.0-rc.1xxxxx".parse().unwrap());
-        assert_eq!(client_api_version(&h), "unknown");
+        assert_eq!(name(&h), "3.4");
+        h.insert("client-api-version", "3.4.12345".parse().unwrap());
+        assert_eq!(name(&h), "unknown");
     }
 }

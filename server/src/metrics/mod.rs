@@ -12,7 +12,7 @@
 //!   watchers, revisions) is read when `/metrics` is scraped
 //!   ([`Metrics::render`]), not kept up to date on every change.
 //! - The gRPC metrics (`grpc_server_*`, bytes to and from clients) come
-//!   from [`grpc::track`], a layer over the client port.
+//!   from [`grpc::GrpcLayer`], a layer over the client port's gRPC routes.
 //!
 //! ## Invariants
 //! - One registry per member (a process that runs members in turn, as the
@@ -39,6 +39,8 @@ fn buckets(start: f64, factor: f64, count: usize) -> Vec<f64> {
 /// Every metric of a member.
 pub struct Metrics {
     registry: Registry,
+    /// One scrape at a time (refreshing reads counters, then adds to them).
+    scraping: std::sync::Mutex<()>,
     /// `--metrics extensive`: per-call handling-time histograms too.
     pub extensive: bool,
 
@@ -58,7 +60,6 @@ pub struct Metrics {
     pub health_failures: IntCounter,
     pub quota_backend_bytes: IntGauge,
     server_id: IntGaugeVec,
-    pub client_requests: IntCounterVec,
 
     // etcd_disk_*
     /// Each WAL batch's write and fdatasync (one group commit).
@@ -180,6 +181,19 @@ impl Metrics {
             registry: &registry,
         };
         let b1 = || buckets(0.001, 2.0, 14);
+        let client_received_bytes = r.counter(
+            "etcd_network_client_grpc_received_bytes_total",
+            "The total number of bytes received from grpc clients.",
+        )?;
+        let client_sent_bytes = r.counter(
+            "etcd_network_client_grpc_sent_bytes_total",
+            "The total number of bytes sent to grpc clients.",
+        )?;
+        let client_requests = r.counter_vec(
+            "etcd_server_client_requests_total",
+            "The total number of client requests per client version.",
+            &["type", "client_api_version"],
+        )?;
         let m = Metrics {
             extensive,
             has_leader: r.gauge(
@@ -242,11 +256,6 @@ impl Metrics {
                 "etcd_server_id",
                 "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.",
                 &["server_id"],
-            )?,
-            client_requests: r.counter_vec(
-                "etcd_server_client_requests_total",
-                "The total number of client requests per client version.",
-                &["type", "client_api_version"],
             )?,
             wal_fsync: r.histogram(
                 "etcd_disk_wal_fsync_duration_seconds",
@@ -373,14 +382,8 @@ impl Metrics {
                 "The total number of send failures from peers.",
                 &["To"],
             )?,
-            client_received_bytes: r.counter(
-                "etcd_network_client_grpc_received_bytes_total",
-                "The total number of bytes received from grpc clients.",
-            )?,
-            client_sent_bytes: r.counter(
-                "etcd_network_client_grpc_sent_bytes_total",
-                "The total number of bytes sent to grpc clients.",
-            )?,
+            client_received_bytes: client_received_bytes.clone(),
+            client_sent_bytes: client_sent_bytes.clone(),
             wal_batch_records: r.histogram(
                 "kvserver_wal_batch_records",
                 "Records made durable by each WAL group commit (one fdatasync each).",
@@ -417,8 +420,14 @@ impl Metrics {
                 "kvserver_defrag_pages_above_target",
                 "Pages between the end the running defragmentation aims for and the file's end.",
             )?,
-            grpc: grpc::GrpcMetrics::new(&mut r, extensive)?,
+            grpc: grpc::GrpcMetrics::new(
+                &mut r,
+                extensive,
+                &client_requests,
+                (&client_received_bytes, &client_sent_bytes),
+            )?,
             registry: registry.clone(),
+            scraping: std::sync::Mutex::new(()),
         };
         let version = r.gauge_vec(
             "etcd_server_version",
@@ -465,23 +474,42 @@ impl Metrics {
         self.free_pages.set(c.free_pages as i64);
     }
 
-    /// Counts a transaction's operations (the branch it took) as etcd's
-    /// mvcc counts them: each range, put and delete, and the txn itself
-    /// when it held more than one.
-    pub fn txn(&self, t: &crate::pb::etcdserverpb::TxnRequest, succeeded: bool) {
-        use crate::pb::etcdserverpb::request_op::Request as R;
-        let ops = if succeeded { &t.success } else { &t.failure };
-        for op in ops {
-            match &op.request {
-                Some(R::RequestRange(_)) => self.ranges.inc(),
-                Some(R::RequestPut(_)) => self.puts.inc(),
-                Some(R::RequestDeleteRange(_)) => self.deletes.inc(),
-                Some(R::RequestTxn(_)) | None => {}
-            }
-        }
-        if ops.len() > 1 {
+    /// Counts a transaction's operations as etcd's mvcc counts them: each
+    /// range, put and delete of the branches it ran (nested ones too), and
+    /// the transaction itself when it ran more than one.
+    pub fn txn(
+        &self,
+        t: &crate::pb::etcdserverpb::TxnRequest,
+        r: &crate::pb::etcdserverpb::TxnResponse,
+    ) {
+        if self.txn_ops(t, r) > 1 {
             self.txns.inc();
         }
+    }
+
+    fn txn_ops(
+        &self,
+        t: &crate::pb::etcdserverpb::TxnRequest,
+        r: &crate::pb::etcdserverpb::TxnResponse,
+    ) -> usize {
+        use crate::pb::etcdserverpb::request_op::Request as R;
+        use crate::pb::etcdserverpb::response_op::Response as A;
+        let ops = if r.succeeded { &t.success } else { &t.failure };
+        let mut n = 0;
+        for (op, answer) in ops.iter().zip(&r.responses) {
+            match (&op.request, &answer.response) {
+                (Some(R::RequestRange(_)), _) => self.ranges.inc(),
+                (Some(R::RequestPut(_)), _) => self.puts.inc(),
+                (Some(R::RequestDeleteRange(_)), _) => self.deletes.inc(),
+                (Some(R::RequestTxn(inner)), Some(A::ResponseTxn(a))) => {
+                    n += self.txn_ops(inner, a);
+                    continue;
+                }
+                _ => continue,
+            }
+            n += 1;
+        }
+        n
     }
 
     /// Observes how long `f` took in `h`.
@@ -522,6 +550,7 @@ impl Metrics {
     /// The whole registry in Prometheus's text format.
     pub fn render(&self, s: &Shared) -> String {
         use prometheus::Encoder as _;
+        let _one = self.scraping.lock().unwrap_or_else(|e| e.into_inner());
         self.refresh(s);
         let mut out = Vec::new();
         let families = self.registry.gather();

@@ -178,6 +178,12 @@ impl Transport {
         }
     }
 
+    /// Stops sending to every peer (the member stops): the queues close,
+    /// so the senders and probes end.
+    pub fn stop(&self) {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// Stops sending to peer `id` (removed from the cluster): its queue
     /// closes and its sender ends.
     pub fn remove_peer(&self, id: u64) {

@@ -96,9 +96,12 @@ impl Peer for PeerService {
         let mut received: Option<(u64, prometheus::IntCounter)> = None;
         while let Some(batch) = inbound.message().await? {
             self.check(batch.cluster_id, batch.from, Some(batch.to))?;
+            // Labelled by members only (a stranger must not grow the
+            // label set).
             if received
                 .as_ref()
                 .is_none_or(|(from, _)| *from != batch.from)
+                && self.0.members.get(batch.from).is_some()
             {
                 let from = format!("{:x}", batch.from);
                 received = self
@@ -109,8 +112,10 @@ impl Peer for PeerService {
                     .ok()
                     .map(|c| (batch.from, c));
             }
-            if let Some((_, c)) = &received {
-                c.inc_by(prost::Message::encoded_len(&batch) as u64);
+            if let Some((from, c)) = &received {
+                if *from == batch.from {
+                    c.inc_by(prost::Message::encoded_len(&batch) as u64);
+                }
             }
             if self.0.transport.faults.drops_in(batch.from) {
                 continue;

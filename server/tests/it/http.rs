@@ -281,57 +281,56 @@ fn normalized(v: serde_json::Value) -> serde_json::Value {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_json_gateway_answers_as_etcds() {
-    let etcd = Etcd::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let kv = Server::start(&dir.path().join("kv")).await;
-    // (path, body): a history both are given in the same order.
-    let calls: &[(&str, &str)] = &[
-        ("/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#),
-        (
-            "/v3/kv/put",
-            r#"{"key":"Zm9v","value":"YmF6","prev_kv":true}"#,
-        ),
-        ("/v3/kv/range", r#"{"key":"Zm9v"}"#),
-        (
-            "/v3beta/kv/range",
-            r#"{"key":"Zm9v","serializable":true,"keys_only":true}"#,
-        ),
-        (
-            "/v3/kv/range",
-            r#"{"key":"AA==","range_end":"AA==","count_only":true}"#,
-        ),
-        ("/v3/kv/range", r#"{"key":"Zm9v","revision":"100"}"#),
-        ("/v3/kv/range", r#"{"key":"Zm9v","no_such_field":1}"#),
-        ("/v3/kv/range", ""),
-        (
-            "/v3/kv/txn",
-            r#"{"compare":[{"key":"Zm9v","target":"VALUE","value":"YmF6"}],"success":[{"request_put":{"key":"Zm9v","value":"cXV4"}}],"failure":[{"request_range":{"key":"Zm9v"}}]}"#,
-        ),
-        (
-            "/v3/kv/txn",
-            r#"{"compare":[{"key":"Zm9v","target":"VERSION","result":"LESS","version":"1"}],"failure":[{"request_range":{"key":"Zm9v"}}]}"#,
-        ),
-        ("/v3/kv/deleterange", r#"{"key":"Zm9v","prev_kv":true}"#),
-        ("/v3/kv/compaction", r#"{"revision":"2"}"#),
-        ("/v3/kv/range", r#"{"key":"Zm9v","revision":"1"}"#),
-        ("/v3/lease/grant", r#"{"TTL":"60"}"#),
-        ("/v3/lease/revoke", r#"{"ID":"12345"}"#),
-        ("/v3/kv/lease/timetolive", r#"{"ID":"12345"}"#),
-        ("/v3/cluster/member/list", "{}"),
-        ("/v3/maintenance/status", "{}"),
-        ("/v3/maintenance/alarm", r#"{"action":"GET"}"#),
-        ("/v3/auth/user/get", r#"{"name":"nobody"}"#),
-        ("/v3/auth/enable", "{}"),
-        ("/v3/auth/role/add", r#"{"name":"r"}"#),
-        ("/v3/auth/role/get", r#"{"role":"r"}"#),
-        ("/v3/lock/lock", r#"{"name":"bA=="}"#),
-        ("/v3/election/leader", r#"{"name":"ZQ=="}"#),
-    ];
+/// (path, body): a history etcd and kvserver are given in the same order.
+const HISTORY: &[(&str, &str)] = &[
+    ("/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#),
+    (
+        "/v3/kv/put",
+        r#"{"key":"Zm9v","value":"YmF6","prev_kv":true}"#,
+    ),
+    ("/v3/kv/range", r#"{"key":"Zm9v"}"#),
+    (
+        "/v3beta/kv/range",
+        r#"{"key":"Zm9v","serializable":true,"keys_only":true}"#,
+    ),
+    (
+        "/v3/kv/range",
+        r#"{"key":"AA==","range_end":"AA==","count_only":true}"#,
+    ),
+    ("/v3/kv/range", r#"{"key":"Zm9v","revision":"100"}"#),
+    ("/v3/kv/range", r#"{"key":"Zm9v","no_such_field":1}"#),
+    ("/v3/kv/range", ""),
+    (
+        "/v3/kv/txn",
+        r#"{"compare":[{"key":"Zm9v","target":"VALUE","value":"YmF6"}],"success":[{"request_put":{"key":"Zm9v","value":"cXV4"}}],"failure":[{"request_range":{"key":"Zm9v"}}]}"#,
+    ),
+    (
+        "/v3/kv/txn",
+        r#"{"compare":[{"key":"Zm9v","target":"VERSION","result":"LESS","version":"1"}],"failure":[{"request_range":{"key":"Zm9v"}}]}"#,
+    ),
+    ("/v3/kv/deleterange", r#"{"key":"Zm9v","prev_kv":true}"#),
+    ("/v3/kv/compaction", r#"{"revision":"2"}"#),
+    ("/v3/kv/range", r#"{"key":"Zm9v","revision":"1"}"#),
+    ("/v3/lease/grant", r#"{"TTL":"60"}"#),
+    ("/v3/lease/revoke", r#"{"ID":"12345"}"#),
+    ("/v3/kv/lease/timetolive", r#"{"ID":"12345"}"#),
+    ("/v3/cluster/member/list", "{}"),
+    ("/v3/maintenance/status", "{}"),
+    ("/v3/maintenance/alarm", r#"{"action":"GET"}"#),
+    ("/v3/auth/user/get", r#"{"name":"nobody"}"#),
+    ("/v3/auth/enable", "{}"),
+    ("/v3/auth/role/add", r#"{"name":"r"}"#),
+    ("/v3/auth/role/get", r#"{"role":"r"}"#),
+    ("/v3/lock/lock", r#"{"name":"bA=="}"#),
+    ("/v3/election/leader", r#"{"name":"ZQ=="}"#),
+];
+
+/// Asks `calls` of etcd at `etcd` and of kvserver at `kv` in turn; their
+/// answers must match (status, content type, normalized JSON).
+async fn same_answers(etcd: &str, kv: &str, calls: &[(&str, &str)]) {
     for (path, body) in calls {
-        let e = request(&etcd.addr, "POST", path, body).await;
-        let k = request(&kv.endpoint, "POST", path, body).await;
+        let e = request(etcd, "POST", path, body).await;
+        let k = request(kv, "POST", path, body).await;
         assert_eq!(
             k.status, e.status,
             "POST {path} {body}: {} vs etcd's {}",
@@ -352,6 +351,14 @@ async fn the_json_gateway_answers_as_etcds() {
             "POST {path} {body}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_json_gateway_answers_as_etcds() {
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kv = Server::start(&dir.path().join("kv")).await;
+    same_answers(&etcd.addr, &kv.endpoint, HISTORY).await;
     // A wrong method and malformed input: the gateway's status and code.
     let (e, k) = (
         request(&etcd.addr, "GET", "/v3/kv/range", "").await,
@@ -372,30 +379,21 @@ async fn the_json_gateway_answers_as_etcds() {
     }
     // Auth through the gateway: the token in the Authorization header is
     // checked as over gRPC.
-    for (path, body) in [
-        ("/v3/auth/user/add", r#"{"name":"root","password":"pw"}"#),
-        ("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#),
-        ("/v3/auth/enable", "{}"),
-        ("/v3/kv/range", r#"{"key":"Zm9v"}"#),
-        (
-            "/v3/auth/authenticate",
-            r#"{"name":"root","password":"nope"}"#,
-        ),
-    ] {
-        let e = request(&etcd.addr, "POST", path, body).await;
-        let k = request(&kv.endpoint, "POST", path, body).await;
-        assert_eq!(
-            k.status, e.status,
-            "{path}: {} vs etcd's {}",
-            k.body, e.body
-        );
-        let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
-        assert_eq!(
-            normalized(parse(&k.body)),
-            normalized(parse(&e.body)),
-            "{path}"
-        );
-    }
+    same_answers(
+        &etcd.addr,
+        &kv.endpoint,
+        &[
+            ("/v3/auth/user/add", r#"{"name":"root","password":"pw"}"#),
+            ("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#),
+            ("/v3/auth/enable", "{}"),
+            ("/v3/kv/range", r#"{"key":"Zm9v"}"#),
+            (
+                "/v3/auth/authenticate",
+                r#"{"name":"root","password":"nope"}"#,
+            ),
+        ],
+    )
+    .await;
     let token = |a: &Answer| {
         serde_json::from_str::<serde_json::Value>(&a.body).unwrap()["token"]
             .as_str()
@@ -710,4 +708,41 @@ async fn streams_over_http_answer_as_etcds() {
         .await;
     }
     assert_eq!(k.next_json().await, e.next_json().await, "the next leader");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followers_gateway_answers_as_etcds() {
+    let etcd = Etcd::start().await;
+    let mut cl = Cluster::start(3, &[]).await;
+    let leader = cl.leader(Duration::from_secs(10)).await;
+    let follower = cl.members[(leader + 1) % 3].endpoint();
+    let other = cl.members[(leader + 2) % 3].endpoint();
+    // The key space and lease calls of the history, through a follower
+    // (which forwards to the leader what only it may answer). Member
+    // lists, statuses and auth differ with the member count.
+    let calls: Vec<(&str, &str)> = HISTORY
+        .iter()
+        .copied()
+        .filter(|(p, _)| {
+            !p.contains("/cluster/") && !p.contains("/maintenance/") && !p.contains("/auth/")
+        })
+        .collect();
+    same_answers(&etcd.addr, &follower, &calls).await;
+    // A watch on one follower sees a put made through the other.
+    let watch = r#"{"create_request":{"key":"d2F0Y2g="}}"#;
+    let mut e = Streamed::post(&etcd.addr, "/v3/watch", watch).await;
+    let mut k = Streamed::post(&follower, "/v3/watch", watch).await;
+    assert_eq!(k.next_json().await, e.next_json().await, "created");
+    for addr in [&etcd.addr, &other] {
+        let put = r#"{"key":"d2F0Y2g=","value":"MQ=="}"#;
+        assert_eq!(request(addr, "POST", "/v3/kv/put", put).await.status, 200);
+    }
+    assert_eq!(k.next_json().await, e.next_json().await, "the put");
+    // Keep-alives on a follower reach the leader's lease clock.
+    for addr in [&etcd.addr, &follower] {
+        request(addr, "POST", "/v3/lease/grant", r#"{"TTL":"30","ID":"99"}"#).await;
+    }
+    let mut e = Streamed::post(&etcd.addr, "/v3/lease/keepalive", r#"{"ID":"99"}"#).await;
+    let mut k = Streamed::post(&follower, "/v3/lease/keepalive", r#"{"ID":"99"}"#).await;
+    assert_eq!(k.next_json().await, e.next_json().await, "a renewal");
 }
