@@ -22,6 +22,7 @@ struct Member {
     alarms: Mutex<server::alarms::Alarms>,
     members: server::membership::Membership,
     auth: server::auth::AuthStore,
+    metrics: server::metrics::Metrics,
     index: Mutex<u64>,
 }
 
@@ -52,6 +53,7 @@ fn member() -> &'static Member {
             store,
             alarms: Mutex::new(server::alarms::Alarms::default()),
             members: server::membership::Membership::default(),
+            metrics: server::metrics::Metrics::new(false).expect("metrics"),
             index: Mutex::new(0),
         }
     })
@@ -87,6 +89,7 @@ fuzz_target!(|data: &[u8]| {
         members: &m.members,
         auth: &m.auth,
         index: *index,
+        metrics: &m.metrics,
     };
     let applied = server::apply::apply(&mut batch, &req, &mut ctx);
     assert!(applied.is_ok(), "storage failure: {applied:?}");
