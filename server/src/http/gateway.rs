@@ -37,11 +37,26 @@ use crate::pb::etcdserverpb as etcd;
 use crate::pb::{v3electionpb, v3lockpb};
 use crate::shared::Shared;
 
-/// The largest body read: room for a request of `--max-request-bytes`
-/// in base64 (the request itself is then held to the limit where gRPC
-/// requests are, before it is proposed).
-fn max_body(max_request_bytes: usize) -> usize {
-    max_request_bytes.saturating_mul(2).max(1 << 20)
+/// The largest request message taken: etcd's gRPC limit,
+/// `--max-request-bytes` plus 512 KiB (a request over
+/// `--max-request-bytes` but under this is refused as over gRPC, with
+/// "etcdserver: request is too large", before it is proposed).
+fn max_message(max_request_bytes: usize) -> usize {
+    max_request_bytes.saturating_add(512 * 1024)
+}
+
+/// The most JSON read for one message of at most `limit` bytes (base64
+/// takes a third more, and the JSON around it a little).
+fn max_json(limit: usize) -> usize {
+    limit.saturating_mul(2)
+}
+
+/// A message over the limit, refused as etcd's gRPC server refuses it.
+fn too_large(len: impl std::fmt::Display, limit: usize) -> Refused {
+    Refused(
+        tonic::Code::ResourceExhausted,
+        format!("grpc: received message larger than max ({len} vs. {limit})"),
+    )
 }
 
 /// etcd's protos, compiled by the build.
@@ -118,16 +133,22 @@ fn grpc_request<T>(parts: &axum::http::request::Parts, message: T) -> tonic::Req
     request
 }
 
-/// A request message from its JSON (`Value` or text).
-fn from_json<'de, Req, D>(desc: MessageDescriptor, de: D) -> Result<Req, String>
+/// A request message from its JSON (`Value` or text), of at most `limit`
+/// bytes encoded.
+fn from_json<'de, Req, D>(desc: MessageDescriptor, de: D, limit: usize) -> Result<Req, Refused>
 where
     Req: prost::Message + Default,
     D: serde::Deserializer<'de>,
 {
+    let bad = |e: String| Refused(tonic::Code::InvalidArgument, e);
     let opts = prost_reflect::DeserializeOptions::new().deny_unknown_fields(false);
-    let message =
-        DynamicMessage::deserialize_with_options(desc, de, &opts).map_err(|e| e.to_string())?;
-    Req::decode(prost::Message::encode_to_vec(&message).as_slice()).map_err(|e| e.to_string())
+    let message = DynamicMessage::deserialize_with_options(desc, de, &opts)
+        .map_err(|e| bad(e.to_string()))?;
+    let bytes = prost::Message::encode_to_vec(&message);
+    if bytes.len() > limit {
+        return Err(too_large(bytes.len(), limit));
+    }
+    Req::decode(bytes.as_slice()).map_err(|e| bad(e.to_string()))
 }
 
 /// The request of a call that takes one message: the whole body (an
@@ -137,14 +158,22 @@ where
     Req: prost::Message + Default,
 {
     let bad = |e: String| Refused(tonic::Code::InvalidArgument, e);
-    let body = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|e| bad(e.to_string()))?;
+    let json = max_json(limit);
+    let body = match axum::body::to_bytes(body, json).await {
+        Ok(b) => b,
+        Err(e)
+            if std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) =>
+        {
+            return Err(too_large(format_args!("over {json} bytes of JSON"), limit));
+        }
+        Err(e) => return Err(bad(e.to_string())),
+    };
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Req::default());
     }
     let mut de = serde_json::Deserializer::from_slice(&body);
-    let req = from_json(desc, &mut de).map_err(bad)?;
+    let req = from_json(desc, &mut de, limit)?;
     de.end().map_err(|e| bad(e.to_string()))?;
     Ok(req)
 }
@@ -406,8 +435,12 @@ impl JsonObjects {
                 self.depth = 0;
                 return Some(parsed);
             }
-            if self.buf.len() > self.limit {
-                return Some(Err("etcdserver: request is too large".into()));
+            if self.buf.len() > max_json(self.limit) {
+                return Some(Err(format!(
+                    "grpc: received message larger than max (over {} bytes of JSON vs. {})",
+                    max_json(self.limit),
+                    self.limit
+                )));
             }
             match self.body.next().await {
                 Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
@@ -457,12 +490,19 @@ where
                 // An empty body: the client's side closed at once.
                 None => drop(tx),
                 Some(first) => {
-                    let first = first.and_then(|v| from_json::<Req, _>(req_desc.clone(), v));
+                    let first = first
+                        .map_err(|e| Refused(tonic::Code::Unknown, e))
+                        .and_then(|v| from_json::<Req, _>(req_desc.clone(), v, limit));
                     match first {
                         Ok(m) => {
                             let _ = tx.send(Ok(m)).await;
                         }
-                        Err(e) => return error(tonic::Code::Unknown, &e),
+                        // The gateway's decoder fails with a plain error
+                        // (code 2), the size check with gRPC's.
+                        Err(Refused(tonic::Code::InvalidArgument, e)) => {
+                            return error(tonic::Code::Unknown, &e)
+                        }
+                        Err(r) => return r.answer(),
                     }
                     // Reads on until the body ends or the call does.
                     tokio::spawn(async move {
@@ -472,7 +512,7 @@ where
                                 () = tx.closed() => break,
                             };
                             let Some(Ok(v)) = next else { break };
-                            let Ok(m) = from_json::<Req, _>(req_desc.clone(), v) else {
+                            let Ok(m) = from_json::<Req, _>(req_desc.clone(), v, limit) else {
                                 break;
                             };
                             if tx.send(Ok(m)).await.is_err() {
@@ -524,7 +564,7 @@ pub fn routes(shared: Arc<Shared>, stopping: tokio::sync::watch::Receiver<bool>)
     let auth = api::auth::Auth(shared.clone());
     let lock = api::lock::Lock(shared.clone());
     let watch = api::watch::Watch(shared.clone(), stopping);
-    let limit = max_body(shared.max_request_bytes);
+    let limit = max_message(shared.max_request_bytes);
     let el = api::election::Election(shared);
     let mut r = axum::Router::new();
     routes!(r, limit, unary;

@@ -270,6 +270,14 @@ fn normalized(v: serde_json::Value) -> serde_json::Value {
                 .map(|(k, v)| {
                     if VARYING.contains(&k.as_str()) && !v.is_object() {
                         (k, Value::String("_".into()))
+                    } else if k == "members" {
+                        // Listed by ID, and the IDs differ.
+                        let mut list = match normalized(v) {
+                            Value::Array(a) => a,
+                            other => vec![other],
+                        };
+                        list.sort_by_key(|m| m.to_string());
+                        (k, Value::Array(list))
                     } else {
                         (k, normalized(v))
                     }
@@ -321,6 +329,38 @@ const HISTORY: &[(&str, &str)] = &[
     ("/v3/auth/enable", "{}"),
     ("/v3/auth/role/add", r#"{"name":"r"}"#),
     ("/v3/auth/role/get", r#"{"role":"r"}"#),
+    (
+        "/v3/auth/role/grant",
+        r#"{"name":"r","perm":{"permType":"READWRITE","key":"YQ==","range_end":"Yg=="}}"#,
+    ),
+    ("/v3/auth/role/get", r#"{"role":"r"}"#),
+    (
+        "/v3/auth/role/revoke",
+        r#"{"role":"r","key":"YQ==","range_end":"Yg=="}"#,
+    ),
+    ("/v3/auth/role/list", "{}"),
+    ("/v3/auth/user/add", r#"{"name":"alice","password":"pw"}"#),
+    ("/v3/auth/user/grant", r#"{"user":"alice","role":"r"}"#),
+    ("/v3/auth/user/list", "{}"),
+    ("/v3/auth/user/get", r#"{"name":"alice"}"#),
+    ("/v3/auth/user/revoke", r#"{"name":"alice","role":"r"}"#),
+    (
+        "/v3/auth/user/changepw",
+        r#"{"name":"alice","password":"pw2"}"#,
+    ),
+    ("/v3/auth/user/delete", r#"{"name":"alice"}"#),
+    ("/v3/auth/role/delete", r#"{"role":"r"}"#),
+    ("/v3/auth/role/delete", r#"{"role":"r"}"#),
+    ("/v3/auth/disable", "{}"),
+    ("/v3/maintenance/defragment", "{}"),
+    ("/v3/maintenance/hash", "{}"),
+    ("/v3/maintenance/transfer-leadership", r#"{"targetID":"1"}"#),
+    (
+        "/v3/cluster/member/update",
+        r#"{"ID":"1","peerURLs":["http://127.0.0.1:1"]}"#,
+    ),
+    ("/v3/cluster/member/remove", r#"{"ID":"1"}"#),
+    ("/v3/cluster/member/promote", r#"{"ID":"1"}"#),
     ("/v3/lock/lock", r#"{"name":"bA=="}"#),
     ("/v3/election/leader", r#"{"name":"ZQ=="}"#),
 ];
@@ -359,6 +399,60 @@ async fn the_json_gateway_answers_as_etcds() {
     let dir = tempfile::tempdir().unwrap();
     let kv = Server::start(&dir.path().join("kv")).await;
     same_answers(&etcd.addr, &kv.endpoint, HISTORY).await;
+    // Calls that name what an earlier answer returned: the leader of an
+    // election, a lock's key, a new member's ID.
+    let json = |a: &Answer| -> serde_json::Value {
+        serde_json::from_str(&a.body).unwrap_or_else(|_| panic!("not JSON: {}", a.body))
+    };
+    let mut answers = Vec::new();
+    for addr in [&etcd.addr, &kv.endpoint] {
+        let post = |path: &'static str, body: String| async move {
+            let a = request(addr, "POST", path, &body).await;
+            (path, a.status, normalized(json(&a)))
+        };
+        let c = request(
+            addr,
+            "POST",
+            "/v3/election/campaign",
+            r#"{"name":"Zmxvdw==","value":"MQ=="}"#,
+        )
+        .await;
+        let leader = json(&c)["leader"].to_string();
+        let l = request(addr, "POST", "/v3/lock/lock", r#"{"name":"bG9jaw=="}"#).await;
+        let key = json(&l)["key"].to_string();
+        let add = r#"{"peerURLs":["http://127.0.0.1:1"],"isLearner":true}"#;
+        let m = request(addr, "POST", "/v3/cluster/member/add", add).await;
+        assert_eq!(m.status, 200, "{}", m.body);
+        let id = json(&m)["member"]["ID"].as_str().unwrap().to_string();
+        answers.push(vec![
+            ("campaign", c.status, normalized(json(&c))),
+            post(
+                "/v3/election/proclaim",
+                format!(r#"{{"leader":{leader},"value":"Mg=="}}"#),
+            )
+            .await,
+            post("/v3/election/resign", format!(r#"{{"leader":{leader}}}"#)).await,
+            post("/v3/lock/unlock", format!(r#"{{"key":{key}}}"#)).await,
+            ("member/add", m.status, normalized(json(&m))),
+            post("/v3/cluster/member/promote", format!(r#"{{"ID":"{id}"}}"#)).await,
+            post("/v3/cluster/member/remove", format!(r#"{{"ID":"{id}"}}"#)).await,
+        ]);
+    }
+    assert_eq!(answers[1], answers[0]);
+    // A request over --max-request-bytes, and one over gRPC's limit
+    // (512 KiB more): etcd's errors.
+    for size in [1600 * 1024, 2200 * 1024] {
+        use base64::Engine as _;
+        let value = base64::engine::general_purpose::STANDARD.encode(vec![b'x'; size]);
+        let put = format!(r#"{{"key":"Ymln","value":"{value}"}}"#);
+        let e = request(&etcd.addr, "POST", "/v3/kv/put", &put).await;
+        let k = request(&kv.endpoint, "POST", "/v3/kv/put", &put).await;
+        assert_eq!(
+            (k.status, json(&k)),
+            (e.status, json(&e)),
+            "a value of {size} bytes"
+        );
+    }
     // A wrong method and malformed input: the gateway's status and code.
     let (e, k) = (
         request(&etcd.addr, "GET", "/v3/kv/range", "").await,
