@@ -264,9 +264,10 @@ fn client_certificates_are_checked_and_name_the_user() {
     let crl = write(d, "crl.pem", &ca.crl(&[5]));
 
     // Through etcd's variables (which kvserver once ignored) and a flag.
+    let metrics = format!("https://127.0.0.1:{}", crate::free_port());
     let mut m = TlsMember::spawn_env(
         d,
-        &["--client-crl-file", &crl],
+        &["--client-crl-file", &crl, "--listen-metrics-urls", &metrics],
         &[
             ("ETCD_CERT_FILE", &server.0),
             ("ETCD_KEY_FILE", &server.1),
@@ -283,6 +284,19 @@ fn client_certificates_are_checked_and_name_the_user() {
     // The HTTP side is behind the same TLS (ALPN http/1.1).
     let health = https_get(&ep, &ca.pem, &ca.issue("curl", 20, false), "/health");
     assert_eq!(health.body, "{\"health\":\"true\"}");
+    // So are the metrics listeners, with the client side's certificates.
+    let scrape = https_get(
+        &metrics,
+        &ca.pem,
+        &ca.issue("prometheus", 21, false),
+        "/metrics",
+    );
+    assert_eq!(scrape.status, 200);
+    assert!(
+        scrape.body.contains("\netcd_server_has_leader 1\n"),
+        "{}",
+        scrape.body
+    );
 
     // Refused cleanly, one after the other: no certificate, plaintext on
     // the TLS port, a certificate from another CA, a revoked one, an
