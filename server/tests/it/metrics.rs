@@ -56,6 +56,12 @@ const ONE_MEMBER: &[(&str, &str)] = &[
     ("etcd_server_proposals_failed_total", "counter"),
     ("etcd_server_slow_apply_total", "counter"),
     ("etcd_server_id", "gauge"),
+    // etcd's alerting rules divide the database size by it.
+    ("etcd_server_quota_backend_bytes", "gauge"),
+    ("etcd_server_read_indexes_failed_total", "counter"),
+    ("etcd_server_health_success", "counter"),
+    ("etcd_server_health_failures", "counter"),
+    ("etcd_server_version", "gauge"),
     ("etcd_disk_wal_fsync_duration_seconds", "histogram"),
     ("etcd_disk_backend_commit_duration_seconds", "histogram"),
     ("etcd_disk_backend_defrag_duration_seconds", "histogram"),
@@ -126,6 +132,15 @@ async fn metrics_carry_etcds_names_and_move_with_the_load() {
     assert_eq!(v(&before, "etcd_server_has_leader"), 1.0);
     assert_eq!(v(&before, "etcd_server_is_leader"), 1.0);
     assert_eq!(v(&before, "etcd_server_is_learner"), 0.0);
+    assert_eq!(v(&before, "etcd_server_quota_backend_bytes"), 2147483648.0);
+    assert_eq!(
+        value(
+            &before,
+            "etcd_server_version",
+            &[("server_version", "3.4.23")]
+        ),
+        Some(1.0)
+    );
     let status = c.status().await.unwrap();
     let id = format!("{:x}", status.header().unwrap().member_id());
     assert_eq!(
