@@ -66,13 +66,13 @@ fi
 step "benchmarks, quick mode"
 BENCH_QUICK=1 cargo test --workspace --benches
 
-# Every fuzz target for about a minute, seeded from fuzz/corpus (replayed
+# Every fuzz target for 45 seconds, seeded from fuzz/corpus (replayed
 # first); new inputs go to a scratch directory, not the repository.
-step "fuzzing (fuzz/, about a minute per target)"
+step "fuzzing (fuzz/, 45 s per target, two at a time)"
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
-fuzz_secs=${FUZZ_SECONDS:-60}
+fuzz_secs=${FUZZ_SECONDS:-45}
 scratch=$(mktemp -d)
 targets=(btree_ops wal_recovery grpc_requests mvcc_model)
 # One build for every target, then two targets at a time (libFuzzer runs
