@@ -38,18 +38,23 @@ cargo --version
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
+# Every cargo command here builds with the failpoints compiled in (the
+# fault-injection tests set FAILPOINTS for the member they start), so the
+# builds share their artifacts.
+features=(--features server/failpoints)
+
 step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets "${features[@]}" -- -D warnings
 
 step "cargo test"
-cargo test --workspace
+cargo test --workspace "${features[@]}"
 
 # The WAL suite runs once more on the plain pwrite+fdatasync backend (the
 # run above used io_uring wherever the kernel allows it). It is the same test
 # binary: `cargo test -p wal` would resolve features for the wal crate alone
 # and rebuild its dependencies.
 step "wal tests again on the plain backend"
-wal_tests=$(cargo test --workspace --no-run --message-format=json 2>/dev/null |
+wal_tests=$(cargo test --workspace "${features[@]}" --no-run --message-format=json 2>/dev/null |
   python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
@@ -64,7 +69,7 @@ fi
 
 # Every benchmark once, on tiny inputs (criterion's test mode), so none rots.
 step "benchmarks, quick mode"
-BENCH_QUICK=1 cargo test --workspace --benches
+BENCH_QUICK=1 cargo test --workspace --benches "${features[@]}"
 
 # Every fuzz target for 45 seconds, seeded from fuzz/corpus (replayed
 # first); new inputs go to a scratch directory, not the repository.

@@ -246,6 +246,7 @@ impl Db {
                 page_size: self.page_size(),
                 read_only: false,
                 io: self.shared.io_factory.clone(),
+                reserve_bytes: self.shared.reserve_bytes,
             },
         )?;
         std::fs::rename(src, &path).map_err(|e| Error::io(&path, "rename", e))?;

@@ -32,6 +32,12 @@ pub struct Options {
     pub read_only: bool,
     /// Wraps the file for writing (tests use it to inject faults).
     pub io: Option<IoFactory>,
+    /// Space kept allocated beyond the data (free pages included) after
+    /// every commit, so that the commits after it cannot fail for want of
+    /// disk: when the file cannot grow to keep it, the commit still
+    /// succeeds and [`Db::space_short`] says so (the server raises etcd's
+    /// NOSPACE alarm and stops taking writes). Default 0.
+    pub reserve_bytes: u64,
 }
 
 impl Default for Options {
@@ -40,6 +46,7 @@ impl Default for Options {
             page_size: 4096,
             read_only: false,
             io: None,
+            reserve_bytes: 0,
         }
     }
 }
@@ -84,6 +91,10 @@ pub(crate) struct Shared {
     /// Told of each commit (see [`Db::observe_commits`]).
     pub observer: std::sync::OnceLock<crate::observe::CommitObserver>,
     pub defrag: crate::observe::DefragProgress,
+    /// See [`Options::reserve_bytes`].
+    pub reserve_bytes: u64,
+    /// The file could not grow to keep its reserve (the disk is full).
+    pub space_short: std::sync::atomic::AtomicBool,
 }
 
 /// A database file. Cheap to clone; all clones share one handle.
@@ -214,8 +225,8 @@ fn initialize(path: &Path, io: &dyn PageIo, page_size: usize) -> Result<()> {
     meta.encode(1, &mut buf[page_size..2 * page_size]);
     buf[2 * page_size..].copy_from_slice(&encode_freelist(2, 1, page_size, &[]));
     let len = grown_size(0, buf.len() as u64).div_ceil(page_size as u64) * page_size as u64;
-    io.set_len(len)
-        .map_err(|e| Error::io(path, "extend file", e))?;
+    io.allocate(0, len)
+        .map_err(|e| Error::io(path, "allocate file", e))?;
     io.write_at(&buf, 0)
         .map_err(|e| Error::io(path, "write", e))?;
     io.sync_data()
@@ -301,7 +312,7 @@ impl Db {
             history: Vec::new(),
             poisoned: None,
         };
-        Ok(Db {
+        let db = Db {
             shared: Arc::new(Shared {
                 path,
                 page_size: ps,
@@ -311,8 +322,75 @@ impl Db {
                 writer: Mutex::new(writer),
                 observer: Default::default(),
                 defrag: Default::default(),
+                reserve_bytes: opts.reserve_bytes,
+                space_short: Default::default(),
             }),
-        })
+        };
+        if !opts.read_only {
+            // A member restarted on a full disk learns it at once.
+            let mut w = db.lock_writer()?;
+            db.keep_reserve(&mut w);
+        }
+        Ok(db)
+    }
+
+    /// Whether the file could not grow to keep [`Options::reserve_bytes`]
+    /// free after the last commit: the disk is (nearly) full. Commits
+    /// within the reserve still succeed; a later commit that makes room
+    /// (after a compaction and defragmentation freed space) clears it.
+    pub fn space_short(&self) -> bool {
+        self.shared
+            .space_short
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Grows the file, if need be, so that the free pages and the space
+    /// past the data hold at least the reserve; records whether it could.
+    pub(crate) fn keep_reserve(&self, w: &mut Writer) {
+        let reserve = self.shared.reserve_bytes;
+        if reserve == 0 {
+            return;
+        }
+        let ps = self.shared.page_size as u64;
+        let used = self.snapshot().meta.high_water * ps;
+        let free_pages = w.freelist.free_count() as u64 * ps;
+        let tail = w.file_len.saturating_sub(used);
+        let short = free_pages + tail < reserve
+            && self.grow_exactly(w, used + reserve - free_pages).is_err();
+        self.shared
+            .space_short
+            .store(short, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Grows the file to `needed` bytes (rounded up to whole pages) with
+    /// allocated blocks.
+    fn grow_exactly(&self, w: &mut Writer, needed: u64) -> Result<()> {
+        let path = &self.shared.path;
+        let ps = self.shared.page_size as u64;
+        let len = needed.div_ceil(ps) * ps;
+        w.io.allocate(w.file_len, len)
+            .map_err(|e| Error::io(path, "allocate file", e))?;
+        w.file_len = len;
+        w.map = map_file(path, &w.file)?;
+        Ok(())
+    }
+
+    /// Grows the file to hold `needed` bytes with allocated blocks: by the
+    /// usual step if the disk allows, else to `needed` exactly.
+    fn grow(&self, w: &mut Writer, needed: u64) -> Result<()> {
+        let path = &self.shared.path;
+        let ps = self.shared.page_size as u64;
+        let stepped = grown_size(w.file_len, needed).div_ceil(ps) * ps;
+        let exact = needed.div_ceil(ps) * ps;
+        let from = w.file_len;
+        let grown =
+            w.io.allocate(from, stepped)
+                .map(|()| stepped)
+                .or_else(|_| w.io.allocate(from, exact).map(|()| exact))
+                .map_err(|e| Error::io(path, "allocate file", e))?;
+        w.file_len = grown;
+        w.map = map_file(path, &w.file)?;
+        Ok(())
     }
 
     /// Calls `observer` after every commit from now on, under the writer's
@@ -423,14 +501,7 @@ impl Db {
         if needed <= w.file_len {
             return Ok(());
         }
-        let path = &self.shared.path;
-        let ps = self.shared.page_size as u64;
-        let len = grown_size(w.file_len, needed).div_ceil(ps) * ps;
-        w.io.set_len(len)
-            .map_err(|e| Error::io(path, "extend file", e))?;
-        w.file_len = len;
-        w.map = map_file(path, &w.file)?;
-        Ok(())
+        self.grow(w, needed)
     }
 
     /// Writes `runs` (page id, bytes), coalescing neighbours into one write.

@@ -1,7 +1,7 @@
 //! The write side of the file, behind a trait so tests can inject faults.
 //!
 //! The database reads through its mmap and writes only through a
-//! [`PageIo`]: `write_at`, `sync_data` and `set_len`. [`FaultyIo`] wraps a
+//! [`PageIo`]: `write_at`, `sync_data`, `set_len` and `allocate`. [`FaultyIo`] wraps a
 //! real file, counts those calls, fails at a chosen one (optionally tearing
 //! that write in half), and remembers every write not yet covered by a
 //! sync so that a power cut can be simulated afterwards by undoing them.
@@ -17,6 +17,41 @@ pub trait PageIo: Send + Sync {
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     fn sync_data(&self) -> io::Result<()>;
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Extends the file from `from` to `len` bytes with blocks the
+    /// filesystem has allocated (fallocate), so writes there cannot fail
+    /// for want of space, and a full disk is learnt here, before any page
+    /// is written. A filesystem without fallocate gets a plain extension.
+    fn allocate(&self, from: u64, len: u64) -> io::Result<()>;
+}
+
+/// fallocate(2) of `[from, len)` on `file`, or `set_len` where the
+/// filesystem cannot allocate.
+pub fn allocate_file(file: &File, from: u64, len: u64) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    if len <= from {
+        return Ok(());
+    }
+    // SAFETY: fallocate only reads its integer arguments; the descriptor
+    // is owned by `file`, which outlives the call.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            0,
+            from as libc::off_t,
+            (len - from) as libc::off_t,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+        return file.set_len(len);
+    }
+    // A failed fallocate may still have changed the size: the file keeps
+    // the length it had (nothing beyond it is referenced).
+    let _ = file.set_len(from);
+    Err(e)
 }
 
 /// Plain positioned writes and fdatasync on the database file.
@@ -31,6 +66,9 @@ impl PageIo for FileIo {
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.0.set_len(len)
+    }
+    fn allocate(&self, from: u64, len: u64) -> io::Result<()> {
+        allocate_file(&self.0, from, len)
     }
 }
 
@@ -214,6 +252,17 @@ impl PageIo for FaultyIo {
         }
         let old = self.file.metadata()?.len();
         self.file.set_len(len)?;
+        s.unsynced.push(Unsynced::SetLen { old, new: len });
+        Ok(())
+    }
+
+    fn allocate(&self, from: u64, len: u64) -> io::Result<()> {
+        let mut s = self.plan.lock();
+        if Self::step(&mut s)? {
+            return Err(injected());
+        }
+        let old = self.file.metadata()?.len();
+        allocate_file(&self.file, from, len)?;
         s.unsynced.push(Unsynced::SetLen { old, new: len });
         Ok(())
     }

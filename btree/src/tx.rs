@@ -451,6 +451,9 @@ impl<'db> WriteTxn<'db> {
                 took: started.elapsed(),
             });
         }
+        // Room for the next commits, allocated now (or the disk is full,
+        // which the database then reports rather than fail a commit).
+        self.db.keep_reserve(&mut self.writer);
         Ok(())
     }
 

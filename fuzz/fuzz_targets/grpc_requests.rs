@@ -36,6 +36,7 @@ fn member() -> &'static Member {
                 mvcc::Limits {
                     max_put_bytes: 1_572_864,
                     max_txn_ops: 128,
+                    reserve_bytes: 0,
                 },
             )
             .expect("store"),

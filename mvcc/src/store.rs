@@ -284,7 +284,8 @@ struct PendingCompaction {
     next_key: Vec<u8>,
 }
 
-/// Limits on what one request may carry (the server passes in its own).
+/// Limits on what one request may carry (the server passes in its own),
+/// and the disk space the database keeps in reserve.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Most bytes of key plus value one put may store (etcd's
@@ -293,6 +294,10 @@ pub struct Limits {
     /// Most compares, and most ops per branch, of one transaction (etcd's
     /// `--max-txn-ops`).
     pub max_txn_ops: usize,
+    /// Space the database file keeps allocated ahead of its data
+    /// (`btree::Options::reserve_bytes`); [`Store::space_short`] tells
+    /// when the disk cannot give it. 0: none.
+    pub reserve_bytes: u64,
 }
 
 impl Default for Limits {
@@ -300,6 +305,7 @@ impl Default for Limits {
         Limits {
             max_put_bytes: 1536 * 1024,
             max_txn_ops: 128,
+            reserve_bytes: 0,
         }
     }
 }
@@ -539,7 +545,13 @@ impl Store {
 
     /// Opens the store with request limits other than etcd's defaults.
     pub fn open_with(path: impl AsRef<std::path::Path>, limits: Limits) -> Result<Store> {
-        let db = Db::open(path)?;
+        let db = Db::open_with(
+            path,
+            btree::Options {
+                reserve_bytes: limits.reserve_bytes,
+                ..btree::Options::default()
+            },
+        )?;
         let shared = load(&db)?;
         Ok(Store {
             db,
@@ -574,6 +586,12 @@ impl Store {
 
     fn write_shared(&self) -> RwLockWriteGuard<'_, Shared> {
         self.shared.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The disk could not give the database its reserve: writes beyond
+    /// it may fail (the server raises NOSPACE).
+    pub fn space_short(&self) -> bool {
+        self.db.space_short()
     }
 
     pub fn current_revision(&self) -> i64 {

@@ -82,7 +82,18 @@ pub enum WatchError {
     DuplicateId,
     #[error("mvcc: watch stream is closed")]
     StreamClosed,
+    /// Negative IDs are the server's: -1 marks a progress notification and
+    /// a failed creation, which a client could not tell from its watch.
+    #[error("mvcc: watch ID {0} is invalid (a client-chosen watch ID must be positive)")]
+    InvalidId(i64),
+    #[error("mvcc: too many watchers on one watch stream (at most {MAX_WATCHERS_PER_STREAM})")]
+    TooManyWatchers,
 }
+
+/// Watchers one stream may hold at once: a client cannot grow a member's
+/// memory without bound through one stream (each watcher keeps its range
+/// and a queue of events).
+pub const MAX_WATCHERS_PER_STREAM: usize = 100_000;
 
 type WatcherKey = (u64, i64);
 
@@ -222,6 +233,12 @@ impl Hub {
             .streams
             .get_mut(&stream)
             .ok_or(WatchError::StreamClosed)?;
+        if req.watch_id < 0 {
+            return Err(WatchError::InvalidId(req.watch_id));
+        }
+        if s.ids.len() >= MAX_WATCHERS_PER_STREAM {
+            return Err(WatchError::TooManyWatchers);
+        }
         let id = if req.watch_id == 0 {
             while s.ids.contains(&s.next_id) {
                 s.next_id += 1;

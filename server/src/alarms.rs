@@ -29,6 +29,13 @@ impl Alarms {
             .any(|a| a.alarm == pb::AlarmType::Nospace as i32)
     }
 
+    /// Whether `member` has raised NOSPACE.
+    pub fn no_space_of(&self, member: u64) -> bool {
+        self.list
+            .iter()
+            .any(|a| a.member_id == member && a.alarm == pb::AlarmType::Nospace as i32)
+    }
+
     pub fn corrupt(&self) -> bool {
         self.list
             .iter()

@@ -146,6 +146,10 @@ pub fn write_marker(data_dir: &Path, m: wal::SnapshotMarker) -> Result<(), DataD
 
 /// Removes every received snapshot database and partial transfer (at
 /// start-up, once the latest is installed: nothing is in flight then).
+/// How a Maintenance.Snapshot's copy of the database is named, in the
+/// snap directory, while it is streamed (`snapshot-<pid>-<n>.tmp`).
+pub const SNAPSHOT_COPY_PREFIX: &str = "snapshot-";
+
 pub fn remove_stale_snapshots(data_dir: &Path) {
     remove_received(data_dir, |_| true, true);
 }
@@ -165,7 +169,11 @@ fn remove_received(data_dir: &Path, doomed: impl Fn(u64) -> bool, parts: bool) {
         let name = name.to_string_lossy();
         let go = match name.strip_suffix(".snap.db") {
             Some(hex) => u64::from_str_radix(hex, 16).is_ok_and(&doomed),
-            None => parts && name.ends_with(".snap.db.part"),
+            None => {
+                parts
+                    && (name.ends_with(".snap.db.part")
+                        || (name.starts_with(SNAPSHOT_COPY_PREFIX) && name.ends_with(".tmp")))
+            }
         };
         if go {
             let _ = std::fs::remove_file(entry.path());

@@ -11,6 +11,8 @@ pub enum ServerError {
     TooLarge,
     #[error("etcdserver: no leader")]
     NoLeader,
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
     #[error("etcdserver: request timed out")]
     Timeout,
     #[error("etcdserver: request timed out, possibly due to previous leader failure")]
@@ -128,7 +130,7 @@ impl From<ServerError> for Status {
             | ServerError::TimeoutLeaderFail
             | ServerError::TimeoutConnectionLost
             | ServerError::LeaderChanged => Code::Unavailable,
-            ServerError::NoSpace => Code::ResourceExhausted,
+            ServerError::NoSpace | ServerError::TooManyRequests => Code::ResourceExhausted,
             ServerError::Corrupt => Code::DataLoss,
             ServerError::RootUserNotExist
             | ServerError::RootRoleNotExist

@@ -30,6 +30,9 @@
 //! - The WAL covers the database: it holds every entry after the
 //!   database's consistent index (a start-up error otherwise).
 //! - Errors carry etcd's gRPC codes and messages ([`error`]).
+//! - Nothing half-alive: a failed WAL write or fdatasync, or a database
+//!   error while applying, stops the member with one log line; a panic in
+//!   one of the [`VITAL_THREADS`] ends the process.
 
 pub mod alarms;
 pub mod api;
@@ -60,6 +63,18 @@ use error::StartError;
 use pb::etcdserverpb as etcd;
 
 pub use shared::Shared;
+
+/// The threads a member cannot serve without: raft, applying, the WAL's
+/// writer and the thread that answers its appends, and the watch syncer.
+/// A panic in one must end the process (`main` installs a hook that does),
+/// never leave a member that answers reads and Status while every write
+/// hangs; a restart recovers from the WAL.
+pub const VITAL_THREADS: &[&str] = &["raft", "apply", "wal-writer", "wal-notify", "watch-syncer"];
+
+/// What etcd allows a gRPC message beyond `--max-request-bytes` (its
+/// `grpcOverheadBytes`): the rest of the request around a value at the
+/// limit.
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// Keeps `Arc` in the public API readable.
 pub type SharedState = Arc<Shared>;
@@ -140,30 +155,41 @@ pub async fn run_with_state(
         servers.push(serve(listener, peer_routes.clone(), None, stop_rx.clone()));
     }
 
-    let routes =
-        tonic::service::Routes::new(etcd::kv_server::KvServer::new(api::kv::Kv(shared.clone())))
-            .add_service(etcd::watch_server::WatchServer::new(api::watch::Watch(
-                shared.clone(),
-                stop_rx.clone(),
-            )))
-            .add_service(etcd::lease_server::LeaseServer::new(api::lease::Lease(
-                shared.clone(),
-            )))
-            .add_service(etcd::cluster_server::ClusterServer::new(
-                api::cluster::Cluster(shared.clone()),
-            ))
-            .add_service(etcd::maintenance_server::MaintenanceServer::new(
-                api::maintenance::Maintenance(shared.clone()),
-            ))
-            .add_service(etcd::auth_server::AuthServer::new(api::auth::Auth(
-                shared.clone(),
-            )))
-            .add_service(pb::v3lockpb::lock_server::LockServer::new(api::lock::Lock(
-                shared.clone(),
-            )))
-            .add_service(pb::v3electionpb::election_server::ElectionServer::new(
-                api::election::Election(shared.clone()),
-            ));
+    // etcd's gRPC limits: a message in may be --max-request-bytes plus
+    // gRPC's overhead allowance, a message out any size.
+    let limit = cfg.max_request_bytes.saturating_add(GRPC_OVERHEAD_BYTES);
+    macro_rules! limited {
+        ($svc:expr) => {
+            $svc.max_decoding_message_size(limit)
+                .max_encoding_message_size(usize::MAX)
+        };
+    }
+    let routes = tonic::service::Routes::new(limited!(etcd::kv_server::KvServer::new(
+        api::kv::Kv(shared.clone())
+    )))
+    .add_service(limited!(etcd::watch_server::WatchServer::new(
+        api::watch::Watch(shared.clone(), stop_rx.clone())
+    )))
+    .add_service(limited!(etcd::lease_server::LeaseServer::new(
+        api::lease::Lease(shared.clone())
+    )))
+    .add_service(limited!(etcd::cluster_server::ClusterServer::new(
+        api::cluster::Cluster(shared.clone())
+    )))
+    .add_service(limited!(etcd::maintenance_server::MaintenanceServer::new(
+        api::maintenance::Maintenance(shared.clone())
+    )))
+    .add_service(limited!(etcd::auth_server::AuthServer::new(
+        api::auth::Auth(shared.clone())
+    )))
+    .add_service(limited!(pb::v3lockpb::lock_server::LockServer::new(
+        api::lock::Lock(shared.clone())
+    )))
+    .add_service(limited!(
+        pb::v3electionpb::election_server::ElectionServer::new(api::election::Election(
+            shared.clone()
+        ))
+    ));
     // The client port's HTTP side shares the listeners (and the router):
     // the gRPC routes are counted (metrics), the HTTP ones get etcd's CORS
     // headers; neither layer sits on the other's path.
@@ -253,9 +279,18 @@ pub async fn run_with_state(
     shared.transport.stop();
     let removed = shared.removed.load(std::sync::atomic::Ordering::Acquire);
     drop(shared);
-    tokio::task::spawn_blocking(move || threads.join())
-        .await
-        .map_err(|_| StartError::Panicked("shutdown"))??;
+    let joined = tokio::task::spawn_blocking(move || threads.join());
+    // A member stopping on a failure does not wait forever for threads
+    // that may be stuck on the failed disk: it exits, and the process's
+    // end stops them.
+    let joined = match &failed {
+        Some(why) => match tokio::time::timeout(Duration::from_secs(10), joined).await {
+            Ok(j) => j,
+            Err(_) => return Err(StartError::Fatal(why.clone())),
+        },
+        None => joined.await,
+    };
+    joined.map_err(|_| StartError::Panicked("shutdown"))??;
     match failed {
         Some(_) if removed => Ok(()),
         Some(why) => Err(StartError::Fatal(why)),

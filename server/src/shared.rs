@@ -17,6 +17,9 @@ use crate::pb::etcdserverpb as pb;
 use crate::raft::Command;
 use crate::transport::Transport;
 
+/// Snapshot streams served at once (see [`Shared::snapshots`]).
+pub const MAX_CONCURRENT_SNAPSHOTS: usize = 2;
+
 /// raft's state as the raft thread last published it.
 #[derive(Debug, Default)]
 pub struct RaftStatus {
@@ -51,6 +54,17 @@ impl Waiters {
         let (tx, rx) = oneshot::channel();
         self.lock().insert(id, tx);
         rx
+    }
+
+    /// [`Waiters::register`], unless `max` are waiting already.
+    pub fn register_bounded(&self, id: u64, max: usize) -> Option<oneshot::Receiver<ApplyResult>> {
+        let mut map = self.lock();
+        if map.len() >= max {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        map.insert(id, tx);
+        Some(rx)
     }
 
     pub fn take(&self, id: u64) -> Option<oneshot::Sender<ApplyResult>> {
@@ -121,6 +135,10 @@ pub struct Shared {
     /// At most one bcrypt computation at a time (a login flood must not
     /// take every core).
     pub bcrypt: tokio::sync::Semaphore,
+    /// Maintenance.Snapshot streams writing their copy at once, at most
+    /// [`MAX_CONCURRENT_SNAPSHOTS`] (each holds a compact copy of the
+    /// database on disk); more wait their turn.
+    pub snapshots: Arc<tokio::sync::Semaphore>,
     /// `--client-cert-auth`: a request without a token is made by the
     /// user its client certificate names (etcd's CommonName auth).
     pub client_cert_auth: bool,

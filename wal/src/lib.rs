@@ -26,6 +26,14 @@
 //!   and a term; the raft glue lives in the server.
 //!
 //! `FORMAT.md` beside this crate describes the format.
+//!
+//! ## Failpoints
+//! Built with the `failpoints` feature (fail-rs), a test can inject at
+//! `wal::write` and `wal::fdatasync` (`return(EIO)`, `return(ENOSPC)`: a
+//! batch's write or its fdatasync fails, after the real call for the
+//! latter), `wal::fallocate` (the next segment's preallocation fails), and
+//! `wal::writer`, `wal::notify` (`panic`: the writer or notifier thread
+//! panics). Without the feature they compile to nothing.
 
 mod backend;
 mod error;
@@ -54,6 +62,17 @@ use record::{encode_frame, roll, segment_seed, FrameRef};
 use segment::{create_preallocated, list_segments, sync_dir};
 pub use writer::{BatchDone, BatchObserver};
 use writer::{Command, LogWriter, OpenSegment};
+
+/// The error a failpoint injects (`return(ENOSPC)`, `return(EIO)`; EIO
+/// when unnamed).
+pub(crate) fn injected(arg: Option<String>) -> std::io::Error {
+    let code = match arg.as_deref() {
+        Some("ENOSPC") => libc::ENOSPC,
+        Some("EDQUOT") => libc::EDQUOT,
+        _ => libc::EIO,
+    };
+    std::io::Error::from_raw_os_error(code)
+}
 
 /// How to open or create a log.
 #[derive(Debug, Clone)]
@@ -210,7 +229,7 @@ impl Wal {
     /// Creates a new log in `dir` (created if missing; must hold no log).
     pub fn create(dir: impl AsRef<Path>, metadata: Metadata, opts: Options) -> Result<Wal> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "create directory", e))?;
+        segment::create_dir_synced(&dir)?;
         if !list_segments(&dir)?.0.is_empty() {
             return Err(Error::AlreadyExists { dir });
         }
@@ -277,6 +296,7 @@ impl Wal {
             hard_state: None,
             last_index: 0,
             prepared: None,
+            prepare_tried: std::time::Instant::now(),
             counters: Default::default(),
         };
         Wal::start(dir, writer)
@@ -319,6 +339,7 @@ impl Wal {
             hard_state: resume.hard_state,
             last_index: resume.last_index,
             prepared: None,
+            prepare_tried: std::time::Instant::now(),
             counters: Default::default(),
         };
         Ok((Wal::start(dir, writer)?, recovered))
@@ -361,6 +382,16 @@ impl Wal {
     /// is kept.
     pub fn observe_batches(&self, observer: BatchObserver) {
         let _ = self.counters.observer.set(observer);
+    }
+
+    /// Whether the next segment could not be preallocated for want of
+    /// disk space: appends continue in the open segment, but the log
+    /// stops when it fills (the server raises NOSPACE and takes no more
+    /// writes). Cleared once a later try succeeds.
+    pub fn space_short(&self) -> bool {
+        self.counters
+            .space_short
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The backend this log writes with.

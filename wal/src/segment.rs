@@ -77,6 +77,24 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(dir, "fsync directory", e))
 }
 
+/// Creates `dir` and any missing parents, fsyncing the directory that
+/// got each new entry, so a power cut cannot lose the log's directory.
+pub fn create_dir_synced(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(parent) = parent {
+        create_dir_synced(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(Error::io(dir, "create directory", e)),
+    }
+    sync_dir(parent.unwrap_or(Path::new(".")))
+}
+
 /// Creates `path` with `size` bytes allocated (fallocate, so later appends
 /// do not change the file's size or allocation), fsynced.
 pub fn create_preallocated(path: &Path, size: u64) -> Result<File> {
@@ -86,17 +104,33 @@ pub fn create_preallocated(path: &Path, size: u64) -> Result<File> {
         .create_new(true)
         .open(path)
         .map_err(|e| Error::io(path, "create segment", e))?;
-    // SAFETY: fallocate only reads its integer arguments; the descriptor is
-    // owned by `file`, which outlives the call.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, size as libc::off_t) };
-    if rc != 0 {
-        // Filesystems without fallocate get a plain (sparse) extension.
+    if let Err(e) = fallocate(&file, size) {
+        // Only a filesystem without fallocate gets a plain (sparse)
+        // extension; any other failure (ENOSPC above all) is an error,
+        // never a segment whose blocks a later append may not get.
+        if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+            let _ = std::fs::remove_file(path);
+            return Err(Error::io(path, "fallocate segment", e));
+        }
         file.set_len(size)
             .map_err(|e| Error::io(path, "extend segment", e))?;
     }
     file.sync_all()
         .map_err(|e| Error::io(path, "fsync segment", e))?;
     Ok(file)
+}
+
+/// Allocates `size` bytes for `file` (a test may inject a failure at
+/// `wal::fallocate`: fail-rs, the `failpoints` feature).
+fn fallocate(file: &File, size: u64) -> std::io::Result<()> {
+    fail::fail_point!("wal::fallocate", |arg| Err(crate::injected(arg)));
+    // SAFETY: fallocate only reads its integer arguments; the descriptor is
+    // owned by `file`, which outlives the call.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, size as libc::off_t) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// One frame found by a scan, with where it sits.

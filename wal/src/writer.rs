@@ -34,6 +34,9 @@ use crate::record::{
 use crate::segment::{create_preallocated, segment_file_name, sync_dir, SegmentName};
 use crate::Options;
 
+/// How long after a preparation failed for want of space it is tried again.
+const PREPARE_RETRY: Duration = Duration::from_secs(1);
+
 /// Answers for the appends of one batch.
 type Dones = Vec<oneshot::Sender<Result<()>>>;
 
@@ -77,6 +80,8 @@ pub(crate) struct LogWriter {
     pub last_index: u64,
     /// The next segment file, being preallocated in the background.
     pub prepared: Option<JoinHandle<Result<(PathBuf, std::fs::File)>>>,
+    /// When that preparation started.
+    pub prepare_tried: Instant,
     pub counters: Arc<Counters>,
 }
 
@@ -134,6 +139,8 @@ pub struct Counters {
     pub records: AtomicU64,
     /// Told of every batch made durable (the server's metrics).
     pub observer: OnceLock<BatchObserver>,
+    /// The next segment could not be preallocated for want of space.
+    pub space_short: std::sync::atomic::AtomicBool,
 }
 
 /// One batch made durable: what [`crate::Wal::observe_batches`]'s
@@ -152,6 +159,14 @@ pub struct BatchDone {
 /// (so it must be quick).
 pub type BatchObserver = Arc<dyn Fn(&BatchDone) + Send + Sync>;
 
+/// What a batch's wait for durability reports: the backend's answer, or
+/// the fault a test injected at `wal::fdatasync` after the real call (as a
+/// disk that took the write and then failed the flush).
+fn fdatasync_outcome(result: std::io::Result<()>) -> std::io::Result<()> {
+    fail::fail_point!("wal::fdatasync", |arg| Err(crate::injected(arg)));
+    result
+}
+
 impl LogWriter {
     pub fn run(mut self, rx: Receiver<Command>) {
         // Waking hundreds of waiting appenders takes longer than a fast
@@ -162,6 +177,7 @@ impl LogWriter {
             .name("wal-notify".into())
             .spawn(move || {
                 for batch in notifications {
+                    fail::fail_point!("wal::notify");
                     for done in batch {
                         let _ = done.send(Ok(()));
                     }
@@ -276,9 +292,10 @@ impl LogWriter {
         let Some((dones, submitted)) = state.in_flight.pop_front() else {
             return;
         };
-        let result = self.segment.writer.wait_oldest();
+        let result = fdatasync_outcome(self.segment.writer.wait_oldest());
         match (result, &state.failed) {
             (Ok(()), None) => {
+                self.retry_prepare();
                 if let Some(observe) = self.counters.observer.get() {
                     observe(&BatchDone {
                         records: submitted.records,
@@ -370,6 +387,12 @@ impl LogWriter {
         }
         let len = buf.len() as u64;
         let path = &self.segment.name.path;
+        fail::fail_point!("wal::writer");
+        fail::fail_point!("wal::write", |arg| Err(Error::io(
+            path,
+            "write",
+            crate::injected(arg)
+        )));
         let at = Instant::now();
         self.segment
             .writer
@@ -445,16 +468,39 @@ impl LogWriter {
         Ok(frames)
     }
 
-    /// Starts preallocating the segment after the open one.
+    /// Starts preallocating the segment after the open one. A failure for
+    /// want of space is reported through [`crate::Wal::space_short`] at
+    /// once (the open segment still has room) and the preparation is tried
+    /// again later ([`LogWriter::retry_prepare`]).
     pub fn prepare_next(&mut self) {
         let seq = self.segment.name.seq + 1;
         let tmp = self.dir.join(format!("{}.tmp", segment_file_name(seq, 0)));
         let size = self.opts.segment_size;
+        let counters = self.counters.clone();
+        self.prepare_tried = Instant::now();
         self.prepared = Some(std::thread::spawn(move || {
             let _ = std::fs::remove_file(&tmp);
-            let file = create_preallocated(&tmp, size)?;
-            Ok((tmp, file))
+            let result = create_preallocated(&tmp, size);
+            let short = matches!(&result, Err(Error::Io { source, .. })
+                if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)));
+            counters.space_short.store(short, Ordering::Release);
+            Ok((tmp, result?))
         }));
+    }
+
+    /// Prepares the next segment again if the last try failed and a
+    /// second has passed (space may have been freed since).
+    fn retry_prepare(&mut self) {
+        let failed = self
+            .prepared
+            .as_ref()
+            .is_some_and(|h| h.is_finished() && self.counters.space_short.load(Ordering::Acquire));
+        if failed && self.prepare_tried.elapsed() >= PREPARE_RETRY {
+            if let Some(h) = self.prepared.take() {
+                let _ = h.join();
+            }
+            self.prepare_next();
+        }
     }
 
     /// Deletes every segment before the last one whose first index is at

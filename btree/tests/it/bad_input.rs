@@ -298,3 +298,72 @@ fn corrupt_pages_give_errors_naming_the_page_never_panics() {
         std::fs::remove_file(&copy).unwrap();
     }
 }
+
+/// On a full disk (a 16 MiB tmpfs; the tests run as root) the file keeps
+/// its reserve until it cannot grow: then [`Db::space_short`] says so and
+/// commits within the reserve still succeed, the file stays clean, and
+/// freeing pages (deletes, then an online defragmentation) clears it.
+#[test]
+fn a_full_disk_is_reported_before_a_commit_fails() {
+    let base = tempfile::tempdir().unwrap();
+    let disk = base.path().join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&disk)
+        .status()
+        .expect("mount(8)");
+    assert!(mounted.success(), "mounting a tmpfs needs root");
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(&disk);
+    let path = disk.join("db");
+    let reserve = 2 << 20;
+    let db = Db::open_with(
+        &path,
+        Options {
+            reserve_bytes: reserve,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let mut tx = db.begin_write().unwrap();
+    tx.create_bucket(b"b").unwrap();
+    tx.commit().unwrap();
+    let value = vec![7u8; 64 * 1024];
+    let mut n = 0u32;
+    while !db.space_short() {
+        let mut tx = db.begin_write().unwrap();
+        tx.put(b"b", &n.to_be_bytes(), &value).unwrap();
+        tx.commit().unwrap();
+        n += 1;
+        assert!(n < 1000, "a 16 MiB disk never filled");
+    }
+    assert!(n > 50, "short after {n} commits");
+    // Within the reserve, commits go on.
+    for _ in 0..8 {
+        let mut tx = db.begin_write().unwrap();
+        tx.put(b"b", &n.to_be_bytes(), &value).unwrap();
+        tx.commit().unwrap();
+        n += 1;
+    }
+    assert_clean(&db);
+    let mut tx = db.begin_write().unwrap();
+    for k in 0..n {
+        tx.delete(b"b", &k.to_be_bytes()).unwrap();
+    }
+    tx.commit().unwrap();
+    db.defragment_online().unwrap();
+    let mut tx = db.begin_write().unwrap();
+    tx.put(b"b", b"after", b"ok").unwrap();
+    tx.commit().unwrap();
+    assert!(!db.space_short());
+    assert_clean(&db);
+}

@@ -29,6 +29,7 @@ fn bad_requests_get_etcds_errors_and_change_nothing() {
         Limits {
             max_put_bytes: 1000,
             max_txn_ops: 4,
+            reserve_bytes: 0,
         },
     )
     .unwrap();

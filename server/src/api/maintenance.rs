@@ -179,8 +179,17 @@ impl pb::maintenance_server::Maintenance for Maintenance {
         self.0.refuse_on_learner()?;
         admin(&self.0, &req).await?;
         let shared = self.0.clone();
+        // A turn among the snapshots being written (each needs a copy of
+        // the database on disk); the stream waits for one.
+        let turn = shared
+            .snapshots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::from(crate::error::ServerError::Stopped))?;
         let (tx, rx) = mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             let m = shared.metrics.clone();
             let sent =
                 crate::metrics::Metrics::time(&m.backend_snapshot, || send_snapshot(&shared, &tx));
@@ -202,8 +211,11 @@ fn send_snapshot(
     use std::io::Read;
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = crate::datadir::snap_dir(&shared.data_dir)
-        .join(format!("snapshot-{}-{n}.tmp", std::process::id()));
+    let path = crate::datadir::snap_dir(&shared.data_dir).join(format!(
+        "{}{}-{n}.tmp",
+        crate::datadir::SNAPSHOT_COPY_PREFIX,
+        std::process::id()
+    ));
     let _ = std::fs::remove_file(&path);
     let io = |e: std::io::Error| Status::internal(format!("{}: {e}", path.display()));
     let result = (|| {

@@ -33,6 +33,10 @@ pub enum ConfigError {
     ClusterState(String),
     #[error("--election-timeout[{election}ms] should be at least as 5 times as --heartbeat-interval[{heartbeat}ms]")]
     ElectionTimeout { election: u64, heartbeat: u64 },
+    #[error(
+        "--election-timeout[{0}ms] is too long, and should be set less than {MAX_ELECTION_MS}ms"
+    )]
+    ElectionTimeoutTooLong(u64),
     #[error("{0}")]
     AuthToken(String),
     #[error("{0} is set, but kvserver has no such setting ({1}): unset it rather than run without what it asks for")]
@@ -417,11 +421,13 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from(format!("{}.kvserver", self.name)))
     }
 
-    pub fn quota_bytes(&self) -> i64 {
-        if self.quota_backend_bytes <= 0 {
-            2 * 1024 * 1024 * 1024
-        } else {
-            self.quota_backend_bytes
+    /// The database size above which NOSPACE is raised: etcd's default
+    /// (2 GiB) for 0, none for a negative value (etcd turns the quota off).
+    pub fn quota_bytes(&self) -> Option<i64> {
+        match self.quota_backend_bytes {
+            q if q < 0 => None,
+            0 => Some(2 * 1024 * 1024 * 1024),
+            q => Some(q),
         }
     }
 
@@ -502,7 +508,10 @@ impl Config {
         if self.heartbeat_interval == 0 {
             return Err(ConfigError::HeartbeatInterval);
         }
-        if self.election_timeout < 5 * self.heartbeat_interval {
+        if self.election_timeout > MAX_ELECTION_MS {
+            return Err(ConfigError::ElectionTimeoutTooLong(self.election_timeout));
+        }
+        if self.election_timeout < self.heartbeat_interval.saturating_mul(5) {
             return Err(ConfigError::ElectionTimeout {
                 election: self.election_timeout,
                 heartbeat: self.heartbeat_interval,
@@ -612,6 +621,9 @@ impl Config {
     }
 }
 
+/// etcd's bound on `--election-timeout` (its maxElectionMs).
+pub const MAX_ELECTION_MS: u64 = 50_000;
+
 fn split(urls: &str) -> Vec<String> {
     urls.split(',')
         .map(str::trim)
@@ -645,41 +657,16 @@ fn parse_urls(urls: &str) -> Result<Vec<(SocketAddr, bool)>, ConfigError> {
 /// etcd's periodic retention: a Go duration (`1h30m`, `10s`) or a bare
 /// number of hours.
 fn parse_retention(s: &str) -> Result<Duration, String> {
-    if let Ok(hours) = s.parse::<f64>() {
-        if hours < 0.0 {
-            return Err(format!("negative retention {s:?}"));
-        }
-        return Ok(Duration::from_secs_f64(hours * 3600.0));
+    // etcd: a whole number of hours, else a duration.
+    if let Ok(hours) = s.parse::<u64>() {
+        return hours
+            .checked_mul(3600)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("retention {s:?} is out of range"));
     }
-    let mut total = 0f64;
-    let mut num = String::new();
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let mut unit = c.to_string();
-        if c == 'm' && chars.peek() == Some(&'s') {
-            unit.push('s');
-            chars.next();
-        }
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("invalid retention {s:?}"))?;
-        num.clear();
-        total += n * match unit.as_str() {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 0.001,
-            _ => return Err(format!("invalid retention unit in {s:?}")),
-        };
-    }
-    if !num.is_empty() {
-        return Err(format!("invalid retention {s:?} (a unit is missing)"));
-    }
-    Ok(Duration::from_secs_f64(total))
+    // Go's durations as humantime reads them ("30m", "1h30m", "500ms");
+    // "inf", "NaN", a sign or a fraction are errors, never a panic.
+    humantime::parse_duration(s).map_err(|e| format!("invalid retention {s:?}: {e}"))
 }
 
 #[cfg(test)]
@@ -692,8 +679,23 @@ mod tests {
         assert_eq!(parse_retention("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_retention("10s").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_retention("0").unwrap(), Duration::ZERO);
-        assert!(parse_retention("5x").is_err());
-        assert!(parse_retention("5h3").is_err());
+        assert_eq!(
+            parse_retention("500ms").unwrap(),
+            Duration::from_millis(500)
+        );
+        for bad in [
+            "5x",
+            "5h3",
+            "inf",
+            "NaN",
+            "-1",
+            "-1h",
+            "1e400",
+            "99999999999999999999",
+            "",
+        ] {
+            assert!(parse_retention(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -42,7 +42,7 @@ use crate::shared::Shared;
 /// `--max-request-bytes` but under this is refused as over gRPC, with
 /// "etcdserver: request is too large", before it is proposed).
 fn max_message(max_request_bytes: usize) -> usize {
-    max_request_bytes.saturating_add(512 * 1024)
+    max_request_bytes.saturating_add(crate::GRPC_OVERHEAD_BYTES)
 }
 
 /// The most JSON read for one message of at most `limit` bytes (base64

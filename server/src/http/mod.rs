@@ -10,6 +10,8 @@
 //! - [`gateway`]: etcd's JSON gateway, `POST /v3/...`.
 //! - [`metrics`]: `/metrics`, which `--listen-metrics-urls` also serve
 //!   (with `/health` and nothing else: [`metrics_router`]).
+//! - `failpoints`: `/failpoints`, only in a build with the `failpoints`
+//!   feature (fault-injection tests).
 //!
 //! ## Invariants (etcd 3.4's answers, checked against the real one)
 //! - Every answer carries `--cors` (`*`): `Access-Control-Allow-Origin:
@@ -18,6 +20,8 @@
 //! - A path nothing serves gets 404 `404 page not found`; a method a route
 //!   does not take gets 405 `Method Not Allowed` with `Allow`.
 
+#[cfg(feature = "failpoints")]
+pub mod failpoints;
 pub mod gateway;
 pub mod health;
 pub mod metrics;
@@ -31,9 +35,12 @@ use crate::shared::Shared;
 
 /// The routes of the client port's HTTP side.
 pub fn router(shared: Arc<Shared>, stopping: tokio::sync::watch::Receiver<bool>) -> axum::Router {
-    health::routes(shared.clone())
+    let r = health::routes(shared.clone())
         .merge(metrics::routes(shared.clone()))
-        .merge(gateway::routes(shared, stopping))
+        .merge(gateway::routes(shared, stopping));
+    #[cfg(feature = "failpoints")]
+    let r = r.merge(failpoints::routes());
+    r
 }
 
 /// What `--listen-metrics-urls` serve: `/metrics` and `/health`.

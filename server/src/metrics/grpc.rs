@@ -303,6 +303,8 @@ where
             return Poll::Ready(Ok(response));
         };
         // A trailers-only answer carries its status in the headers.
+        let mut response = response;
+        etcd_size_error(response.headers_mut());
         if let Some(code) = grpc_status(response.headers()) {
             done.finish(code);
             return Poll::Ready(Ok(response));
@@ -328,6 +330,37 @@ fn client_api_version(h: &HeaderMap) -> usize {
         .iter()
         .position(|known| v == Some(known.as_bytes()))
         .unwrap_or(CLIENT_VERSIONS.len() - 1)
+}
+
+/// tonic refuses a message over its decoding limit (`--max-request-bytes`
+/// plus gRPC's 512 KiB) as OutOfRange in its own words; etcd's gRPC
+/// server answers ResourceExhausted "grpc: received message larger than
+/// max (N vs. M)", which clients see. This rewrites the one into the other
+/// (the refusal comes before any handler runs, in a trailers-only answer).
+fn etcd_size_error(h: &mut HeaderMap) {
+    static MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+    if grpc_status(h) != Some(11) {
+        return;
+    }
+    let Some(text) = h.get(&MESSAGE).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    // gRPC percent-encodes the message.
+    let text = percent_encoding::percent_decode_str(text).decode_utf8_lossy();
+    let Some(rest) = text.strip_prefix("Error, decoded message length too large: found ") else {
+        return;
+    };
+    let Some((found, limit)) = rest
+        .strip_suffix(" bytes")
+        .and_then(|r| r.split_once(" bytes, the limit is: "))
+    else {
+        return;
+    };
+    let etcd = format!("grpc: received message larger than max ({found} vs. {limit})");
+    if let Ok(v) = axum::http::HeaderValue::from_str(&etcd) {
+        h.insert(&MESSAGE, v);
+        h.insert("grpc-status", axum::http::HeaderValue::from_static("8"));
+    }
 }
 
 /// gRPC's status code, as a code number (a number no code has is Unknown).

@@ -451,12 +451,13 @@ impl Metrics {
     }
 
     /// Names this member (`etcd_server_id`).
-    pub fn set_member(&self, member_id: u64, quota_bytes: u64) {
+    /// `quota_bytes` as etcd reports it: the quota in force, or the
+    /// negative flag value that turned it off.
+    pub fn set_member(&self, member_id: u64, quota_bytes: i64) {
         self.server_id
             .with_label_values(&[&format!("{member_id:x}")])
             .set(1);
-        self.quota_backend_bytes
-            .set(i64::try_from(quota_bytes).unwrap_or(i64::MAX));
+        self.quota_backend_bytes.set(quota_bytes);
     }
 
     /// What a WAL batch made durable.

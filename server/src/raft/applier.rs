@@ -199,6 +199,7 @@ impl Applier {
 
     /// Applies committed entries to the key space in one batch.
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), ApplyError> {
+        fail::fail_point!("apply::entries");
         let Some(last) = entries.last().map(|e| (e.index, e.term)) else {
             return Ok(());
         };

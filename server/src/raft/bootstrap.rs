@@ -78,6 +78,7 @@ pub fn start(
         mvcc::Limits {
             max_put_bytes: cfg.max_request_bytes,
             max_txn_ops: cfg.max_txn_ops,
+            reserve_bytes: DB_RESERVE_BYTES,
         },
     )?);
     let metrics = Arc::new(crate::metrics::Metrics::new(cfg.metrics == "extensive")?);
@@ -256,6 +257,9 @@ pub fn start(
             cfg.bcrypt_cost(),
         )?,
         bcrypt: tokio::sync::Semaphore::new(1),
+        snapshots: Arc::new(tokio::sync::Semaphore::new(
+            crate::shared::MAX_CONCURRENT_SNAPSHOTS,
+        )),
         client_cert_auth: cfg.tls.client_cert_auth,
         raft: RaftStatus {
             term: AtomicU64::new(hard_state.term),
@@ -278,7 +282,10 @@ pub fn start(
         removed: AtomicBool::new(false),
         metrics: metrics.clone(),
     });
-    metrics.set_member(member_id, cfg.quota_bytes().max(0) as u64);
+    metrics.set_member(
+        member_id,
+        cfg.quota_bytes().unwrap_or(cfg.quota_backend_bytes),
+    );
     {
         let m = metrics.clone();
         log.observe_batches(Arc::new(move |b| m.wal_batch(b)));
@@ -415,6 +422,13 @@ fn prepare(
         .map_err(io("fsync", &member))?;
     Ok(())
 }
+
+/// Disk the database keeps allocated ahead of its data: the commits after
+/// a full disk is noticed (NOSPACE raised, writes refused) still have room
+/// for the entries already committed, deletes, compaction and the alarm's
+/// own entry. bbolt's files carry as much slack (its 16 MiB allocation
+/// step), so file sizes compare with etcd's.
+pub const DB_RESERVE_BYTES: u64 = 16 << 20;
 
 /// Where a new cluster's log starts: its initial snapshot's index (and
 /// term).

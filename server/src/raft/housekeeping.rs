@@ -19,7 +19,8 @@ const CHECKPOINT_BATCH: usize = 1000;
 const REVOKE_RETRY: Duration = Duration::from_secs(3);
 
 pub struct Housekeeping {
-    quota_bytes: i64,
+    /// None: no quota (a negative `--quota-backend-bytes`).
+    quota_bytes: Option<i64>,
     auto_compaction: AutoCompaction,
     /// (when, revision) samples for periodic auto-compaction.
     revision_marks: Vec<(Instant, i64)>,
@@ -27,6 +28,8 @@ pub struct Housekeeping {
     last_checkpoint: Instant,
     /// Expired leases whose revocation was proposed, and when.
     revoking: HashMap<i64, Instant>,
+    /// When this member last proposed NOSPACE for a full disk.
+    last_space_alarm: Option<Instant>,
 }
 
 impl Housekeeping {
@@ -38,6 +41,7 @@ impl Housekeeping {
             checkpoint_interval: cfg.experimental_lease_checkpoint_interval,
             last_checkpoint: Instant::now(),
             revoking: HashMap::new(),
+            last_space_alarm: None,
         })
     }
 
@@ -48,8 +52,14 @@ impl Housekeeping {
     }
 }
 
+/// How often a member whose disk is full proposes its NOSPACE alarm again
+/// while the alarm is not yet applied (the proposal may be dropped while
+/// no leader is known).
+const NOSPACE_RETRY: Duration = Duration::from_secs(1);
+
 impl RaftLoop {
     pub(crate) fn housekeep(&mut self) {
+        self.check_disk_space();
         if !self.is_leader() || !self.can_serve_reads() {
             return;
         }
@@ -92,18 +102,19 @@ impl RaftLoop {
                 }));
             }
         }
-        let (file, _) = store.db_size();
+        // The quota counts the pages the database has used (its high-water
+        // mark, which only a defragmentation lowers, as etcd's file size),
+        // not the space the file keeps in reserve beyond them.
+        let (_, file) = store.db_size();
         let no_space = self
             .shared
             .alarms
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .no_space();
-        if file as i64 > self.housekeeping.quota_bytes && !no_space {
-            tracing::warn!(
-                "database size {file} exceeds the quota {}: raising NOSPACE",
-                self.housekeeping.quota_bytes
-            );
+        let over = self.housekeeping.quota_bytes.filter(|q| file as i64 > *q);
+        if let (Some(quota), false) = (over, no_space) {
+            tracing::warn!("database size {file} exceeds the quota {quota}: raising NOSPACE");
             self.propose_internal(Op::Alarm(pb::AlarmRequest {
                 action: pb::alarm_request::AlarmAction::Activate as i32,
                 member_id: self.shared.member_id,
@@ -117,6 +128,47 @@ impl RaftLoop {
                 physical: false,
             }));
         }
+    }
+}
+
+impl RaftLoop {
+    /// On every member, leader or not (etcd's members each raise the
+    /// alarm their own apply hits): a disk that cannot give the database
+    /// its reserve, or the WAL its next segment, raises NOSPACE for this
+    /// member. Writes then stop cluster-wide with etcd's "database space
+    /// exceeded", while reads, deletes, compaction, defragmentation and
+    /// `alarm disarm` go on; the member never exits over it.
+    fn check_disk_space(&mut self) {
+        let db = self.shared.store.space_short();
+        let wal = self.log.space_short();
+        if !db && !wal {
+            return;
+        }
+        let raised = self
+            .shared
+            .alarms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .no_space_of(self.shared.member_id);
+        let due = self
+            .housekeeping
+            .last_space_alarm
+            .is_none_or(|at| at.elapsed() >= NOSPACE_RETRY);
+        if raised || !due {
+            return;
+        }
+        self.housekeeping.last_space_alarm = Some(Instant::now());
+        let what = match (db, wal) {
+            (true, true) => "the database cannot keep its reserve and the WAL cannot preallocate its next segment",
+            (true, false) => "the database cannot keep its reserve",
+            _ => "the WAL cannot preallocate its next segment",
+        };
+        tracing::warn!("the disk is full: {what}: raising NOSPACE");
+        self.propose_internal(Op::Alarm(pb::AlarmRequest {
+            action: pb::alarm_request::AlarmAction::Activate as i32,
+            member_id: self.shared.member_id,
+            alarm: pb::AlarmType::Nospace as i32,
+        }));
     }
 }
 

@@ -103,6 +103,15 @@ pub enum Command {
 /// Slack on top of `--max-request-bytes` for the request's envelope.
 const ENVELOPE_BYTES: usize = 4096;
 
+/// Committed entries not yet applied beyond which new proposals are
+/// refused with "too many requests" (etcd's
+/// maxGapBetweenApplyAndCommitIndex).
+pub const MAX_APPLY_LAG: u64 = 5000;
+
+/// Proposals of this member waiting for their answer, at most; one more is
+/// refused with "too many requests".
+pub const MAX_PENDING_PROPOSALS: usize = 20_000;
+
 impl Shared {
     pub(crate) fn send(&self, cmd: Command) -> Result<(), ServerError> {
         let guard = self.commands.lock().unwrap_or_else(|e| e.into_inner());
@@ -163,7 +172,18 @@ impl Shared {
         if data.len() > self.max_request_bytes + ENVELOPE_BYTES {
             return Err(ServerError::TooLarge);
         }
-        let rx = self.waiters.register(id);
+        // etcd's back-pressure: a member whose applying lags what raft
+        // has committed, or with too many proposals waiting, refuses new
+        // ones at once rather than queue them without bound.
+        let applied = self.raft.applied_index.load(Ordering::Acquire);
+        let committed = self.raft.commit_index.load(Ordering::Acquire);
+        if committed > applied + MAX_APPLY_LAG {
+            return Err(ServerError::TooManyRequests);
+        }
+        let rx = self
+            .waiters
+            .register_bounded(id, MAX_PENDING_PROPOSALS)
+            .ok_or(ServerError::TooManyRequests)?;
         // Whatever happens to this call (answered, timed out, the client
         // gone), the waiter goes with it.
         struct Forget<'a>(&'a Shared, u64);

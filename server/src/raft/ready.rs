@@ -472,6 +472,7 @@ impl RaftLoop {
         if !self.node.has_ready() {
             return Ok(());
         }
+        fail::fail_point!("raft::ready");
         let store = self.node.store().clone();
         let mut rd = self.node.ready();
         if let Some(ss) = rd.ss() {

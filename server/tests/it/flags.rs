@@ -126,3 +126,60 @@ async fn honoured_flags_take_effect() {
         .unwrap()
         .unwrap();
 }
+
+#[test]
+fn out_of_range_flag_values_are_start_up_errors_not_panics() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--auto-compaction-retention", "inf"], "retention"),
+        (&["--auto-compaction-retention", "NaN"], "retention"),
+        (&["--auto-compaction-retention=-1"], "retention"),
+        (&["--auto-compaction-retention", "1e400"], "retention"),
+        (
+            &[
+                "--auto-compaction-mode",
+                "revision",
+                "--auto-compaction-retention",
+                "1.5",
+            ],
+            "revision retention",
+        ),
+        (&["--election-timeout", "60000"], "--election-timeout"),
+        (
+            &["--heartbeat-interval", "18446744073709551615"],
+            "--election-timeout",
+        ),
+        (&["--max-request-bytes=-1"], "--max-request-bytes"),
+        (&["--snapshot-count=-5"], "--snapshot-count"),
+        (&["--quota-backend-bytes", "NaN"], "--quota-backend-bytes"),
+        (
+            &["--grpc-keepalive-timeout=-1s"],
+            "--grpc-keepalive-timeout",
+        ),
+        (
+            &["--max-concurrent-streams", "99999999999"],
+            "--max-concurrent-streams",
+        ),
+    ];
+    for (args, names) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_kvserver"))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(*args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started");
+        assert!(
+            matches!(out.status.code(), Some(1 | 2)),
+            "{args:?}: {:?}",
+            out.status
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.contains(names), "{args:?}: {err}");
+        assert!(
+            !dir.path().join("data").exists(),
+            "{args:?} made a data dir"
+        );
+    }
+}

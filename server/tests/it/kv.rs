@@ -225,13 +225,25 @@ async fn compaction_and_bad_requests_get_etcds_errors() {
     );
     let e = c.get("", None).await.unwrap_err();
     assert_eq!(status(e).1, "etcdserver: key is not provided");
-    let big = vec![7u8; 2 * 1024 * 1024];
+    // Over --max-request-bytes (1.5 MiB): refused before it is proposed.
+    let big = vec![7u8; 1800 * 1024];
     let e = c.put("big", big, None).await.unwrap_err();
     assert_eq!(
         status(e),
         (
             Code::InvalidArgument,
             "etcdserver: request is too large".into()
+        )
+    );
+    // Over gRPC's limit (1.5 MiB + 512 KiB): refused as etcd's gRPC
+    // server refuses it, before it is decoded.
+    let big = vec![7u8; 2 * 1024 * 1024];
+    let e = c.put("big", big, None).await.unwrap_err();
+    assert_eq!(
+        status(e),
+        (
+            Code::ResourceExhausted,
+            "grpc: received message larger than max (2097162 vs. 2097152)".into()
         )
     );
     let e = c

@@ -9,6 +9,7 @@ mod concurrency;
 mod corruption;
 mod crash;
 mod failover;
+mod faults;
 mod flags;
 mod http;
 mod jepsen;
@@ -137,6 +138,18 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// What the server wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Starts the server again on the same data and ports.

@@ -140,7 +140,8 @@ async fn defragment_runs_while_reads_and_writes_go_on() {
     )
     .await
     .unwrap();
-    let before = c2.status().await.unwrap().db_size();
+    let before = c2.status().await.unwrap();
+    let (before, before_used) = (before.db_size(), before.raft_used_db_size());
 
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
@@ -188,11 +189,15 @@ async fn defragment_runs_while_reads_and_writes_go_on() {
         during >= 50,
         "only {during} requests completed during the {took:?} defragmentation"
     );
-    let after = c2.status().await.unwrap().db_size();
+    // The pages in use (the high-water mark) shrink by two thirds; the
+    // file too, though it keeps its reserve (16 MiB) ahead of them.
+    let after = c2.status().await.unwrap();
+    let (after, after_used) = (after.db_size(), after.raft_used_db_size());
     assert!(
-        after * 3 < before,
-        "the file shrank: {before} -> {after} bytes"
+        after_used * 3 < before_used,
+        "the pages in use shrank: {before_used} -> {after_used} bytes"
     );
+    assert!(after < before, "the file shrank: {before} -> {after} bytes");
     assert_eq!(
         c2.get("k000000", None).await.unwrap().kvs()[0].value(),
         &value[..]
@@ -226,4 +231,77 @@ async fn defragment_runs_while_reads_and_writes_go_on() {
     .unwrap();
     let report = db.check();
     assert!(report.is_clean(), "{report}");
+}
+
+/// The database copies snapshot streams are served from, in the snap dir.
+fn snapshot_copies(data_dir: &std::path::Path) -> usize {
+    std::fs::read_dir(server::datadir::snap_dir(data_dir))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with(server::datadir::SNAPSHOT_COPY_PREFIX) && n.ends_with(".tmp")
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshot_streams_are_bounded_and_their_copies_removed_at_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let mut server = Server::start(&data).await;
+    let mut c = server.client().await;
+    for i in 0..400 {
+        c.put(format!("k{i}"), vec![b'v'; 16 * 1024], None)
+            .await
+            .unwrap();
+    }
+    // Five streams whose clients read nothing: the two with a turn keep
+    // their copies on disk (the stream is stalled), the others wait.
+    let stalled: Vec<_> = (0..5)
+        .map(|_| {
+            let ep = server.endpoint.clone();
+            tokio::spawn(async move {
+                let mut c = etcd_client::Client::connect([ep], None).await.unwrap();
+                let stream = c.snapshot().await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                drop(stream);
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(
+        snapshot_copies(&data),
+        server::shared::MAX_CONCURRENT_SNAPSHOTS
+    );
+    // A crash leaves the copies; the restart removes them.
+    server.restart().await;
+    for t in stalled {
+        t.abort();
+    }
+    assert_eq!(snapshot_copies(&data), 0);
+    // Streams read to the end each give the whole database, one after
+    // the other when more than two ask at once.
+    let mut whole = Vec::new();
+    for _ in 0..3 {
+        let ep = server.endpoint.clone();
+        whole.push(tokio::spawn(async move {
+            let mut c = etcd_client::Client::connect([ep], None).await.unwrap();
+            let mut stream = c.snapshot().await.unwrap();
+            let mut bytes = Vec::new();
+            while let Some(r) = stream.message().await.unwrap() {
+                bytes.extend_from_slice(r.blob());
+            }
+            let (body, digest) = bytes.split_at(bytes.len() - 32);
+            assert_eq!(Sha256::digest(body).as_slice(), digest);
+            body.len()
+        }));
+    }
+    let mut sizes = Vec::new();
+    for w in whole {
+        sizes.push(w.await.unwrap());
+    }
+    assert!(sizes[0] > 400 * 16 * 1024, "{sizes:?}");
+    assert!(sizes.iter().all(|s| *s == sizes[0]), "{sizes:?}");
+    assert_eq!(snapshot_copies(&data), 0);
 }

@@ -193,3 +193,36 @@ async fn large_responses_come_in_fragments_when_asked() {
     assert_eq!(got, 10);
     assert!(responses >= 4, "{responses} fragments of at most 10 KB");
 }
+
+#[tokio::test]
+async fn a_client_chosen_watch_id_must_be_positive() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("d")).await;
+    let mut c = server.client().await;
+    // -1 marks progress notifications and failed creations: refused.
+    let mut stream = c
+        .watch("k", Some(WatchOptions::new().with_watch_id(-1)))
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("an answer within 5 s")
+        .unwrap()
+        .unwrap();
+    assert!(r.created() && r.canceled(), "{r:?}");
+    assert_eq!(r.watch_id(), -1);
+    assert_eq!(
+        r.cancel_reason(),
+        "mvcc: watch ID -1 is invalid (a client-chosen watch ID must be positive)"
+    );
+    // A positive one is the client's to pick, and sees events.
+    stream
+        .watch("k", Some(WatchOptions::new().with_watch_id(7)))
+        .await
+        .unwrap();
+    assert_eq!(created(&mut stream).await, 7);
+    c.put("k", "v", None).await.unwrap();
+    let r = next_events(&mut stream).await;
+    assert_eq!(r.watch_id(), 7);
+    assert_eq!(summary(&r)[0].1, "k");
+}

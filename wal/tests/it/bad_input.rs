@@ -148,3 +148,44 @@ fn an_oversized_record_is_refused_without_stopping_the_log() {
     ));
     w.append(vec![entry(1, 1)]).wait().unwrap();
 }
+
+/// A segment whose preallocation fails for want of space is an error,
+/// never a sparse file whose later appends could find no blocks; no file
+/// is left behind. Run on a tmpfs of 1 MiB (the tests run as root).
+#[test]
+fn a_segment_the_disk_cannot_hold_is_an_error_not_a_sparse_file() {
+    let base = tempfile::tempdir().unwrap();
+    let disk = base.path().join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&disk)
+        .status()
+        .expect("mount(8)");
+    assert!(mounted.success(), "mounting a tmpfs needs root");
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(&disk);
+    let dir = disk.join("wal");
+    let opts = wal::Options {
+        segment_size: 4 << 20,
+        ..crate::opts()
+    };
+    match wal::Wal::create(&dir, META, opts) {
+        Err(wal::Error::Io { op, source, .. }) => {
+            assert_eq!(op, "fallocate segment");
+            assert_eq!(source.raw_os_error(), Some(libc::ENOSPC));
+        }
+        Err(e) => panic!("not the fallocate error: {e}"),
+        Ok(_) => panic!("a 4 MiB segment was created on a 1 MiB disk"),
+    }
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert!(left.is_empty(), "files left behind: {left:?}");
+}

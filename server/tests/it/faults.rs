@@ -1,0 +1,450 @@
+//! Faults injected into running members (the test build has the
+//! `failpoints` feature; `/failpoints` arms a point at run time): a panic
+//! in a vital thread ends the process, a failed WAL write or fdatasync
+//! stops the member with nothing after it acknowledged, the cluster goes
+//! on without it, and a restart recovers to a consistent state.
+
+use std::time::Duration;
+
+use crate::cluster::Cluster;
+use crate::http::request;
+
+/// Arms failpoint `point` with fail-rs `actions` on member `i`.
+async fn arm(c: &Cluster, i: usize, point: &str, actions: &str) {
+    let a = request(
+        &c.members[i].endpoint(),
+        "PUT",
+        &format!("/failpoints/{point}"),
+        actions,
+    )
+    .await;
+    assert_eq!(a.status, 200, "arming {point}: {}", a.body);
+}
+
+/// Puts `key` through member `i` with a bound on the wait; Ok only if the
+/// put was acknowledged.
+async fn put(c: &Cluster, i: usize, key: &str) -> Result<(), String> {
+    put_to(c.members[i].endpoint(), key.to_string()).await
+}
+
+async fn put_to(endpoint: String, key: String) -> Result<(), String> {
+    let attempt = async move {
+        let mut cl = etcd_client::Client::connect([endpoint], None)
+            .await
+            .map_err(|e| e.to_string())?;
+        cl.put(key.clone(), key.clone(), None)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+        Ok(r) => r,
+        Err(_) => Err("no answer within 5 s".into()),
+    }
+}
+
+/// The keys under `prefix` member `i` holds (a serializable read: the
+/// member's own state).
+async fn keys(c: &Cluster, i: usize, prefix: &str) -> Vec<String> {
+    let mut cl = c.client(i).await;
+    let opts = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_serializable()
+        .with_keys_only();
+    let r = cl.get(prefix, Some(opts)).await.unwrap();
+    let mut out: Vec<String> = r
+        .kvs()
+        .iter()
+        .map(|kv| kv.key_str().unwrap().to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+/// The database of a stopped member passes the B+tree's full check.
+fn db_is_clean(c: &Cluster, i: usize) {
+    let path = server::datadir::db_path(&c.members[i].data_dir);
+    let db = btree::Db::open(&path).expect("open the database");
+    let report = db.check();
+    assert!(report.is_clean(), "m{}: {report:?}", i + 1);
+}
+
+/// The stopped one-member cluster `c` has a clean database and, restarted,
+/// holds every acknowledged key and takes writes again.
+async fn recovers(c: &mut Cluster, acked: &[String], point: &str) {
+    db_is_clean(c, 0);
+    c.restart(0);
+    c.wait_serving(0).await;
+    let have = keys(c, 0, "k/").await;
+    for k in acked {
+        assert!(have.contains(k), "{point}: {k} lost: {have:?}");
+    }
+    put(c, 0, "k/later").await.unwrap();
+}
+
+/// Waits until member `i` holds every key of `want` (it catches up).
+async fn wait_for_keys(c: &Cluster, i: usize, prefix: &str, want: &[String]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let have = keys(c, i, prefix).await;
+        if want.iter().all(|k| have.contains(k)) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "m{} lacks acknowledged keys: has {have:?}, wants {want:?}",
+            i + 1
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_panic_in_a_vital_thread_ends_the_process_and_a_restart_recovers() {
+    for (point, thread) in [
+        ("apply::entries", "apply"),
+        ("raft::ready", "raft"),
+        ("wal::writer", "wal-writer"),
+        ("wal::notify", "wal-notify"),
+    ] {
+        let mut c = Cluster::start(1, &[]).await;
+        let mut acked = Vec::new();
+        for n in 0..5 {
+            let k = format!("k/{n}");
+            put(&c, 0, &k).await.unwrap();
+            acked.push(k);
+        }
+        arm(&c, 0, point, "panic").await;
+        let refused = put(&c, 0, "k/after").await;
+        assert!(refused.is_err(), "{point}: a put was acknowledged");
+        // The process ends by itself: it does not go on half-alive.
+        let code = c.wait_exit(0, Duration::from_secs(10)).await;
+        assert_eq!(code, None, "{point}: killed by SIGABRT, not an exit code");
+        let log = c.log(0);
+        assert!(
+            log.contains(&format!("the {thread} thread panicked")),
+            "{point}: {}",
+            c.log_tail(0)
+        );
+        recovers(&mut c, &acked, point).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_wal_write_or_fdatasync_acknowledges_nothing_after_it() {
+    for (point, actions, says) in [
+        ("wal::fdatasync", "return(EIO)", "Input/output error"),
+        ("wal::write", "return(ENOSPC)", "No space left on device"),
+    ] {
+        let mut c = Cluster::start(1, &[]).await;
+        let mut acked = Vec::new();
+        for n in 0..20 {
+            let k = format!("k/{n:02}");
+            put(&c, 0, &k).await.unwrap();
+            acked.push(k);
+        }
+        arm(&c, 0, point, actions).await;
+        // Concurrent puts: none of them may be acknowledged.
+        let puts: Vec<_> = (0..10)
+            .map(|n| tokio::spawn(put_to(c.members[0].endpoint(), format!("k/late{n}"))))
+            .collect();
+        for p in puts {
+            let r = p.await.unwrap();
+            assert!(
+                r.is_err(),
+                "{point}: a put after the failure was acknowledged"
+            );
+        }
+        // Fail-stop: the member exits non-zero with one line saying why.
+        let code = c.wait_exit(0, Duration::from_secs(10)).await;
+        assert_eq!(code, Some(1), "{point}: {}", c.log_tail(0));
+        let log = c.log(0);
+        let stops: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("the raft thread stops"))
+            .collect();
+        assert_eq!(stops.len(), 1, "{point}: {}", c.log_tail(0));
+        assert!(stops[0].contains(says), "{point}: {}", stops[0]);
+        recovers(&mut c, &acked, point).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_whose_wal_fails_leaves_and_the_cluster_goes_on() {
+    let mut c = Cluster::start(3, &[]).await;
+    let mut acked = Vec::new();
+    let leader = c.leader(Duration::from_secs(10)).await;
+    for n in 0..10 {
+        let k = format!("k/a{n}");
+        put(&c, leader, &k).await.unwrap();
+        acked.push(k);
+    }
+    // A follower's fdatasync fails: it stops acknowledging and exits; the
+    // other two go on.
+    let follower = (leader + 1) % 3;
+    arm(&c, follower, "wal::fdatasync", "return(EIO)").await;
+    for n in 0..10 {
+        let k = format!("k/b{n}");
+        put(&c, leader, &k).await.unwrap();
+        acked.push(k);
+    }
+    assert_eq!(
+        c.wait_exit(follower, Duration::from_secs(10)).await,
+        Some(1),
+        "{}",
+        c.log_tail(follower)
+    );
+    db_is_clean(&c, follower);
+    c.restart(follower);
+    c.wait_serving(follower).await;
+    wait_for_keys(&c, follower, "k/", &acked).await;
+
+    // The leader's fdatasync fails: it exits, the others elect a leader
+    // and every write it acknowledged is still there.
+    let leader = c.leader(Duration::from_secs(10)).await;
+    arm(&c, leader, "wal::fdatasync", "return(EIO)").await;
+    assert!(put(&c, leader, "k/refused").await.is_err());
+    assert_eq!(
+        c.wait_exit(leader, Duration::from_secs(10)).await,
+        Some(1),
+        "{}",
+        c.log_tail(leader)
+    );
+    db_is_clean(&c, leader);
+    let next = c.leader(Duration::from_secs(15)).await;
+    assert_ne!(next, leader);
+    for n in 0..10 {
+        let k = format!("k/c{n}");
+        put(&c, next, &k).await.unwrap();
+        acked.push(k);
+    }
+    c.restart(leader);
+    c.wait_serving(leader).await;
+    for i in 0..3 {
+        wait_for_keys(&c, i, "k/", &acked).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_whose_applying_lags_refuses_writes_at_once_and_recovers() {
+    let c = Cluster::start(1, &[]).await;
+    put(&c, 0, "k/first").await.unwrap();
+    // Applying stops (the apply thread waits at the point); raft goes on
+    // committing what is proposed.
+    arm(&c, 0, "apply::entries", "pause").await;
+    let cl = c.client(0).await;
+    let lag = server::raft::MAX_APPLY_LAG as usize;
+    let waiting: Vec<_> = (0..lag + 500)
+        .map(|n| {
+            let mut cl = cl.clone();
+            tokio::spawn(async move { cl.put(format!("k/{n}"), "v", None).await })
+        })
+        .collect();
+    // Once more than 5000 entries wait to be applied, a put is refused at
+    // once with etcd's error.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut probe = c.client(0).await;
+    loop {
+        let asked = std::time::Instant::now();
+        match probe.put("k/probe", "v", None).await {
+            Err(e) => {
+                let (code, msg) = crate::status(e);
+                if code == tonic::Code::ResourceExhausted {
+                    assert_eq!(msg, "etcdserver: too many requests");
+                    assert!(asked.elapsed() < Duration::from_secs(1));
+                    break;
+                }
+            }
+            Ok(_) => panic!("a put was acknowledged while applying was paused"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no put was refused as too many"
+        );
+    }
+    // Applying resumes: the member catches up and serves writes again.
+    let a = request(
+        &c.members[0].endpoint(),
+        "DELETE",
+        "/failpoints/apply::entries",
+        "",
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let mut acked = vec!["k/first".to_string()];
+    for (n, w) in waiting.into_iter().enumerate() {
+        if w.await.unwrap().is_ok() {
+            acked.push(format!("k/{n}"));
+        }
+    }
+    put(&c, 0, "k/last").await.unwrap();
+    let have = keys(&c, 0, "k/").await;
+    for k in &acked {
+        assert!(have.contains(k), "{k} lost");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_io_error_under_the_memory_map_ends_the_member_with_one_line() {
+    let mut c = Cluster::start(1, &[]).await;
+    let mut cl = c.client(0).await;
+    let value = "v".repeat(4096);
+    for n in 0..300 {
+        cl.put(format!("k/{n:03}"), value.as_str(), None)
+            .await
+            .unwrap();
+    }
+    // The file shrinks behind the member's back: reading a page past the
+    // new end faults (SIGBUS) as a read the disk fails does.
+    let path = server::datadir::db_path(&c.members[0].data_dir);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(16 * 4096)
+        .unwrap();
+    let opts = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_serializable();
+    let read = tokio::time::timeout(Duration::from_secs(5), cl.get("k/", Some(opts))).await;
+    assert!(
+        !matches!(read, Ok(Ok(_))),
+        "a read of the shrunk file answered"
+    );
+    assert_eq!(
+        c.wait_exit(0, Duration::from_secs(10)).await,
+        Some(128 + libc::SIGBUS),
+        "{}",
+        c.log_tail(0)
+    );
+    let log = c.log(0);
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("SIGBUS")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].contains("kvtool check db"), "{}", lines[0]);
+}
+
+/// A tmpfs of a fixed size, mounted on `disk` in a fresh directory (the
+/// tests run as root, as CI does); unmounted when dropped. The member's
+/// log, beside its data dir, stays on the real disk.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(mib: u64) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("disk")).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path().join("disk"))
+            .status()
+            .expect("mount(8)");
+        assert!(
+            status.success(),
+            "mounting a {mib} MiB tmpfs failed: the full-disk tests need root"
+        );
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("disk")
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_raises_nospace_keeps_reads_and_recovers_after_defrag() {
+    use etcd_client::{AlarmAction, AlarmOptions, AlarmType, CompactionOptions, DeleteOptions};
+    let disk = SmallDisk::mount(224);
+    // The data dir is the mount point: the test's log lies beside it, on
+    // the real disk.
+    let mut server = crate::Server::start(&disk.path()).await;
+    let mut cl = server.client().await;
+    let value = "x".repeat(512 * 1024);
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for n in 0..448 {
+        let k = format!("big/{n:03}");
+        match cl.put(k.as_str(), value.as_str(), None).await {
+            Ok(_) => acked.push(k),
+            Err(e) => {
+                refused = Some(crate::status(e));
+                break;
+            }
+        }
+    }
+    let (code, msg) = refused.expect("the disk never filled");
+    assert_eq!(code, tonic::Code::ResourceExhausted, "{msg}");
+    assert_eq!(msg, "etcdserver: mvcc: database space exceeded");
+    assert!(acked.len() > 10, "only {} puts fit", acked.len());
+    let log = server.log();
+    assert!(log.contains("the disk is full"), "{log}");
+    // Reads go on; the alarm names this member.
+    let r = cl.get(acked[0].as_str(), None).await.unwrap();
+    assert_eq!(r.kvs()[0].value().len(), value.len());
+    let alarms = cl
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await
+        .unwrap();
+    assert_eq!(alarms.alarms().len(), 1);
+    assert_eq!(alarms.alarms()[0].alarm(), AlarmType::Nospace);
+
+    // A restart on the full disk does not crash-loop: it serves reads and
+    // still refuses writes.
+    server.restart().await;
+    let mut cl = server.client().await;
+    for k in &acked {
+        let r = cl.get(k.as_str(), None).await.unwrap();
+        assert_eq!(r.kvs().len(), 1, "{k} lost");
+    }
+    let e = cl.put("big/more", value.as_str(), None).await.unwrap_err();
+    assert_eq!(
+        crate::status(e).1,
+        "etcdserver: mvcc: database space exceeded"
+    );
+
+    // Deletes, compaction, defragmentation and disarm recover.
+    let del = cl
+        .delete("big/", Some(DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(del.deleted() as usize, acked.len());
+    let rev = del.header().unwrap().revision();
+    cl.compact(rev, Some(CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
+    let mut m = server.client().await;
+    m.defragment().await.unwrap();
+    let mut only = AlarmOptions::new();
+    only.with_member(alarms.alarms()[0].member_id());
+    cl.alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(only))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match cl.put("after", "ok", None).await {
+            Ok(_) => break,
+            Err(e) => {
+                let (_, msg) = crate::status(e);
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "writes still refused after recovery: {msg}\n{}",
+                    server.log()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    assert!(server.is_running());
+    server.terminate();
+    let db = btree::Db::open(server::datadir::db_path(&disk.path())).unwrap();
+    assert!(db.check().is_clean());
+}
