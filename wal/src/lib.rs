@@ -63,6 +63,7 @@ use segment::{create_preallocated, list_segments, sync_dir};
 pub use writer::{BatchDone, BatchObserver};
 use writer::{Command, LogWriter, OpenSegment};
 
+#[cfg(feature = "failpoints")]
 /// The error a failpoint injects (`return(ENOSPC)`, `return(EIO)`; EIO
 /// when unnamed).
 pub(crate) fn injected(arg: Option<String>) -> std::io::Error {
