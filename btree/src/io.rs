@@ -267,3 +267,114 @@ impl PageIo for FaultyIo {
         Ok(())
     }
 }
+
+/// A test aid for simulating a power cut of the whole machine: a
+/// [`PageIo`] that, before each write or length change, appends what it
+/// replaces to a journal file, and empties the journal once a sync has
+/// made everything durable. After a SIGKILL (the page cache keeps every
+/// write) the journal names exactly the changes a power cut could have
+/// lost; the server's power-loss test undoes them. The format is the
+/// WAL's (`wal::journal`), plus one record for length changes:
+/// - `W`, offset u64, length of the file before u64, len u32, the `len`
+///   bytes the write replaced;
+/// - `L`, length of the file before u64;
+/// - `S`: everything before is durable.
+pub struct JournaledIo {
+    file: File,
+    journal: Mutex<File>,
+}
+
+impl JournaledIo {
+    /// An [`IoFactory`] journaling to `journal` (emptied for each file
+    /// opened: a freshly opened file is all durable).
+    pub fn factory(journal: std::path::PathBuf) -> IoFactory {
+        Arc::new(move |file| {
+            let j = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(&journal);
+            match j {
+                Ok(j) => Box::new(JournaledIo {
+                    file,
+                    journal: Mutex::new(j),
+                }) as Box<dyn PageIo>,
+                // Without its journal the test could not undo anything:
+                // every write then fails, loudly.
+                Err(e) => Box::new(Unjournaled(e.to_string())),
+            }
+        })
+    }
+
+    fn record(&self, rec: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        self.journal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_all(rec)
+    }
+}
+
+impl PageIo for JournaledIo {
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let size = self.file.metadata()?.len();
+        let mut old = vec![0u8; buf.len()];
+        if offset < size {
+            let n = ((size - offset) as usize).min(buf.len());
+            self.file.read_exact_at(&mut old[..n], offset)?;
+        }
+        let mut rec = Vec::with_capacity(21 + buf.len());
+        rec.push(b'W');
+        rec.extend_from_slice(&offset.to_le_bytes());
+        rec.extend_from_slice(&size.to_le_bytes());
+        rec.extend_from_slice(&(buf.len() as u32).to_le_bytes());
+        rec.extend_from_slice(&old);
+        self.record(&rec)?;
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        use std::io::{Seek, Write};
+        self.file.sync_data()?;
+        let mut j = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        j.write_all(b"S")?;
+        j.set_len(0)?;
+        j.seek(io::SeekFrom::Start(0))?;
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let size = self.file.metadata()?.len();
+        let mut rec = vec![b'L'];
+        rec.extend_from_slice(&size.to_le_bytes());
+        self.record(&rec)?;
+        self.file.set_len(len)
+    }
+
+    fn allocate(&self, from: u64, len: u64) -> io::Result<()> {
+        let size = self.file.metadata()?.len();
+        let mut rec = vec![b'L'];
+        rec.extend_from_slice(&size.to_le_bytes());
+        self.record(&rec)?;
+        allocate_file(&self.file, from, len)
+    }
+}
+
+/// What [`JournaledIo::factory`] hands out when it cannot open its
+/// journal: every call fails with the reason.
+struct Unjournaled(String);
+
+impl PageIo for Unjournaled {
+    fn write_at(&self, _: &[u8], _: u64) -> io::Result<()> {
+        Err(io::Error::other(self.0.clone()))
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        Err(io::Error::other(self.0.clone()))
+    }
+    fn set_len(&self, _: u64) -> io::Result<()> {
+        Err(io::Error::other(self.0.clone()))
+    }
+    fn allocate(&self, _: u64, _: u64) -> io::Result<()> {
+        Err(io::Error::other(self.0.clone()))
+    }
+}

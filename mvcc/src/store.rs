@@ -545,10 +545,21 @@ impl Store {
 
     /// Opens the store with request limits other than etcd's defaults.
     pub fn open_with(path: impl AsRef<std::path::Path>, limits: Limits) -> Result<Store> {
+        Store::open_with_io(path, limits, None)
+    }
+
+    /// [`Store::open_with`], the database file written through `io` when
+    /// given (tests: the power-cut journal, `btree::io::JournaledIo`).
+    pub fn open_with_io(
+        path: impl AsRef<std::path::Path>,
+        limits: Limits,
+        io: Option<btree::io::IoFactory>,
+    ) -> Result<Store> {
         let db = Db::open_with(
             path,
             btree::Options {
                 reserve_bytes: limits.reserve_bytes,
+                io,
                 ..btree::Options::default()
             },
         )?;

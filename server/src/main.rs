@@ -19,6 +19,17 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if !cfg!(feature = "failpoints")
+        && env
+            .iter()
+            .any(|(k, _)| k == server::raft::bootstrap::POWER_CUT_ENV)
+    {
+        eprintln!(
+            "kvserver: {} is set, but this build has no failpoints (build with --features failpoints)",
+            server::raft::bootstrap::POWER_CUT_ENV
+        );
+        return std::process::ExitCode::FAILURE;
+    }
     if let Some(spec) = env.iter().find(|(k, _)| k == "FAILPOINTS").map(|(_, v)| v) {
         if let Err(e) = arm_failpoints(spec) {
             eprintln!("kvserver: {e}");

@@ -190,7 +190,16 @@ pub fn open_writer(
     backend: Resolved,
     offset: u64,
     config: WriterConfig,
+    journal: Option<&std::path::Path>,
 ) -> io::Result<Box<dyn SegmentWriter>> {
+    if let Some(segment) = journal {
+        // Power-cut tests: plain buffered writes, each recorded until it
+        // is durable (`journal`).
+        let plain = Box::new(PlainWriter::new(file.try_clone()?));
+        return Ok(Box::new(crate::journal::Journaled::new(
+            plain, &file, segment,
+        )?));
+    }
     let direct = config.direct && set_direct(&file);
     if !direct {
         return Ok(match backend {
@@ -734,7 +743,7 @@ mod tests {
             for direct in [false, true] {
                 let file = file.try_clone().unwrap();
                 file.set_len(0).unwrap();
-                let mut w = open_writer(file, b, 0, config(direct)).unwrap();
+                let mut w = open_writer(file, b, 0, config(direct), None).unwrap();
                 write_durable(&mut *w, b"hello", 0);
                 write_durable(&mut *w, b"world", 5);
                 let big = vec![7u8; 5000];
@@ -772,7 +781,7 @@ mod tests {
                     .write(true)
                     .open(&path)
                     .unwrap();
-                let mut w = open_writer(file, b, 5015, config(direct)).unwrap();
+                let mut w = open_writer(file, b, 5015, config(direct), None).unwrap();
                 write_durable(&mut *w, b"tail", 5015);
                 let got = std::fs::read(&path).unwrap();
                 assert_eq!(

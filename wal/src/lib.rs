@@ -37,6 +37,7 @@
 
 mod backend;
 mod error;
+pub mod journal;
 mod record;
 mod recover;
 mod segment;
@@ -107,6 +108,11 @@ pub struct Options {
     /// filesystem allows it (faster to make durable on the disks measured;
     /// see BENCHMARKS.md). Default true.
     pub direct_io: bool,
+    /// Tests only: write with plain buffered writes and record, before
+    /// each, the bytes it overwrites in `<segment>.unsynced` until it is
+    /// durable ([`journal`]), so that a test can simulate a power cut
+    /// after killing the process. Default false.
+    pub power_cut_journal: bool,
 }
 
 impl Default for Options {
@@ -120,6 +126,7 @@ impl Default for Options {
             uring_in_flight: 1,
             zero_ahead: true,
             direct_io: true,
+            power_cut_journal: false,
         }
     }
 }
@@ -269,9 +276,14 @@ impl Wal {
         }
         std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, "rename segment", e))?;
         sync_dir(&dir)?;
-        let seg_writer =
-            backend::open_writer(file, backend, buf.len() as u64, opts.writer_config())
-                .map_err(|e| Error::io(&path, "io_uring setup", e))?;
+        let seg_writer = backend::open_writer(
+            file,
+            backend,
+            buf.len() as u64,
+            opts.writer_config(),
+            opts.power_cut_journal.then_some(path.as_path()),
+        )
+        .map_err(|e| Error::io(&path, "io_uring setup", e))?;
         let writer = LogWriter {
             dir: dir.clone(),
             opts,
@@ -316,6 +328,7 @@ impl Wal {
         let backend = resolve_backend(&opts, &dir)?;
         let (recovered, resume) = recover::recover(&dir, snapshot, &opts)?;
         let config = opts.writer_config();
+        let journal = opts.power_cut_journal;
         let last = resume.segments[resume.segments.len() - 1].clone();
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -327,9 +340,15 @@ impl Wal {
             opts,
             backend,
             segment: OpenSegment {
+                writer: backend::open_writer(
+                    file,
+                    backend,
+                    resume.offset,
+                    config,
+                    journal.then_some(last.path.as_path()),
+                )
+                .map_err(|e| Error::io(&dir, "io_uring setup", e))?,
                 name: last,
-                writer: backend::open_writer(file, backend, resume.offset, config)
-                    .map_err(|e| Error::io(&dir, "io_uring setup", e))?,
                 before_batch: resume.offset,
                 batch_start: 0,
                 offset: resume.offset,

@@ -456,10 +456,17 @@ impl LogWriter {
             frames.push(Frame::Record(hs.clone()));
         }
         self.segments.push(name.clone());
+        let journal = self.opts.power_cut_journal.then(|| name.path.clone());
         self.segment = OpenSegment {
             name,
-            writer: open_writer(file, self.backend, 0, self.opts.writer_config())
-                .map_err(|e| Error::io(&self.dir, "io_uring setup", e))?,
+            writer: open_writer(
+                file,
+                self.backend,
+                0,
+                self.opts.writer_config(),
+                journal.as_deref(),
+            )
+            .map_err(|e| Error::io(&self.dir, "io_uring setup", e))?,
             before_batch: 0,
             batch_start: 0,
             offset: 0,
@@ -514,6 +521,9 @@ impl LogWriter {
         let doomed: Vec<SegmentName> = self.segments.drain(..keep_from).collect();
         for s in &doomed {
             std::fs::remove_file(&s.path).map_err(|e| Error::io(&s.path, "remove segment", e))?;
+            if self.opts.power_cut_journal {
+                let _ = std::fs::remove_file(crate::journal::journal_path(&s.path));
+            }
         }
         if !doomed.is_empty() {
             sync_dir(&self.dir)?;

@@ -73,13 +73,16 @@ pub fn start(
     cfg.validate()?;
     let data_dir = cfg.data_dir();
     datadir::create_dir_synced(&datadir::snap_dir(&data_dir))?;
-    let store = Arc::new(mvcc::Store::open_with(
-        datadir::db_path(&data_dir),
+    let power_cut = power_cut_journal();
+    let db_path = datadir::db_path(&data_dir);
+    let store = Arc::new(mvcc::Store::open_with_io(
+        &db_path,
         mvcc::Limits {
             max_put_bytes: cfg.max_request_bytes,
             max_txn_ops: cfg.max_txn_ops,
             reserve_bytes: DB_RESERVE_BYTES,
         },
+        power_cut.then(|| btree::io::JournaledIo::factory(journal_of(&db_path))),
     )?);
     let metrics = Arc::new(crate::metrics::Metrics::new(cfg.metrics == "extensive")?);
     {
@@ -87,7 +90,10 @@ pub fn start(
         store.observe_commits(Arc::new(move |c| m.backend_commit(c)));
     }
     let wal_path = datadir::wal_dir(&data_dir);
-    let wal_opts = wal::Options::default();
+    let wal_opts = wal::Options {
+        power_cut_journal: power_cut,
+        ..wal::Options::default()
+    };
     let storage = MemStorage::new();
     let has_wal = datadir::has_wal(&data_dir);
 
@@ -421,6 +427,22 @@ fn prepare(
         .and_then(|d| d.sync_all())
         .map_err(io("fsync", &member))?;
     Ok(())
+}
+
+/// The variable that makes a `failpoints` build journal every unsynced
+/// write of its database and WAL (`btree::io::JournaledIo`,
+/// `wal::journal`), for the power-loss test. Other builds refuse it.
+pub const POWER_CUT_ENV: &str = "KVSERVER_TEST_POWER_JOURNAL";
+
+fn power_cut_journal() -> bool {
+    cfg!(feature = "failpoints") && std::env::var_os(POWER_CUT_ENV).is_some()
+}
+
+/// Where the database at `db`'s power-cut journal is.
+pub fn journal_of(db: &std::path::Path) -> std::path::PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push(".unsynced");
+    p.into()
 }
 
 /// Disk the database keeps allocated ahead of its data: the commits after

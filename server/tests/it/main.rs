@@ -21,6 +21,7 @@ mod membership;
 mod metrics;
 mod operations;
 mod partition;
+mod powerloss;
 mod replication;
 mod startup;
 mod streams;
@@ -43,6 +44,8 @@ pub struct Server {
     peer_port: u16,
     /// Flags beyond the basic ones, kept for restarts.
     extra: Vec<String>,
+    /// Environment variables for the process, kept for restarts.
+    pub env: Vec<(String, String)>,
 }
 
 pub fn free_port() -> u16 {
@@ -59,6 +62,12 @@ impl Server {
     }
 
     pub async fn start_with(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(data_dir, extra, &[]).await
+    }
+
+    /// [`Server::start_with`] with environment variables (kept for
+    /// restarts).
+    pub async fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut s = Server {
             child: None,
             endpoint: String::new(),
@@ -66,6 +75,10 @@ impl Server {
             client_port: free_port(),
             peer_port: free_port(),
             extra: extra.iter().map(|a| a.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         s.endpoint = format!("127.0.0.1:{}", s.client_port);
         s.spawn().await;
@@ -85,6 +98,7 @@ impl Server {
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("n1={peer}")])
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
