@@ -1,15 +1,22 @@
 # Shared by the scripts that run kvserver beside real etcd: installs etcd
-# when missing, builds kvserver and kvtool in release mode, and defines
-# free_port. Source it from a script in benches/ after `set -euo pipefail`.
+# when missing (unless NEED_ETCD=0), builds kvserver and kvtool in release
+# mode (unless KVSERVER and KVTOOL name binaries already built), and
+# defines free_port. Source it from a script in benches/ after
+# `set -euo pipefail`.
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-if ! command -v etcd >/dev/null 2>&1; then
+if [ "${NEED_ETCD:-1}" != 0 ] && ! command -v etcd >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq etcd-server etcd-client
 fi
-cargo build --release -q -p server -p tools
-kvtool="$root/target/release/kvtool"
-kvserver="$root/target/release/kvserver"
+if [ -n "${KVSERVER:-}" ] && [ -n "${KVTOOL:-}" ]; then
+  kvtool=$KVTOOL
+  kvserver=$KVSERVER
+else
+  cargo build --release -q -p server -p tools
+  kvtool="$root/target/release/kvtool"
+  kvserver="$root/target/release/kvserver"
+fi
 export ETCDCTL_API=3
 
 # clientv3_bench: builds benches/clientv3 (a load generator on etcd's Go

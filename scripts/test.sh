@@ -46,6 +46,29 @@ features=(--features server/failpoints)
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets "${features[@]}" -- -D warnings
 
+step "cargo test (build)"
+cargo test --workspace "${features[@]}" --no-run
+
+# The fuzz targets build in the background while the tests run: the build
+# is independent of them, and at the lowest CPU and I/O priority it takes
+# only what the tests leave idle (most of them wait on processes and
+# disks). The fuzzing itself runs after the conformance suite.
+fuzz_log=$(mktemp)
+setsid nice -n 19 ionice -c 3 bash -c '
+    set -e
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+      cargo install cargo-fuzz --locked
+    fi
+    # One build for every target. 16 codegen units (cargo-fuzz defaults
+    # to 1) build the whole server a few minutes faster on two cores; the
+    # targets run a little slower.
+    cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build --codegen-units 16
+' >"$fuzz_log" 2>&1 &
+fuzz_build=$!
+# The background build (its own session, so all of it) is stopped if the
+# run ends early.
+trap 'kill -- "-$fuzz_build" 2>/dev/null || true' EXIT
+
 step "cargo test"
 cargo test --workspace "${features[@]}"
 
@@ -71,42 +94,12 @@ fi
 step "benchmarks, quick mode"
 BENCH_QUICK=1 cargo test --workspace --benches "${features[@]}"
 
-# Every fuzz target for 45 seconds, seeded from fuzz/corpus (replayed
-# first); new inputs go to a scratch directory, not the repository.
-step "fuzzing (fuzz/, 45 s per target, two at a time)"
-if ! cargo fuzz --version >/dev/null 2>&1; then
-  cargo install cargo-fuzz --locked
-fi
-fuzz_secs=${FUZZ_SECONDS:-45}
-scratch=$(mktemp -d)
-targets=(btree_ops wal_recovery grpc_requests mvcc_model)
-# One build for every target, then two targets at a time (libFuzzer runs
-# on one core; the machine has two).
-(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build)
-fuzz_one() {
-  mkdir -p "$scratch/$1"
-  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$1" "$scratch/$1" "corpus/$1" -- \
-    -max_total_time="$fuzz_secs" -rss_limit_mb=4096 -print_final_stats=1) >"$scratch/$1.log" 2>&1
-}
-for ((i = 0; i < ${#targets[@]}; i += 2)); do
-  fuzz_pids=()
-  for target in "${targets[@]:i:2}"; do
-    fuzz_one "$target" &
-    fuzz_pids+=("$!")
-  done
-  for j in "${!fuzz_pids[@]}"; do
-    target=${targets[i + j]}
-    if wait "${fuzz_pids[j]}"; then
-      grep -E "^stat::(number_of_executed_units|peak_rss_mb)|Done [0-9]+ runs" "$scratch/$target.log" |
-        sed "s/^/$target: /"
-    else
-      cat "$scratch/$target.log"
-      echo "fuzz target $target failed" >&2
-      exit 1
-    fi
-  done
-done
-rm -rf "$scratch"
+# The one-minute soak (benches/soak.sh; run it for hours by hand): the
+# test build's binaries, a mixed load, judged on errors, missed watch
+# events and memory growth.
+step "soak, one minute (benches/soak.sh)"
+KVSERVER="$root/target/debug/kvserver" KVTOOL="$root/target/debug/kvtool" \
+  SOAK_ARGS="--window 10s --compact-every 10s" benches/soak.sh 60s
 
 shared="$root/../shared"
 step "conformance suite (../shared/conformance)"
@@ -133,3 +126,42 @@ else
   python3 -m pytest -q "$shared/conformance" --server-cmd "$root/target/debug/kvserver" \
     --cluster-size 3
 fi
+
+# Every fuzz target for 45 seconds, seeded from fuzz/corpus (replayed
+# first); new inputs go to a scratch directory, not the repository.
+step "fuzzing (fuzz/, 45 s per target, two at a time)"
+if ! wait "$fuzz_build"; then
+  cat "$fuzz_log"
+  echo "building the fuzz targets failed" >&2
+  exit 1
+fi
+tail -1 "$fuzz_log"
+fuzz_secs=${FUZZ_SECONDS:-45}
+scratch=$(mktemp -d)
+targets=(btree_ops wal_recovery grpc_requests mvcc_model)
+# Two targets at a time (libFuzzer runs on one core; the machine has two).
+fuzz_one() {
+  mkdir -p "$scratch/$1"
+  # The same flags as the build, or cargo-fuzz would build again.
+  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --codegen-units 16 "$1" "$scratch/$1" "corpus/$1" -- \
+    -max_total_time="$fuzz_secs" -rss_limit_mb=4096 -print_final_stats=1) >"$scratch/$1.log" 2>&1
+}
+for ((i = 0; i < ${#targets[@]}; i += 2)); do
+  fuzz_pids=()
+  for target in "${targets[@]:i:2}"; do
+    fuzz_one "$target" &
+    fuzz_pids+=("$!")
+  done
+  for j in "${!fuzz_pids[@]}"; do
+    target=${targets[i + j]}
+    if wait "${fuzz_pids[j]}"; then
+      grep -E "^stat::(number_of_executed_units|peak_rss_mb)|Done [0-9]+ runs" "$scratch/$target.log" |
+        sed "s/^/$target: /"
+    else
+      cat "$scratch/$target.log"
+      echo "fuzz target $target failed" >&2
+      exit 1
+    fi
+  done
+done
+rm -rf "$scratch"

@@ -81,7 +81,7 @@ impl Model {
     }
 }
 
-fn read(store: &Store, rev: i64) -> Result<State, mvcc::store::Error> {
+fn read(store: &Store, rev: i64) -> Result<State, mvcc::Error> {
     let r = store.range(&RangeRequest {
         key: vec![0],
         range_end: vec![0],

@@ -192,6 +192,29 @@ impl KeyHistory {
     }
 }
 
+/// A range walk over the index done in steps ([`KeyIndex::range_step`]):
+/// what it found so far and where it stopped.
+#[derive(Debug, Default)]
+pub struct RangeWalk {
+    /// The state of each key found, in key order, up to `limit` of them.
+    pub rows: Vec<KeyAt>,
+    /// Keys found in all.
+    pub total: usize,
+    limit: usize,
+    /// The last key visited.
+    after: Option<Vec<u8>>,
+}
+
+impl RangeWalk {
+    /// A walk keeping at most `limit` rows (0: all).
+    pub fn new(limit: usize) -> RangeWalk {
+        RangeWalk {
+            limit,
+            ..RangeWalk::default()
+        }
+    }
+}
+
 /// The index of every key's history.
 #[derive(Debug, Default, Clone)]
 pub struct KeyIndex {
@@ -273,29 +296,56 @@ impl KeyIndex {
     /// Keys in the range that exist at `at`, in key order, with their state
     /// there; at most `limit` of them (0: no limit). Also returns how many
     /// exist in all.
-    pub fn range(
+    pub fn range(&self, key: &[u8], end: &RangeEnd, at: i64, limit: usize) -> (Vec<KeyAt>, usize) {
+        let mut walk = RangeWalk::new(limit);
+        self.range_step(key, end, at, &mut walk, usize::MAX);
+        (walk.rows, walk.total)
+    }
+
+    /// [`KeyIndex::range`] in steps, so that a walk over many keys need
+    /// not hold the index for its whole length: visits at most `budget`
+    /// keys of the range from where `walk` stopped, adding to it. Returns
+    /// true when the range is done. The answer is the same as one
+    /// [`KeyIndex::range`] as long as nothing at or below `at` changes
+    /// between steps (puts and deletes only add newer revisions;
+    /// compaction past `at` is the caller's to detect).
+    pub fn range_step(
         &self,
         key: &[u8],
         end: &RangeEnd,
         at: i64,
-        limit: usize,
-    ) -> (Vec<(&[u8], KeyAt)>, usize) {
+        walk: &mut RangeWalk,
+        budget: usize,
+    ) -> bool {
         if let RangeEnd::Until(e) = end {
             if e.as_slice() <= key {
-                return (Vec::new(), 0);
+                return true;
             }
         }
-        let mut out = Vec::new();
-        let mut total = 0;
-        for (k, h) in self.keys.range::<[u8], _>(Self::bounds(key, end)) {
+        let (lo, hi) = Self::bounds(key, end);
+        let lo = match &walk.after {
+            Some(a) => Bound::Excluded(a.as_slice()),
+            None => lo,
+        };
+        let mut keys = self.keys.range::<[u8], _>((lo, hi));
+        for _ in 0..budget.max(1) {
+            let Some((k, h)) = keys.next() else {
+                walk.after = None;
+                return true;
+            };
             if let Some(state) = h.get(at) {
-                total += 1;
-                if limit == 0 || out.len() < limit {
-                    out.push((k.as_slice(), state));
+                walk.total += 1;
+                if walk.limit == 0 || walk.rows.len() < walk.limit {
+                    walk.rows.push(state);
                 }
             }
+            walk.after = Some(k.clone());
         }
-        (out, total)
+        if keys.next().is_none() {
+            walk.after = None;
+            return true;
+        }
+        false
     }
 
     /// Keys in the range that are live now (for deletes), in key order.
@@ -318,6 +368,28 @@ impl KeyIndex {
     /// B+tree. Changes nothing.
     pub fn kept_at(&self, at: i64) -> HashSet<Revision> {
         self.keys.values().filter_map(|h| h.kept_at(at)).collect()
+    }
+
+    /// [`KeyIndex::kept_at`] in steps of at most `budget` keys, resuming
+    /// after `after` (None: from the first key); returns the key to resume
+    /// after, None when every key has been visited.
+    pub fn kept_at_step(
+        &self,
+        at: i64,
+        after: Option<&[u8]>,
+        budget: usize,
+        kept: &mut HashSet<Revision>,
+    ) -> Option<Vec<u8>> {
+        let lo = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut keys = self.keys.range::<[u8], _>((lo, Bound::Unbounded));
+        let mut last = None;
+        for _ in 0..budget.max(1) {
+            let (k, h) = keys.next()?;
+            kept.extend(h.kept_at(at));
+            last = Some(k);
+        }
+        keys.next()?;
+        last.cloned()
     }
 
     /// Forgets every revision that no read at `at` or later can see, and
@@ -457,14 +529,56 @@ mod tests {
     }
 
     #[test]
+    fn walks_in_steps_answer_as_one_walk() {
+        let mut ix = KeyIndex::new();
+        for i in 0..50i64 {
+            ix.put(format!("k{i:02}").as_bytes(), r(i + 1));
+            if i % 7 == 0 {
+                ix.tombstone(format!("k{i:02}").as_bytes(), r(100 + i))
+                    .unwrap();
+            }
+        }
+        for (key, end) in [
+            (b"k".to_vec(), RangeEnd::ToEnd),
+            (b"k10".to_vec(), RangeEnd::Until(b"k33".to_vec())),
+            (b"k05".to_vec(), RangeEnd::Single),
+            (b"z".to_vec(), RangeEnd::ToEnd),
+        ] {
+            for (at, limit) in [(30, 0), (200, 0), (200, 5), (120, 3)] {
+                let whole = ix.range(&key, &end, at, limit);
+                for budget in [1, 2, 7, 1000] {
+                    let mut walk = RangeWalk::new(limit);
+                    let mut steps = 0;
+                    while !ix.range_step(&key, &end, at, &mut walk, budget) {
+                        steps += 1;
+                        assert!(steps < 100, "the walk never ends");
+                    }
+                    assert_eq!((walk.rows.clone(), walk.total), whole, "budget {budget}");
+                }
+            }
+        }
+        for at in [10, 60, 130] {
+            let whole = ix.kept_at(at);
+            let mut kept = HashSet::new();
+            let mut after = ix.kept_at_step(at, None, 3, &mut kept);
+            while let Some(a) = after {
+                after = ix.kept_at_step(at, Some(&a), 3, &mut kept);
+            }
+            assert_eq!(kept, whole, "at {at}");
+        }
+    }
+
+    #[test]
     fn ranges_respect_the_revision_and_the_limit() {
         let mut ix = KeyIndex::new();
         for (i, k) in [b"a", b"b", b"c", b"d"].iter().enumerate() {
             ix.put(*k, r(i as i64 + 1));
         }
         ix.tombstone(b"b", r(5)).unwrap();
-        let keys = |v: (Vec<(&[u8], KeyAt)>, usize)| {
-            (v.0.iter().map(|(k, _)| k.to_vec()).collect::<Vec<_>>(), v.1)
+        // Each key was put at its own revision: a=1, b=2, c=3, d=4.
+        let keys = |v: (Vec<KeyAt>, usize)| {
+            let name = |k: &KeyAt| vec![b"abcd"[k.modified.main as usize - 1]];
+            (v.0.iter().map(name).collect::<Vec<_>>(), v.1)
         };
         assert_eq!(keys(ix.range(b"a", &RangeEnd::ToEnd, 5, 0)).1, 3);
         assert_eq!(

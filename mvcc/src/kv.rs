@@ -2,6 +2,11 @@
 //! as protobuf with etcd's field numbers, so data can move between this
 //! store and etcd's.
 
+use prost::Message;
+
+use crate::error::{Error, Result};
+use crate::revision::Revision;
+
 /// A key's state as of one revision (etcd's `mvccpb.KeyValue`).
 #[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
 pub struct KeyValue {
@@ -35,6 +40,14 @@ pub struct KeyValueHead {
     pub version: i64,
     #[prost(int64, tag = "6")]
     pub lease: i64,
+}
+
+/// The record of revision `rev`, decoded.
+pub(crate) fn decode(rev: Revision, bytes: &[u8]) -> Result<KeyValue> {
+    KeyValue::decode(bytes).map_err(|e| Error::Corrupt {
+        rev,
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -10,6 +10,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use prost::Message;
+
+use crate::apply::Apply;
+use crate::buckets::LEASE_BUCKET;
+use crate::error::{Error, Result};
+use crate::store::Store;
+
 /// etcd's `leasepb.Lease`, the record stored per lease in the `lease`
 /// bucket (keyed by the lease ID, 8 bytes big-endian).
 #[derive(Clone, PartialEq, Eq, prost::Message)]
@@ -167,5 +174,146 @@ impl Lessor {
             .values()
             .map(|l| (l.id, l.remaining(now)))
             .collect()
+    }
+}
+
+impl Store {
+    /// Renews a lease for its full TTL (keep-alive); returns the TTL.
+    pub fn lease_renew(&self, id: i64) -> Result<i64> {
+        self.write_shared()
+            .lessor
+            .renew(id, std::time::Instant::now())
+            .ok_or(Error::LeaseNotFound)
+    }
+
+    /// (granted TTL, seconds remaining, attached keys) of a lease.
+    pub fn lease_time_to_live(&self, id: i64) -> Result<(i64, i64, Vec<Vec<u8>>)> {
+        let s = self.read_shared();
+        let l = s.lessor.get(id).ok_or(Error::LeaseNotFound)?;
+        Ok((
+            l.ttl,
+            l.remaining(std::time::Instant::now()),
+            l.keys.iter().cloned().collect(),
+        ))
+    }
+
+    /// A new leader's lease clock: every lease gets its checkpointed
+    /// remaining TTL (or its full TTL) plus `extend` from now, so that no
+    /// lease expires because leadership moved.
+    pub fn lease_promote(&self, extend: std::time::Duration) {
+        self.write_shared()
+            .lessor
+            .refresh_all(std::time::Instant::now(), extend);
+    }
+
+    /// (lease ID, seconds left) of every lease, for checkpoints.
+    pub fn lease_remaining(&self) -> Vec<(i64, i64)> {
+        self.read_shared()
+            .lessor
+            .remaining_all(std::time::Instant::now())
+    }
+
+    /// The remaining TTL a lease's last checkpoint recorded (0: none).
+    pub fn lease_checkpointed(&self, id: i64) -> Option<i64> {
+        self.read_shared().lessor.get(id).map(|l| l.remaining_ttl)
+    }
+
+    /// Every lease ID.
+    pub fn leases(&self) -> Vec<i64> {
+        self.read_shared().lessor.ids()
+    }
+
+    /// Leases expired at `now`; the leader proposes their revocation.
+    pub fn expired_leases(&self, now: std::time::Instant) -> Vec<i64> {
+        self.read_shared().lessor.expired(now)
+    }
+
+    /// The keys attached to lease `id` (None: no such lease).
+    pub fn lease_keys(&self, id: i64) -> Option<Vec<Vec<u8>>> {
+        let s = self.read_shared();
+        s.lessor.get(id).map(|l| l.keys.iter().cloned().collect())
+    }
+}
+
+impl<'s> Apply<'s> {
+    /// Grants lease `id` (chosen by the server, positive) for `ttl` seconds
+    /// (raised to the minimum TTL). Returns the TTL granted.
+    pub fn lease_grant(&mut self, id: i64, ttl: i64) -> Result<i64> {
+        if ttl > MAX_TTL {
+            return Err(Error::LeaseTtlTooLarge);
+        }
+        if id <= 0 {
+            return Err(Error::LeaseNotFound);
+        }
+        if self.store.read_shared().lessor.contains(id) {
+            return Err(Error::LeaseExists);
+        }
+        let ttl = Lessor::effective_ttl(ttl);
+        self.put_lease_record(LeaseRecord {
+            id,
+            ttl,
+            remaining_ttl: 0,
+        })?;
+        self.store
+            .write_shared()
+            .lessor
+            .insert(id, ttl, 0, std::time::Instant::now());
+        Ok(ttl)
+    }
+
+    /// Stores a lease's record in the batch.
+    fn put_lease_record(&mut self, rec: LeaseRecord) -> Result<()> {
+        self.tx()
+            .put(LEASE_BUCKET, &rec.id.to_be_bytes(), &rec.encode_to_vec())?;
+        self.changed = true;
+        Ok(())
+    }
+
+    /// Revokes lease `id`: deletes every key attached to it in one new
+    /// revision, and the lease. Returns the store revision after it.
+    pub fn lease_revoke(&mut self, id: i64) -> Result<i64> {
+        let keys = match self.store.read_shared().lessor.get(id) {
+            Some(l) => l.keys.clone(),
+            None => return Err(Error::LeaseNotFound),
+        };
+        let mut op = self.begin_op();
+        let mut result = Ok(());
+        for k in &keys {
+            if let Err(e) = self.delete_in(k, b"", false, &mut op) {
+                result = Err(e);
+                break;
+            }
+        }
+        self.end_op(op);
+        result?;
+        self.tx().delete(LEASE_BUCKET, &id.to_be_bytes())?;
+        self.changed = true;
+        self.store.write_shared().lessor.remove(id);
+        Ok(self.rev)
+    }
+
+    /// Records a lease checkpoint: `remaining` seconds were left (0 clears
+    /// it, as a renewal does). A restart or a new leader resumes the lease
+    /// from there. An unknown lease is ignored (it was revoked meanwhile).
+    pub fn lease_checkpoint(&mut self, id: i64, remaining: i64) -> Result<()> {
+        let ttl = match self.store.read_shared().lessor.get(id) {
+            Some(l) => l.ttl,
+            None => return Ok(()),
+        };
+        self.put_lease_record(LeaseRecord {
+            id,
+            ttl,
+            remaining_ttl: remaining.max(0),
+        })?;
+        self.store
+            .write_shared()
+            .lessor
+            .checkpoint(id, remaining.max(0));
+        Ok(())
+    }
+
+    /// The keys attached to lease `id` as this batch leaves them.
+    pub fn lease_keys(&self, id: i64) -> Option<Vec<Vec<u8>>> {
+        self.store.lease_keys(id)
     }
 }

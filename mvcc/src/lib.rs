@@ -31,23 +31,37 @@
 //! - The index answers for every revision at or above the compacted one
 //!   exactly as it did before compaction.
 
+pub mod apply;
+pub mod buckets;
+pub mod compact;
+pub mod error;
+pub mod hash;
+pub mod history;
 pub mod index;
 pub mod kv;
 pub mod lease;
+pub mod range;
+pub mod rebuild;
+pub mod records;
 pub mod revision;
+pub mod snapshot;
 pub mod store;
 pub mod txn;
 pub mod watch;
+pub mod watch_stream;
 
-pub use index::{KeyAt, KeyIndex, NotLive, RangeEnd};
+pub use apply::{Apply, DeleteResult, PutRequest, PutResult};
+pub use buckets::AuthBucket;
+pub use error::{Error, Result};
+pub use history::{Event, EventKind};
+pub use index::{KeyAt, KeyIndex, NotLive, RangeEnd, RangeWalk};
 pub use kv::KeyValue;
+pub use range::{RangeRequest, RangeResult, SortOrder, SortTarget};
 pub use revision::Revision;
-pub use store::{
-    spawn_watch_syncer, Apply, AuthBucket, DeleteResult, Error, Event, EventKind, Limits,
-    PutRequest, PutResult, RangeRequest, RangeResult, Result, SnapshotInfo, SortOrder, SortTarget,
-    Store, WatchStream, WatchSyncer,
-};
+pub use snapshot::{read_snapshot_info, SnapshotInfo};
+pub use store::{Limits, Store};
 pub use txn::{
     Compare, CompareResult, CompareTarget, RequestOp, ResponseOp, TxnRequest, TxnResult,
 };
 pub use watch::{WatchError, WatchRequest, WatchResponse};
+pub use watch_stream::{spawn_watch_syncer, WatchStream, WatchSyncer};

@@ -1,8 +1,13 @@
-//! Transactions: compares, the ops of each branch, their results, and the
-//! check that no key is written twice in one transaction.
+//! Transactions: compares, the ops of each branch, their results, the
+//! check that no key is written twice in one transaction, and running
+//! them: read-only ones on a snapshot ([`Store::read_txn`]), the others
+//! inside an apply batch ([`Apply::txn`]).
 
+use crate::apply::{Apply, DeleteResult, OpRev, PutRequest, PutResult};
+use crate::error::{Error, Result};
 use crate::kv::KeyValue;
-use crate::store::{DeleteResult, Error, PutRequest, PutResult, RangeRequest, RangeResult, Result};
+use crate::range::{RangeRequest, RangeResult};
+use crate::store::{Limits, Store};
 
 /// How a compare relates the key's field to the given value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +166,261 @@ fn branch_writes(ops: &[RequestOp]) -> Result<(Vec<Vec<u8>>, Vec<Deleted>)> {
     Ok((puts, dels))
 }
 
+/// Whether compare `c` holds on the keys its range found: a value compare
+/// on a missing key always fails (an empty value and no value look the
+/// same); the others compare against a key whose fields are all zero.
+pub(crate) fn compare_holds_on(c: &Compare, kvs: &[KeyValue]) -> bool {
+    if kvs.is_empty() {
+        return !matches!(c.target, CompareTarget::Value(_)) && c.holds_for(&KeyValue::default());
+    }
+    kvs.iter().all(|kv| c.holds_for(kv))
+}
+
+/// etcd's `--max-txn-ops`: compares, and ops per branch, of one
+/// transaction level.
+pub(crate) fn check_op_counts(limits: &Limits, req: &TxnRequest) -> Result<()> {
+    let max = limits.max_txn_ops;
+    if req.compare.len() > max || req.success.len() > max || req.failure.len() > max {
+        return Err(Error::TooManyOps);
+    }
+    Ok(())
+}
+
+impl Store {
+    /// A transaction that only reads (its branches hold nothing but
+    /// ranges, nested transactions included): every compare and range is
+    /// evaluated at one revision, on snapshots, without a write batch, so
+    /// it needs no raft entry (etcd serves such transactions as reads).
+    /// A transaction with a write in it is refused
+    /// ([`Error::ValueProvided`]): the caller checks first.
+    pub fn read_txn(&self, req: &TxnRequest) -> Result<TxnResult> {
+        self.check_read_txn(req)?;
+        let at = self.current_revision();
+        self.read_txn_at(req, at)
+    }
+
+    pub(crate) fn check_read_txn(&self, req: &TxnRequest) -> Result<()> {
+        check_op_counts(&self.limits, req)?;
+        for op in req.success.iter().chain(&req.failure) {
+            match op {
+                RequestOp::Range(r) if r.key.is_empty() => return Err(Error::EmptyKey),
+                RequestOp::Range(_) => {}
+                RequestOp::Txn(t) => self.check_read_txn(t)?,
+                RequestOp::Put(_) | RequestOp::DeleteRange { .. } => {
+                    return Err(Error::ValueProvided)
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn read_txn_at(&self, req: &TxnRequest, at: i64) -> Result<TxnResult> {
+        let mut succeeded = true;
+        for c in &req.compare {
+            let kvs = self
+                .range(&RangeRequest {
+                    key: c.key.clone(),
+                    range_end: c.range_end.clone(),
+                    revision: at,
+                    ..RangeRequest::default()
+                })?
+                .kvs;
+            if !compare_holds_on(c, &kvs) {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            responses.push(match op {
+                RequestOp::Range(q) => {
+                    if q.revision > at {
+                        return Err(Error::FutureRevision);
+                    }
+                    let mut q = q.clone();
+                    if q.revision <= 0 {
+                        q.revision = at;
+                    }
+                    let mut r = self.range(&q)?;
+                    r.revision = at;
+                    ResponseOp::Range(r)
+                }
+                RequestOp::Txn(t) => ResponseOp::Txn(self.read_txn_at(t, at)?),
+                RequestOp::Put(_) | RequestOp::DeleteRange { .. } => {
+                    return Err(Error::ValueProvided)
+                }
+            });
+        }
+        Ok(TxnResult {
+            succeeded,
+            responses,
+            revision: at,
+        })
+    }
+}
+
+impl<'s> Apply<'s> {
+    /// Runs a transaction: if every compare holds, the success ops, else
+    /// the failure ops, all at one revision (none when nothing is written).
+    /// Reads inside see the transaction's own earlier writes.
+    pub fn txn(&mut self, req: &TxnRequest) -> Result<TxnResult> {
+        self.check_txn(req)?;
+        check_txn_keys(req)?;
+        let mut op = self.begin_op();
+        // As etcd does: every compare on the path (nested ones included) is
+        // decided on the state before the transaction, and the ops on that
+        // path are checked before any of them runs, so a failing op never
+        // leaves half a transaction behind.
+        let mut path = Vec::new();
+        self.txn_path(req, &op, &mut path)?;
+        self.check_path(req, &op, &mut path.iter().copied())?;
+        let r = self.txn_in(req, &mut op, &mut path.into_iter());
+        self.end_op(op);
+        r
+    }
+
+    /// etcd's checks of a transaction's shape, nested ones included.
+    pub(crate) fn check_txn(&self, req: &TxnRequest) -> Result<()> {
+        check_op_counts(&self.store.limits, req)?;
+        for op in req.success.iter().chain(&req.failure) {
+            match op {
+                RequestOp::Range(r) if r.key.is_empty() => return Err(Error::EmptyKey),
+                RequestOp::Range(_) => {}
+                RequestOp::Put(p) => self.check_put(p)?,
+                RequestOp::DeleteRange { key, .. } if key.is_empty() => {
+                    return Err(Error::EmptyKey)
+                }
+                RequestOp::DeleteRange { .. } => {}
+                RequestOp::Txn(t) => self.check_txn(t)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The branch each transaction on the path takes, in execution order.
+    pub(crate) fn txn_path(
+        &mut self,
+        req: &TxnRequest,
+        op: &OpRev,
+        path: &mut Vec<bool>,
+    ) -> Result<()> {
+        let mut succeeded = true;
+        for c in &req.compare {
+            if !self.compare_holds(c, op)? {
+                succeeded = false;
+                break;
+            }
+        }
+        path.push(succeeded);
+        for r in if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        } {
+            if let RequestOp::Txn(t) = r {
+                self.txn_path(t, op, path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails as the ops on the path would, before any of them runs.
+    pub(crate) fn check_path(
+        &mut self,
+        req: &TxnRequest,
+        op: &OpRev,
+        path: &mut impl Iterator<Item = bool>,
+    ) -> Result<()> {
+        let succeeded = path.next().unwrap_or(false);
+        for r in if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        } {
+            match r {
+                RequestOp::Put(p)
+                    if (p.ignore_value || p.ignore_lease)
+                        && self
+                            .store
+                            .read_shared()
+                            .index
+                            .get(&p.key, self.visible(op))
+                            .is_none() =>
+                {
+                    return Err(Error::KeyNotFound);
+                }
+                RequestOp::Put(p)
+                    if !p.ignore_lease
+                        && p.lease != 0
+                        && !self.store.read_shared().lessor.contains(p.lease) =>
+                {
+                    return Err(Error::LeaseNotFound);
+                }
+                RequestOp::Range(q) => {
+                    let current = self.visible(op);
+                    if q.revision > current {
+                        return Err(Error::FutureRevision);
+                    }
+                    if q.revision > 0 && q.revision < self.store.read_shared().compacted {
+                        return Err(Error::Compacted);
+                    }
+                }
+                RequestOp::Txn(t) => self.check_path(t, op, path)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn compare_holds(&mut self, c: &Compare, op: &OpRev) -> Result<bool> {
+        let req = RangeRequest {
+            key: c.key.clone(),
+            range_end: c.range_end.clone(),
+            ..RangeRequest::default()
+        };
+        let kvs = self.range_in(&req, op)?.kvs;
+        Ok(compare_holds_on(c, &kvs))
+    }
+
+    pub(crate) fn txn_in(
+        &mut self,
+        req: &TxnRequest,
+        op: &mut OpRev,
+        path: &mut impl Iterator<Item = bool>,
+    ) -> Result<TxnResult> {
+        let succeeded = path.next().unwrap_or(false);
+        let ops = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        let mut responses = Vec::with_capacity(ops.len());
+        for r in ops {
+            responses.push(match r {
+                RequestOp::Range(q) => ResponseOp::Range(self.range_in(q, op)?),
+                RequestOp::Put(p) => ResponseOp::Put(self.put_in(p, op)?),
+                RequestOp::DeleteRange {
+                    key,
+                    range_end,
+                    prev_kv,
+                } => ResponseOp::DeleteRange(self.delete_in(key, range_end, *prev_kv, op)?),
+                RequestOp::Txn(t) => ResponseOp::Txn(self.txn_in(t, op, path)?),
+            });
+        }
+        let revision = self.visible(op);
+        Ok(TxnResult {
+            succeeded,
+            responses,
+            revision,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,7 +469,7 @@ mod tests {
         assert!(dup(txn(vec![nested_del, put("m1")], vec![])));
         assert_eq!(
             Error::DuplicateKey.to_string(),
-            "etcdserver: duplicate key given in txn request"
+            "duplicate key given in txn request"
         );
     }
 

@@ -34,8 +34,8 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 
 use tokio::sync::mpsc;
 
+use crate::history::{Event, EventKind};
 use crate::index::RangeEnd;
-use crate::store::{Event, EventKind};
 
 /// What a client asks to watch (etcd's `WatchCreateRequest`).
 #[derive(Debug, Clone, Default)]

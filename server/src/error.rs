@@ -91,32 +91,41 @@ pub enum ServerError {
     Internal(String),
 }
 
+/// etcd's answer to each of the store's errors: its gRPC code and message
+/// (etcd's `rpctypes`). Failures of the storage itself are internal.
 impl From<mvcc::Error> for ServerError {
     fn from(e: mvcc::Error) -> ServerError {
         use mvcc::Error as E;
-        let code = match &e {
-            E::Compacted | E::FutureRevision => Code::OutOfRange,
-            E::LeaseNotFound => Code::NotFound,
-            E::KeyNotFound
-            | E::DuplicateKey
-            | E::EmptyKey
-            | E::TooLarge
-            | E::TooManyOps
-            | E::ValueProvided
-            | E::LeaseProvided => Code::InvalidArgument,
-            E::LeaseExists => Code::FailedPrecondition,
-            E::LeaseTtlTooLarge => Code::OutOfRange,
-            E::Storage(_) | E::Corrupt { .. } | E::Poisoned => Code::Internal,
+        let (code, text) = match &e {
+            E::Compacted => (
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            E::FutureRevision => (
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
+            E::LeaseNotFound => (Code::NotFound, "etcdserver: requested lease not found"),
+            E::KeyNotFound => (Code::InvalidArgument, "etcdserver: key not found"),
+            E::DuplicateKey => (
+                Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request",
+            ),
+            E::EmptyKey => (Code::InvalidArgument, "etcdserver: key is not provided"),
+            E::TooLarge => (Code::InvalidArgument, "etcdserver: request is too large"),
+            E::TooManyOps => (
+                Code::InvalidArgument,
+                "etcdserver: too many operations in txn request",
+            ),
+            E::ValueProvided => (Code::InvalidArgument, "etcdserver: value is provided"),
+            E::LeaseProvided => (Code::InvalidArgument, "etcdserver: lease is provided"),
+            E::LeaseExists => (Code::FailedPrecondition, "etcdserver: lease already exists"),
+            E::LeaseTtlTooLarge => (Code::OutOfRange, "etcdserver: too large lease TTL"),
+            E::Storage(_) | E::Corrupt { .. } | E::Poisoned => {
+                return ServerError::Mvcc(format!("etcdserver: {e}"), Code::Internal)
+            }
         };
-        let text = e.to_string();
-        // The store's own errors carry etcd's "mvcc: " prefix; the server
-        // adds "etcdserver: " as etcd does.
-        let text = if text.starts_with("etcdserver: ") {
-            text
-        } else {
-            format!("etcdserver: {text}")
-        };
-        ServerError::Mvcc(text, code)
+        ServerError::Mvcc(text.to_string(), code)
     }
 }
 

@@ -181,12 +181,13 @@ pub fn check_peer_urls(urls: &[String]) -> Result<(), ServerError> {
         return Err(ServerError::MemberBadUrls);
     }
     for u in urls {
-        let rest = u
-            .strip_prefix("http://")
-            .or_else(|| u.strip_prefix("https://"))
-            .ok_or(ServerError::MemberBadUrls)?;
-        let (host, port) = rest.rsplit_once(':').ok_or(ServerError::MemberBadUrls)?;
-        if host.is_empty() || port.is_empty() || port.parse::<u16>().is_err() {
+        let uri: http::Uri = u.parse().map_err(|_| ServerError::MemberBadUrls)?;
+        let well_formed = matches!(uri.scheme_str(), Some("http" | "https"))
+            && uri.host().is_some_and(|h| !h.is_empty())
+            && uri.port_u16().is_some()
+            && uri.path() == "/"
+            && uri.query().is_none();
+        if !well_formed {
             return Err(ServerError::MemberBadUrls);
         }
     }

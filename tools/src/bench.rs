@@ -32,28 +32,35 @@ pub struct BenchArgs {
         default_value = "127.0.0.1:2379",
         value_delimiter = ','
     )]
-    endpoints: Vec<String>,
+    pub(crate) endpoints: Vec<String>,
     /// gRPC connections.
     #[arg(long, global = true, default_value_t = 1)]
-    conns: usize,
+    pub(crate) conns: usize,
     /// Concurrent clients (each has one request outstanding at a time).
     #[arg(long, global = true, default_value_t = 1)]
-    clients: usize,
-    /// Requests in all.
-    #[arg(long, global = true, default_value_t = 10_000)]
-    total: u64,
+    pub(crate) clients: usize,
+    /// Requests in all (10,000 unless given; `soak` runs for a time
+    /// instead and refuses it).
+    #[arg(long, global = true)]
+    total: Option<u64>,
     /// Bytes of each key written.
     #[arg(long, global = true, default_value_t = 8)]
-    key_size: usize,
+    pub(crate) key_size: usize,
     /// Bytes of each value written.
     #[arg(long, global = true, default_value_t = 8)]
-    val_size: usize,
+    pub(crate) val_size: usize,
     /// Distinct keys written (chosen at random unless --sequential-keys).
     #[arg(long, global = true, default_value_t = 1)]
-    key_space_size: u64,
+    pub(crate) key_space_size: u64,
     /// Write keys 0, 1, 2, ... instead of random ones.
     #[arg(long, global = true)]
-    sequential_keys: bool,
+    pub(crate) sequential_keys: bool,
+}
+
+impl BenchArgs {
+    fn total(&self) -> u64 {
+        self.total.unwrap_or(10_000)
+    }
 }
 
 #[derive(clap::Subcommand)]
@@ -86,6 +93,9 @@ enum Load {
         #[arg(long, default_value_t = 10)]
         streams: usize,
     },
+    /// A mixed load for a time (puts, ranges, txns, leases, watchers,
+    /// compaction), judged on errors, missed events and memory growth.
+    Soak(crate::soak::SoakArgs),
 }
 
 /// Latencies (in microseconds) and failures of a run.
@@ -112,7 +122,7 @@ impl Tally {
     }
 }
 
-fn key_for(n: u64, size: usize) -> Vec<u8> {
+pub(crate) fn key_for(n: u64, size: usize) -> Vec<u8> {
     let digits = format!("{n:0size$}");
     digits.as_bytes()[digits.len().saturating_sub(size)..].to_vec()
 }
@@ -135,7 +145,7 @@ impl Keys {
     }
 }
 
-async fn connect(args: &BenchArgs) -> Result<Vec<Channel>, String> {
+pub(crate) async fn connect(args: &BenchArgs) -> Result<Vec<Channel>, String> {
     let mut channels = Vec::new();
     for i in 0..args.conns.max(1) {
         let ep = endpoint_url(&args.endpoints[i % args.endpoints.len().max(1)]);
@@ -154,30 +164,49 @@ pub fn run(args: &BenchArgs, fmt: Format) -> Result<(), Failure> {
     if args.endpoints.is_empty() {
         return Err("--endpoints is empty".into());
     }
+    let (name, op) = match &args.load {
+        Load::Soak(soak) => {
+            if args.total.is_some() {
+                return Err("--total does not apply to soak, which runs for --duration".into());
+            }
+            return crate::soak::run(args, soak, fmt);
+        }
+        Load::Watch { .. } => ("watch", None),
+        Load::Put => ("put", Some(Op::Put)),
+        Load::Range {
+            key,
+            end,
+            consistency,
+        } => (
+            "range",
+            Some(Op::Range(RangeRequest {
+                key: key.as_bytes().to_vec(),
+                range_end: end
+                    .as_ref()
+                    .map(|e| e.as_bytes().to_vec())
+                    .unwrap_or_default(),
+                serializable: consistency == "s",
+                ..Default::default()
+            })),
+        ),
+        Load::Txn { txn_ops } => ("txn", Some(Op::Txn(*txn_ops))),
+    };
     let rt = runtime()?;
-    let (name, elapsed, tally) = rt.block_on(async {
+    let (elapsed, tally) = rt.block_on(async {
         let channels = connect(args).await?;
-        match &args.load {
-            Load::Watch { watchers, streams } => {
-                let (elapsed, tally) = watch_load(args, &channels, *watchers, *streams).await?;
-                Ok::<_, String>(("watch", elapsed, tally))
+        match (&args.load, op) {
+            (_, Some(op)) => Ok::<_, String>(request_load(args, &channels, op).await),
+            (Load::Watch { watchers, streams }, None) => {
+                watch_load(args, &channels, *watchers, *streams).await
             }
-            load => {
-                let (elapsed, tally) = request_load(args, &channels, load).await;
-                let name = match load {
-                    Load::Put => "put",
-                    Load::Range { .. } => "range",
-                    _ => "txn",
-                };
-                Ok((name, elapsed, tally))
-            }
+            (_, None) => Err("this load has no requests of its own".into()),
         }
     })?;
     report(name, args, elapsed, tally, fmt)
 }
 
-/// Runs `args.total` requests of `load` from `args.clients` clients.
-async fn request_load(args: &BenchArgs, channels: &[Channel], load: &Load) -> (Duration, Tally) {
+/// Runs `args.total` requests of `op` from `args.clients` clients.
+async fn request_load(args: &BenchArgs, channels: &[Channel], op: Op) -> (Duration, Tally) {
     let issued = Arc::new(AtomicU64::new(0));
     let keys = Arc::new(Keys {
         next: AtomicU64::new(0),
@@ -186,36 +215,19 @@ async fn request_load(args: &BenchArgs, channels: &[Channel], load: &Load) -> (D
         sequential: args.sequential_keys,
     });
     let value = vec![b'v'; args.val_size];
-    let bar = progress(args.total, "requests");
+    let bar = progress(args.total(), "requests");
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..args.clients.max(1) {
         let mut kv = KvClient::new(channels[c % channels.len()].clone());
-        let (issued, keys, value, total, bar) = (
+        let (issued, keys, value, total, bar, op) = (
             issued.clone(),
             keys.clone(),
             value.clone(),
-            args.total,
+            args.total(),
             bar.clone(),
+            op.clone(),
         );
-        let op = match load {
-            Load::Put => Op::Put,
-            Load::Range {
-                key,
-                end,
-                consistency,
-            } => Op::Range(RangeRequest {
-                key: key.as_bytes().to_vec(),
-                range_end: end
-                    .as_ref()
-                    .map(|e| e.as_bytes().to_vec())
-                    .unwrap_or_default(),
-                serializable: consistency == "s",
-                ..Default::default()
-            }),
-            Load::Txn { txn_ops } => Op::Txn(*txn_ops),
-            Load::Watch { .. } => Op::Put,
-        };
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             while issued.fetch_add(1, Ordering::Relaxed) < total {
@@ -266,6 +278,7 @@ async fn request_load(args: &BenchArgs, channels: &[Channel], load: &Load) -> (D
     (start.elapsed(), tally)
 }
 
+#[derive(Clone)]
 enum Op {
     Put,
     Range(RangeRequest),
@@ -285,7 +298,7 @@ async fn watch_load(
 ) -> Result<(Duration, Tally), String> {
     let epoch = Instant::now();
     let streams = streams.clamp(1, watchers.max(1));
-    let expected = args.total * watchers as u64;
+    let expected = args.total() * watchers as u64;
     let received = Arc::new(AtomicU64::new(0));
     let mut stream_tasks = Vec::new();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(watchers.max(1));
@@ -366,7 +379,7 @@ async fn watch_load(
     let mut put_tasks = Vec::new();
     for c in 0..args.clients.max(1) {
         let mut kv = KvClient::new(channels[c % channels.len()].clone());
-        let (issued, total, val_size) = (issued.clone(), args.total, args.val_size.max(8));
+        let (issued, total, val_size) = (issued.clone(), args.total(), args.val_size.max(8));
         put_tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             loop {
@@ -459,7 +472,7 @@ fn report(
     let summary = json!({
         "bench": name,
         "endpoints": args.endpoints, "conns": args.conns, "clients": args.clients,
-        "total": args.total, "ok": n, "errors": tally.errors,
+        "total": args.total(), "ok": n, "errors": tally.errors,
         "seconds": secs, "per_second": throughput,
         "latency_ms": {
             "avg": avg, "min": ms(min), "p50": ms(pct[0].1), "p90": ms(pct[1].1),

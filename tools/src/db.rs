@@ -98,7 +98,7 @@ fn be_u64(v: Option<&[u8]>) -> u64 {
 pub(crate) fn mvcc_view(db: &Db) -> Result<Option<MvccView>, String> {
     let txn = db.begin_read();
     let Some(key) = txn
-        .bucket(mvcc::store::KEY_BUCKET)
+        .bucket(mvcc::buckets::KEY_BUCKET)
         .map_err(|e| e.to_string())?
     else {
         return Ok(None);
@@ -116,7 +116,7 @@ pub(crate) fn mvcc_view(db: &Db) -> Result<Option<MvccView>, String> {
         alarms: 0,
     };
     if let Some(meta) = txn
-        .bucket(mvcc::store::META_BUCKET)
+        .bucket(mvcc::buckets::META_BUCKET)
         .map_err(|e| e.to_string())?
     {
         let get = |k: &[u8]| meta.get(k).map_err(|e| e.to_string());
@@ -126,8 +126,8 @@ pub(crate) fn mvcc_view(db: &Db) -> Result<Option<MvccView>, String> {
         view.scheduled_compaction = be_u64(get(b"scheduledCompactRev")?);
     }
     for (name, count) in [
-        (mvcc::store::LEASE_BUCKET, &mut view.leases),
-        (mvcc::store::ALARM_BUCKET, &mut view.alarms),
+        (mvcc::buckets::LEASE_BUCKET, &mut view.leases),
+        (mvcc::buckets::ALARM_BUCKET, &mut view.alarms),
     ] {
         if let Some(b) = txn.bucket(name).map_err(|e| e.to_string())? {
             *count = b.len();

@@ -15,6 +15,7 @@ mod bench;
 mod db;
 mod output;
 mod snapshot;
+mod soak;
 mod waldump;
 
 use std::path::PathBuf;

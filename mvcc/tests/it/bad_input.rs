@@ -41,15 +41,15 @@ fn bad_requests_get_etcds_errors_and_change_nothing() {
     let err = |r: mvcc::Result<()>| r.unwrap_err().to_string();
     assert_eq!(
         err(a.put(&put_req(b"", b"x")).map(drop)),
-        "etcdserver: key is not provided"
+        "key is not provided"
     );
     assert_eq!(
         err(a.delete_range(b"", b"z", false).map(drop)),
-        "etcdserver: key is not provided"
+        "key is not provided"
     );
     assert_eq!(
         err(a.put(&put_req(b"k", &[7; 1000])).map(drop)),
-        "etcdserver: request is too large"
+        "request is too large"
     );
     assert!(a.put(&put_req(b"k", &[7; 999])).is_ok(), "at the limit");
     assert_eq!(
@@ -59,7 +59,7 @@ fn bad_requests_get_etcds_errors_and_change_nothing() {
                 ..put_req(b"a", b"v")
             })
             .map(drop)),
-        "etcdserver: value is provided"
+        "value is provided"
     );
     assert_eq!(
         err(a
@@ -69,7 +69,7 @@ fn bad_requests_get_etcds_errors_and_change_nothing() {
                 ..put_req(b"a", b"")
             })
             .map(drop)),
-        "etcdserver: lease is provided"
+        "lease is provided"
     );
     assert_eq!(
         err(a
@@ -78,11 +78,11 @@ fn bad_requests_get_etcds_errors_and_change_nothing() {
                 ..put_req(b"a", b"v")
             })
             .map(drop)),
-        "etcdserver: requested lease not found"
+        "requested lease not found"
     );
     assert_eq!(
         err(a.lease_revoke(42).map(drop)),
-        "etcdserver: requested lease not found"
+        "requested lease not found"
     );
     // Transactions are checked whole before anything runs, nested ones too.
     let nested_empty = RequestOp::Txn(txn(vec![RequestOp::Range(RangeRequest::default())]));
@@ -93,19 +93,19 @@ fn bad_requests_get_etcds_errors_and_change_nothing() {
                 nested_empty
             ]))
             .map(drop)),
-        "etcdserver: key is not provided"
+        "key is not provided"
     );
     let five: Vec<RequestOp> = (0..5u8)
         .map(|i| RequestOp::Put(put_req(&[b'x', i], b"")))
         .collect();
     assert_eq!(
         err(a.txn(&txn(five)).map(drop)),
-        "etcdserver: too many operations in txn request"
+        "too many operations in txn request"
     );
     let big = RequestOp::Txn(txn(vec![RequestOp::Put(put_req(b"b", &[0; 2000]))]));
     assert_eq!(
         err(a.txn(&txn(vec![big])).map(drop)),
-        "etcdserver: request is too large"
+        "request is too large"
     );
     // range_end before the key: an empty range, nothing deleted.
     assert_eq!(a.delete_range(b"z", b"a", true).unwrap().deleted, 0);

@@ -93,9 +93,10 @@ proptest! {
                 prop_assert_eq!(got, model.get(&key(k), at), "key {} at {} (compacted {})", k, at, compacted);
             }
             let (rows, total) = ix.range(&key(2), &RangeEnd::Until(key(9)), at, 3);
-            let want: Vec<Vec<u8>> = (2..9u8).map(key).filter(|k| model.get(k, at).is_some()).collect();
+            // Each key's state, in key order, as the model has it.
+            let want: Vec<Revision> = (2..9u8).filter_map(|k| model.get(&key(k), at).map(|(m, _, _)| m)).collect();
             prop_assert_eq!(total, want.len());
-            let got: Vec<Vec<u8>> = rows.iter().map(|(k, _)| k.to_vec()).collect();
+            let got: Vec<Revision> = rows.iter().map(|s| s.modified).collect();
             prop_assert_eq!(&got[..], &want[..want.len().min(3)]);
         }
     }

@@ -2,6 +2,7 @@
 
 mod index_model;
 mod install;
+mod long_reads;
 mod restart;
 mod store_basics;
 mod store_model;

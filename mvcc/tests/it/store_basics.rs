@@ -157,7 +157,7 @@ fn ignore_value_and_lease_need_an_existing_key() {
             ..Default::default()
         })
         .unwrap_err();
-    assert_eq!(err.to_string(), "etcdserver: key not found");
+    assert_eq!(err.to_string(), "key not found");
     a.lease_grant(7, 60).unwrap();
     a.put(&PutRequest {
         key: b"k".to_vec(),
@@ -542,7 +542,7 @@ fn leases_attach_keys_and_revoking_deletes_them_in_one_revision() {
     a.put(&lp("b", 7)).unwrap();
     a.put(&lp("c", 7)).unwrap();
     let err = a.put(&lp("d", 99)).unwrap_err();
-    assert_eq!(err.to_string(), "etcdserver: requested lease not found");
+    assert_eq!(err.to_string(), "requested lease not found");
     a.put(&lp("c", 0)).unwrap(); // overwrite without a lease detaches
     a.commit(1).unwrap();
     let (granted, remaining, keys) = s.lease_time_to_live(7).unwrap();

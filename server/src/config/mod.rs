@@ -2,7 +2,7 @@
 //! server supports, each also read from the `ETCD_*` environment variable
 //! of the same name, so existing deployment files work unchanged.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ pub mod refused;
 /// A flag whose value the server cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    #[error("unsupported URL {0:?} (use http:// or https://)")]
+    #[error("URL scheme must be http or https (etcd's unix and unixs are not supported): {0}")]
     UnsupportedUrl(String),
     #[error("bad URL {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
@@ -633,25 +633,44 @@ fn split(urls: &str) -> Vec<String> {
 }
 
 fn parse_urls(urls: &str) -> Result<Vec<(SocketAddr, bool)>, ConfigError> {
-    split(urls)
-        .iter()
-        .map(|u| {
-            let (rest, tls) = match (u.strip_prefix("http://"), u.strip_prefix("https://")) {
-                (Some(rest), _) => (rest, false),
-                (_, Some(rest)) => (rest, true),
-                _ => return Err(ConfigError::UnsupportedUrl(u.clone())),
-            };
-            let hostport = rest.trim_end_matches('/');
-            let hostport = hostport.replacen("localhost:", "127.0.0.1:", 1);
-            hostport
-                .parse::<SocketAddr>()
-                .map(|a| (a, tls))
-                .map_err(|e| ConfigError::BadUrl {
-                    url: u.clone(),
-                    reason: e.to_string(),
-                })
-        })
-        .collect()
+    split(urls).iter().map(|u| parse_listen_url(u)).collect()
+}
+
+/// A URL to listen on, read as etcd reads it: `http` or `https`, an
+/// explicit port, no path, and an IP address (or `localhost`) as the
+/// host, since a name would leave open which address is bound. Returns the
+/// address and whether it serves TLS.
+fn parse_listen_url(u: &str) -> Result<(SocketAddr, bool), ConfigError> {
+    let bad = |reason: &str| ConfigError::BadUrl {
+        url: u.to_string(),
+        reason: reason.to_string(),
+    };
+    let uri: http::Uri = u
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(ConfigError::UnsupportedUrl(u.to_string())),
+    };
+    let (Some(host), Some(port)) = (uri.host(), uri.port_u16()) else {
+        return Err(bad(r#"URL address does not have the form "host:port""#));
+    };
+    if uri.path() != "/" || uri.query().is_some() {
+        return Err(bad("URL must not contain a path"));
+    }
+    let ip = if host == "localhost" {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        // An IPv6 host keeps its brackets in the URI.
+        let bare = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        bare.parse::<IpAddr>()
+            .map_err(|_| bad("expected IP in URL for binding"))?
+    };
+    Ok((SocketAddr::new(ip, port), tls))
 }
 
 /// etcd's periodic retention: a Go duration (`1h30m`, `10s`) or a bare
@@ -763,6 +782,28 @@ mod tests {
             parse_urls("https://127.0.0.1:1").unwrap(),
             vec![("127.0.0.1:1".parse().unwrap(), true)]
         );
-        assert!(parse_urls("unix://x").is_err());
+        assert_eq!(
+            parse_urls("http://[::1]:7/").unwrap(),
+            vec![("[::1]:7".parse().unwrap(), false)]
+        );
+        assert!(matches!(
+            parse_urls("unix://x"),
+            Err(ConfigError::UnsupportedUrl(_))
+        ));
+        for (bad, reason) in [
+            ("http://127.0.0.1", "host:port"),
+            ("http://127.0.0.1:2379/v3", "path"),
+            ("http://127.0.0.1:2379?x=1", "path"),
+            ("http://example.com:2379", "expected IP"),
+            ("http://127.0.0.1:99999", ""),
+            ("http://", ""),
+        ] {
+            match parse_urls(bad) {
+                Err(ConfigError::BadUrl { reason: r, .. }) => {
+                    assert!(r.contains(reason), "{bad}: {r}")
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 }

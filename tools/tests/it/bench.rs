@@ -87,3 +87,86 @@ async fn every_load_runs_and_reports_its_figures() {
     let o = kvtool_async(&["bench", "put", "--endpoints", &ep, "--total", "5"]).await;
     assert!(!o.status.success(), "{}", describe(&o));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soak_checks_every_watch_event_and_samples_the_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Member::start(&dir.path().join("m"), &[]).await;
+    let ep = m.endpoint.clone();
+    // The member runs in this process, so its memory is this process's.
+    let pid = std::process::id().to_string();
+    let soak = |extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "bench",
+            "soak",
+            "--endpoints",
+            ep.as_str(),
+            "--conns",
+            "2",
+            "--clients",
+            "8",
+            "--key-space-size",
+            "200",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            kvtool_async(&refs).await
+        }
+    };
+    let o = soak(&["--total", "5"]).await;
+    assert!(!o.status.success(), "{}", describe(&o));
+    assert!(
+        describe(&o).contains("--total does not apply"),
+        "{}",
+        describe(&o)
+    );
+
+    let o = soak(&[
+        "--duration",
+        "6s",
+        "--window",
+        "2s",
+        "--compact-every",
+        "2s",
+        "--watchers",
+        "6",
+        "--streams",
+        "2",
+        "--pid",
+        &pid,
+        "--max-rss-growth",
+        "1024",
+    ])
+    .await;
+    assert!(o.status.success(), "{}", describe(&o));
+    let j = json_line(&o);
+    assert_eq!(j["errors"], 0, "{j}");
+    assert!(j["ok"].as_u64().unwrap() > 100, "{j}");
+    assert!(j["compactions"].as_u64().unwrap() >= 2, "{j}");
+    let expected = j["put_events_expected"].as_u64().unwrap();
+    assert!(expected > 10, "{j}");
+    let seen = j["put_events_seen"].as_array().unwrap();
+    assert_eq!(seen.len(), 6);
+    assert!(seen.iter().all(|s| s.as_u64() == Some(expected)), "{j}");
+    let windows = j["windows"].as_array().unwrap();
+    assert_eq!(windows.len(), 3, "{j}");
+    assert!(windows
+        .iter()
+        .all(|w| w["rss_mib"].as_f64().unwrap() > 1.0 && w["requests"].as_u64().unwrap() > 0));
+
+    // The member stops part-way: the soak fails and says why.
+    let run = tokio::spawn(soak(&["--duration", "6s", "--window", "1s"]));
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    m.stop().await;
+    let o = run.await.unwrap();
+    assert!(!o.status.success(), "{}", describe(&o));
+    let why = describe(&o);
+    assert!(
+        why.contains("requests failed") || why.contains("watch stream"),
+        "{why}"
+    );
+}
