@@ -45,6 +45,7 @@ pub mod datadir;
 pub mod error;
 pub mod http;
 pub mod join;
+pub mod keepalive;
 pub mod membership;
 pub mod metrics;
 pub mod pb;
@@ -140,6 +141,9 @@ pub async fn run_with_state(
         max_concurrent_streams: cfg.max_concurrent_streams,
         keepalive_interval: cfg.grpc_keepalive_interval,
         keepalive_timeout: cfg.grpc_keepalive_timeout,
+        keepalive_min_time: Some(cfg.grpc_keepalive_min_time)
+            .filter(|d| !d.is_zero())
+            .unwrap_or(keepalive::DEFAULT_MIN_TIME),
     };
     let mut servers = Vec::new();
 
@@ -215,6 +219,7 @@ pub async fn run_with_state(
             max_concurrent_streams: cfg.max_concurrent_streams,
             keepalive_interval: Duration::ZERO,
             keepalive_timeout: cfg.grpc_keepalive_timeout,
+            keepalive_min_time: http2.keepalive_min_time,
         };
         servers.push(serve(
             listener,
@@ -304,6 +309,8 @@ struct ClientHttp2 {
     max_concurrent_streams: u32,
     keepalive_interval: Duration,
     keepalive_timeout: Duration,
+    /// The ping policy's minimum time (`keepalive`).
+    keepalive_min_time: Duration,
 }
 
 fn serve(
@@ -317,9 +324,15 @@ fn serve(
         // etcdctl 3.4 sends an :authority with a scheme on some
         // connections; `authority` lets them through as etcd does. It
         // reads the plain HTTP/2 stream, so it sits inside TLS.
-        let incoming =
-            tokio_stream::wrappers::ReceiverStream::new(tls::incoming::accept(listener, tls))
-                .map(|conn| conn.map(authority::AuthorityFix::new));
+        // Clients are held to etcd's ping policy (`keepalive`); peers are
+        // not.
+        let min_time = http2.map(|h| h.keepalive_min_time);
+        let incoming = tokio_stream::wrappers::ReceiverStream::new(tls::incoming::accept(
+            listener, tls,
+        ))
+        .map(move |conn| {
+            conn.map(|c| keepalive::PingPolicy::new(authority::AuthorityFix::new(c), min_time))
+        });
         let mut builder = tonic::transport::Server::builder();
         if let Some(h) = http2 {
             // HTTP/1.1 for the JSON side (`http`).

@@ -172,7 +172,7 @@ fn bad_requests_get_etcds_errors_and_change_nothing() {
 #[test]
 fn lease_ttls_beyond_etcds_maximum_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path().join("kv.db")).unwrap();
+    let s = crate::open_store(&dir.path().join("kv.db"));
     let mut a = s.apply().unwrap();
     assert!(matches!(
         a.lease_grant(1, 9_000_000_001),

@@ -37,7 +37,7 @@ fn installing_a_snapshot_replaces_the_key_space_and_watchers_catch_up() {
     assert_eq!(info.consistent_index, 20);
 
     // The follower's, behind, with a watcher that has seen its revisions.
-    let follower = Arc::new(Store::open(dir.path().join("follower.db")).unwrap());
+    let follower = Arc::new(crate::open_store(&dir.path().join("follower.db")));
     for i in 1..=3u64 {
         put(&follower, &format!("k{i}"), &format!("v{i}"), i);
     }
@@ -78,7 +78,7 @@ fn installing_a_snapshot_replaces_the_key_space_and_watchers_catch_up() {
     let follower = Arc::try_unwrap(follower).ok().unwrap();
     follower.sync().unwrap();
     drop(follower);
-    let again = Store::open(dir.path().join("follower.db")).unwrap();
+    let again = crate::open_store(&dir.path().join("follower.db"));
     assert_eq!(again.consistent_index(), 21);
     assert_eq!(
         again
@@ -149,7 +149,7 @@ fn read_only_transactions_need_no_batch() {
 fn lease_clocks_checkpoints_and_expiry() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    let s = Store::open(&path).unwrap();
+    let s = crate::open_store(&path);
     let mut a = s.apply().unwrap();
     a.lease_grant(7, 100).unwrap();
     a.lease_grant(8, 2).unwrap();
@@ -162,7 +162,7 @@ fn lease_clocks_checkpoints_and_expiry() {
     assert_eq!(s.lease_checkpointed(7), Some(40));
     s.sync().unwrap();
     drop(s);
-    let s = Store::open(&path).unwrap();
+    let s = crate::open_store(&path);
     let (_, left, _) = s.lease_time_to_live(7).unwrap();
     assert!((39..=40).contains(&left), "{left}");
     // A new leader adds its election timeout.

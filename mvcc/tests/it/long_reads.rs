@@ -33,7 +33,7 @@ fn everything(rev: i64, count_only: bool) -> RangeRequest {
 #[test]
 fn a_range_over_many_keys_is_one_revision_while_writes_go_on() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Arc::new(Store::open(dir.path().join("kv.db")).unwrap());
+    let s = Arc::new(crate::open_store(&dir.path().join("kv.db")));
     // 35,000 keys: several steps of the index walk.
     for b in 0..35 {
         put_batch(&s, (0..1000).map(|i| format!("base/{b:02}/{i:04}")));
@@ -86,7 +86,7 @@ fn a_range_over_many_keys_is_one_revision_while_writes_go_on() {
 #[test]
 fn hash_kv_over_many_keys_is_the_same_in_steps_and_after_compaction() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path().join("kv.db")).unwrap();
+    let s = crate::open_store(&dir.path().join("kv.db"));
     for b in 0..25 {
         put_batch(&s, (0..1000).map(|i| format!("k/{b:02}/{i:04}")));
         // Overwrites, so that a compaction has records to drop.

@@ -33,7 +33,7 @@ fn get(s: &Store, key: &str, rev: i64) -> mvcc::Result<Option<(String, i64, i64,
 fn a_fresh_store_is_at_revision_1_and_the_first_change_makes_revision_2() {
     // As in etcd: revision 1 is the empty key space.
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path().join("kv.db")).unwrap();
+    let s = crate::open_store(&dir.path().join("kv.db"));
     assert_eq!(s.current_revision(), 1);
     let every_key = RangeRequest {
         key: vec![0],
@@ -49,7 +49,7 @@ fn a_fresh_store_is_at_revision_1_and_the_first_change_makes_revision_2() {
 #[test]
 fn puts_and_deletes_make_revisions_readable_at_any_point() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path().join("kv.db")).unwrap();
+    let s = crate::open_store(&dir.path().join("kv.db"));
     assert_eq!(s.current_revision(), 1);
     assert_eq!(put(&s, "foo", "a"), 2);
     assert_eq!(put(&s, "foo", "b"), 3);
@@ -106,7 +106,7 @@ fn puts_and_deletes_make_revisions_readable_at_any_point() {
 #[test]
 fn compaction_removes_history_and_refuses_old_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path().join("kv.db")).unwrap();
+    let s = crate::open_store(&dir.path().join("kv.db"));
     for i in 0..10 {
         put(&s, "k", &format!("v{i}"));
     }
@@ -132,7 +132,7 @@ fn compaction_removes_history_and_refuses_old_reads() {
     // survives a reopen once synced.
     s.sync().unwrap();
     drop(s);
-    let s = Store::open(dir.path().join("kv.db")).unwrap();
+    let s = crate::open_store(&dir.path().join("kv.db"));
     assert_eq!(
         (
             s.current_revision(),
@@ -148,7 +148,7 @@ fn compaction_removes_history_and_refuses_old_reads() {
 #[test]
 fn ignore_value_and_lease_need_an_existing_key() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path().join("kv.db")).unwrap();
+    let s = crate::open_store(&dir.path().join("kv.db"));
     let mut a = s.apply().unwrap();
     let err = a
         .put(&PutRequest {
@@ -214,7 +214,7 @@ fn batches_not_synced_are_gone_after_a_reopen_and_the_index_says_where_to_replay
 #[test]
 fn an_abandoned_batch_poisons_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path().join("kv.db")).unwrap();
+    let s = crate::open_store(&dir.path().join("kv.db"));
     let mut a = s.apply().unwrap();
     a.put(&PutRequest {
         key: b"k".to_vec(),
@@ -232,7 +232,7 @@ fn an_abandoned_batch_poisons_the_store() {
 fn ranges_sort_filter_and_limit_as_etcd_does() {
     use mvcc::{SortOrder, SortTarget};
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path().join("kv.db")).unwrap();
+    let s = crate::open_store(&dir.path().join("kv.db"));
     put(&s, "a", "3"); // rev 2
     put(&s, "b", "1"); // rev 3
     put(&s, "c", "2"); // rev 4
@@ -314,7 +314,7 @@ fn transactions_write_at_one_revision_and_see_their_own_writes() {
         Compare, CompareResult as R, CompareTarget as T, RequestOp, ResponseOp, TxnRequest,
     };
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path().join("kv.db")).unwrap();
+    let s = crate::open_store(&dir.path().join("kv.db"));
     put(&s, "k", "v1"); // rev 2
     put(&s, "old", "x"); // rev 3
     let cmp = |key: &str, result, target| Compare {
@@ -421,7 +421,7 @@ fn transactions_write_at_one_revision_and_see_their_own_writes() {
 fn a_transaction_that_would_fail_part_way_changes_nothing() {
     use mvcc::{Compare, CompareResult as R, CompareTarget as T, RequestOp, TxnRequest};
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path().join("kv.db")).unwrap();
+    let s = crate::open_store(&dir.path().join("kv.db"));
     put(&s, "a", "1");
     let p = |k: &str, ignore_value: bool| {
         RequestOp::Put(PutRequest {
@@ -632,7 +632,7 @@ fn compaction_removes_records_in_bounded_steps_and_resumes_after_a_crash() {
 fn history_replay_lists_every_change_in_revision_order() {
     use mvcc::EventKind;
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path().join("kv.db")).unwrap();
+    let s = crate::open_store(&dir.path().join("kv.db"));
     put(&s, "/a/1", "x"); // 2
     put(&s, "/b/1", "y"); // 3
     put(&s, "/a/2", "z"); // 4

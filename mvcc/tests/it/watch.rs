@@ -13,7 +13,7 @@ use tokio::sync::mpsc::Receiver;
 
 fn open() -> (tempfile::TempDir, Arc<Store>) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path().join("kv.db")).unwrap();
+    let s = crate::open_store(&dir.path().join("kv.db"));
     (dir, Arc::new(s))
 }
 

@@ -150,6 +150,13 @@ pub struct Config {
     #[arg(help_heading = "Member", long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]
     pub max_concurrent_streams: u32,
 
+    /// How often a client may ping at the least while it has streams open
+    /// (etcd's policy: a client pinging more often is disconnected with
+    /// GOAWAY "too_many_pings"; 0: gRPC's default of 5 minutes).
+    #[arg(help_heading = "Member", long, env = "ETCD_GRPC_KEEPALIVE_MIN_TIME", default_value = "5s",
+          value_parser = humantime::parse_duration)]
+    pub grpc_keepalive_min_time: Duration,
+
     /// How often the server pings an idle client connection (e.g. `2h`).
     #[arg(help_heading = "Member", long, env = "ETCD_GRPC_KEEPALIVE_INTERVAL", default_value = "2h",
           value_parser = humantime::parse_duration)]

@@ -22,7 +22,6 @@ const REFUSED: &[Refused] = &[
     Refused { flag: "--max-wals", same_as_kvserver: &[], reason: "kvserver removes WAL segments once its database covers them; their number cannot be capped otherwise" },
     Refused { flag: "--backend-batch-interval", same_as_kvserver: &[""], reason: "the database commits each applied batch of entries; the interval cannot be set" },
     Refused { flag: "--backend-batch-limit", same_as_kvserver: &["0"], reason: "the database commits each applied batch of entries; the limit cannot be set" },
-    Refused { flag: "--grpc-keepalive-min-time", same_as_kvserver: &[], reason: "the gRPC server (tonic) cannot police how often clients ping" },
     Refused { flag: "--discovery", same_as_kvserver: &[""], reason: "discovery is not supported; give --initial-cluster" },
     Refused { flag: "--discovery-fallback", same_as_kvserver: &[], reason: "discovery is not supported; give --initial-cluster" },
     Refused { flag: "--discovery-proxy", same_as_kvserver: &[""], reason: "discovery is not supported; give --initial-cluster" },

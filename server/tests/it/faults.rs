@@ -448,3 +448,68 @@ async fn a_full_disk_raises_nospace_keeps_reads_and_recovers_after_defrag() {
     let db = btree::Db::open(server::datadir::db_path(&disk.path())).unwrap();
     assert!(db.check().is_clean());
 }
+
+/// Raises this process's open-file limit (children inherit it) so that
+/// the test and the member can each hold `need` descriptors.
+fn allow_descriptors(need: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `lim`.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_cur < need {
+            lim.rlim_cur = need.min(lim.rlim_max);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+        }
+    }
+    assert!(
+        lim.rlim_cur >= need,
+        "this test needs {need} open files; the hard limit is {}",
+        lim.rlim_max
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_holds_its_bound_of_connections_and_accepts_more_as_they_close() {
+    let bound = server::tls::incoming::MAX_CONNECTIONS;
+    allow_descriptors(bound as u64 + 1000);
+    let dir = tempfile::tempdir().unwrap();
+    let s = crate::Server::start(&dir.path().join("m")).await;
+    // Connections that never say a word, up to the bound.
+    let mut idle = Vec::with_capacity(bound);
+    for _ in 0..bound {
+        idle.push(std::net::TcpStream::connect(&s.endpoint).unwrap());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !s
+        .log()
+        .contains("connections are open: accepting more once one closes")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the listener never reached its bound:\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One more client waits in the kernel's backlog: no answer.
+    let ep = s.endpoint.clone();
+    let waiting = tokio::spawn(async move {
+        let mut c = etcd_client::Client::connect([ep.as_str()], None).await?;
+        c.status().await.map(|st| st.version().to_string())
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!waiting.is_finished(), "a client past the bound was served");
+    // As connections close, the waiting one is taken and served.
+    idle.truncate(bound - 100);
+    let answer = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("the waiting client was served once connections closed")
+        .unwrap();
+    assert!(answer.is_ok(), "{answer:?}");
+    drop(idle);
+    let mut c = s.client().await;
+    c.put("after", "v", None).await.unwrap();
+}

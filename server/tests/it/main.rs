@@ -13,6 +13,7 @@ mod faults;
 mod flags;
 mod http;
 mod jepsen;
+mod keepalive;
 mod kv;
 mod lease;
 mod linearizability;
