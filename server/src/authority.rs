@@ -89,16 +89,16 @@ use loona_hpack::{Decoder, Encoder};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The HTTP/2 client connection preface (RFC 9113 section 3.4).
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Length of an HTTP/2 frame header.
-const FRAME_HEAD_LEN: usize = 9;
+pub(crate) const FRAME_HEAD_LEN: usize = 9;
 
-const TYPE_HEADERS: u8 = 0x1;
+pub(crate) const TYPE_HEADERS: u8 = 0x1;
 const TYPE_PUSH_PROMISE: u8 = 0x5;
 const TYPE_CONTINUATION: u8 = 0x9;
 
-const FLAG_END_STREAM: u8 = 0x1;
+pub(crate) const FLAG_END_STREAM: u8 = 0x1;
 const FLAG_END_HEADERS: u8 = 0x4;
 const FLAG_PADDED: u8 = 0x8;
 const FLAG_PRIORITY: u8 = 0x20;

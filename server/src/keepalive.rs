@@ -28,6 +28,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+// HTTP/2's preface and frame layout, as the `:authority` layer reads them.
+use crate::authority::{FLAG_END_STREAM, FRAME_HEAD_LEN, PREFACE, TYPE_HEADERS};
+
 /// grpc-go's default minimum ping interval when none is set.
 pub const DEFAULT_MIN_TIME: Duration = Duration::from_secs(5 * 60);
 
@@ -39,16 +42,11 @@ const IDLE_MIN_TIME: Duration = Duration::from_secs(2 * 60 * 60);
 /// `maxPingStrikes`).
 const MAX_PING_STRIKES: u32 = 2;
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const FRAME_HEAD_LEN: usize = 9;
-
 const TYPE_DATA: u8 = 0x0;
-const TYPE_HEADERS: u8 = 0x1;
 const TYPE_RST_STREAM: u8 = 0x3;
 const TYPE_PING: u8 = 0x6;
 const TYPE_GOAWAY: u8 = 0x7;
 const FLAG_ACK: u8 = 0x1;
-const FLAG_END_STREAM: u8 = 0x1;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
 const TOO_MANY_PINGS: &[u8] = b"too_many_pings";
 
