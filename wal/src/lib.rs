@@ -428,15 +428,33 @@ impl Wal {
         }
     }
 
-    /// Appends records; the future resolves once they are durable.
+    /// Appends records; the future resolves once they are durable (a
+    /// closed log drops the command, and with it the answer: the future
+    /// then reports the log stopped).
     pub fn append(&self, records: Vec<Record>) -> Durable<()> {
         let (done, rx) = oneshot::channel();
+        self.append_then(records, move |r| {
+            let _ = done.send(r);
+        });
+        Durable { rx: Some(rx) }
+    }
+
+    /// Appends records and calls `then` once they are durable or the
+    /// append failed, in the order appends were made. `then` runs on the
+    /// log's notifier thread (or on the caller's, when the records are
+    /// refused at once or the log is closed), so it must be quick: send a
+    /// message, wake a thread.
+    pub fn append_then(
+        &self,
+        records: Vec<Record>,
+        then: impl FnOnce(Result<()>) + Send + 'static,
+    ) {
+        let done = writer::Done::new(then);
         if let Err(e) = check_records(&records) {
-            let _ = done.send(Err(e));
+            done.send(Err(e));
         } else {
             self.send(Command::Append { records, done });
         }
-        Durable { rx: Some(rx) }
     }
 
     /// Deletes the segments entirely below `index` (keeping the one that

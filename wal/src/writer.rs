@@ -37,13 +37,38 @@ use crate::Options;
 /// How long after a preparation failed for want of space it is tried again.
 const PREPARE_RETRY: Duration = Duration::from_secs(1);
 
+/// Who hears that an append is durable (or failed): a function called once,
+/// on the notifier thread (so it must be quick). Dropped unanswered (the
+/// writer thread gone), it hears that the log stopped.
+pub(crate) struct Done(Option<Box<dyn FnOnce(Result<()>) + Send>>);
+
+impl Done {
+    pub(crate) fn new(then: impl FnOnce(Result<()>) + Send + 'static) -> Done {
+        Done(Some(Box::new(then)))
+    }
+
+    pub(crate) fn send(mut self, r: Result<()>) {
+        if let Some(f) = self.0.take() {
+            f(r);
+        }
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(Err(Error::Stopped("the writer thread ended".into())));
+        }
+    }
+}
+
 /// Answers for the appends of one batch.
-type Dones = Vec<oneshot::Sender<Result<()>>>;
+type Dones = Vec<Done>;
 
 pub(crate) enum Command {
     Append {
         records: Vec<Record>,
-        done: oneshot::Sender<Result<()>>,
+        done: Done,
     },
     Release {
         index: u64,
@@ -115,7 +140,7 @@ impl Serving {
             }
         }
         for done in dones {
-            let _ = done.send(Ok(()));
+            done.send(Ok(()));
         }
     }
 
@@ -125,7 +150,7 @@ impl Serving {
         let mut first = Some(e);
         for done in dones {
             let err = first.take().unwrap_or_else(|| Error::Stopped(why.clone()));
-            let _ = done.send(Err(err));
+            done.send(Err(err));
         }
     }
 }
@@ -179,7 +204,7 @@ impl LogWriter {
                 for batch in notifications {
                     fail::fail_point!("wal::notify");
                     for done in batch {
-                        let _ = done.send(Ok(()));
+                        done.send(Ok(()));
                     }
                 }
             });

@@ -85,6 +85,12 @@ pub enum Command {
     ReadIndex {
         reply: oneshot::Sender<Result<(), ServerError>>,
     },
+    /// The WAL made the records of the Ready numbered `number` (and of
+    /// every one before it) durable, or failed to.
+    Persisted {
+        number: u64,
+        result: Result<(), wal::Error>,
+    },
     /// A raft message from a peer.
     Step(Box<raft::eraftpb::Message>),
     /// The transport could not deliver to this peer.

@@ -1,7 +1,13 @@
 //! The raft thread: one loop that ticks raft, steps peers' messages,
-//! proposes, and handles every Ready. It waits for the WAL (entries and
-//! hard state must be durable before raft hears they are) and for nothing
-//! else: applying, database fsyncs and compaction run on the apply thread.
+//! proposes, and handles every Ready. It waits for nothing: a Ready's
+//! records go to the WAL, and raft goes on (raft-rs's asynchronous
+//! persistence) until the WAL's notifier says they are durable
+//! (`Command::Persisted`). Only then does raft hear it (`on_persist_ready`:
+//! the leader counts its own log towards the quorum, a follower's answers
+//! go out), so nothing is acknowledged or voted for before it is durable.
+//! Meanwhile the next Readies are written behind it, which is what lets
+//! the WAL's group commit and pipelining work. Applying, database fsyncs
+//! and compaction run on the apply thread.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -38,10 +44,35 @@ pub(crate) struct ReadBatch {
     waiters: Vec<ReadReply>,
 }
 
+/// A Ready handed to raft (`advance_append_async`) whose records the WAL
+/// has not yet made durable.
+pub(crate) struct Unpersisted {
+    number: u64,
+    /// Whether it wrote anything: one that did not is done as soon as
+    /// every Ready before it is.
+    written: bool,
+    /// Messages raft may send only once the Ready is durable (a
+    /// follower's answers, votes).
+    messages: Vec<Message>,
+    /// A leader's snapshot at (index, term), installed once durable.
+    install: Option<(u64, u64)>,
+}
+
 pub struct RaftLoop {
     pub(crate) node: RawNode<MemStorage>,
     pub(crate) log: Arc<wal::Wal>,
     pub(crate) shared: Arc<Shared>,
+    /// This loop's own command channel: the WAL's answers come back on it.
+    pub(crate) commands: Sender<Command>,
+    /// Readies whose records are on their way to the WAL, oldest first.
+    pub(crate) unpersisted: std::collections::VecDeque<Unpersisted>,
+    /// A hard state that changed only its commit index: not worth an
+    /// fdatasync of its own (raft's commit index may be lost and learnt
+    /// again; a restart takes at least what the database applied). It
+    /// goes with the next records written.
+    pub(crate) unsynced_hs: Option<HardState>,
+    /// The WAL failed: the loop stops with this.
+    pub(crate) log_failed: Option<wal::Error>,
     pub(crate) apply: Sender<ApplyTask>,
     pub(crate) tick: Duration,
     /// Proposals (request IDs and data) that arrived while no leader was
@@ -131,6 +162,9 @@ impl RaftLoop {
                     self.propose(id, data);
                 }
             }
+        }
+        if let Some(e) = self.log_failed.take() {
+            return Err(e.into());
         }
         let _ = self.apply.send(ApplyTask::Stop);
         tracing::info!("raft loop stopped");
@@ -233,6 +267,13 @@ impl RaftLoop {
                 self.node.report_snapshot(to, status);
             }
             Command::CompactLog(index) => self.compact_log(index),
+            Command::Persisted { number, result } => match result {
+                Ok(()) => self.on_persisted(number),
+                Err(e) => {
+                    self.log_failed = Some(e);
+                    return false;
+                }
+            },
             Command::Stop => return false,
         }
         true
@@ -529,50 +570,79 @@ impl RaftLoop {
             });
         }
         if let Some(hs) = rd.hs() {
-            records.push(wal::Record::HardState {
-                term: hs.term,
-                vote: hs.vote,
-                commit: hs.commit,
-            });
             self.shared.raft.term.store(hs.term, Ordering::Relaxed);
             self.shared
                 .raft
                 .commit_index
                 .store(hs.commit, Ordering::Relaxed);
+            self.unsynced_hs = Some(hs.clone());
         }
-        if !records.is_empty() {
-            self.log.append(records).wait()?;
+        // A hard state goes to the WAL with entries, a snapshot, or when
+        // its term or vote changed (raft's must_sync); a new commit index
+        // alone waits for the next of those.
+        if !records.is_empty() || rd.must_sync() {
+            if let Some(hs) = self.unsynced_hs.take() {
+                records.push(wal::Record::HardState {
+                    term: hs.term,
+                    vote: hs.vote,
+                    commit: hs.commit,
+                });
+            }
         }
-        if let Some((index, term)) = install {
-            // The snapshot is durable in the WAL; its database is installed
-            // by the apply thread, in order with the entries after it.
-            let _ = self.apply.send(ApplyTask::Install { index, term });
-        }
+        // raft reads what it has handed over from the storage at once
+        // (below its persisted index only what the WAL holds).
         if !rd.entries().is_empty() {
             store.wl().append(rd.entries())?;
         }
         if let Some(hs) = rd.hs() {
             store.wl().set_hardstate(hs.clone());
         }
-        if !rd.persisted_messages().is_empty() {
-            self.send(rd.take_persisted_messages());
+        let number = rd.number();
+        let written = !records.is_empty();
+        self.unpersisted.push_back(Unpersisted {
+            number,
+            written,
+            messages: rd.take_persisted_messages(),
+            install,
+        });
+        if written {
+            let answer = self.commands.clone();
+            self.log.append_then(records, move |result| {
+                let _ = answer.send(Command::Persisted { number, result });
+            });
         }
-        let mut light = self.node.advance_append(rd);
-        if let Some(commit) = light.commit_index() {
-            store.wl().mut_hard_state().set_commit(commit);
-            self.shared
-                .raft
-                .commit_index
-                .store(commit, Ordering::Relaxed);
-        }
-        if !light.messages().is_empty() {
-            self.send(light.take_messages());
-        }
-        let committed = light.take_committed_entries();
-        if !committed.is_empty() {
-            let _ = self.apply.send(ApplyTask::Entries(committed));
+        self.node.advance_append_async(rd);
+        if !written {
+            self.on_persisted(0);
         }
         Ok(())
+    }
+
+    /// The Readies up to `number` are durable (and those after them that
+    /// wrote nothing are done as well): their held messages go out, a
+    /// leader's snapshot is installed, and raft hears of it.
+    fn on_persisted(&mut self, number: u64) {
+        let mut last = None;
+        while let Some(front) = self.unpersisted.front() {
+            if front.written && front.number > number {
+                break;
+            }
+            let Some(done) = self.unpersisted.pop_front() else {
+                break;
+            };
+            if !done.messages.is_empty() {
+                self.send(done.messages);
+            }
+            if let Some((index, term)) = done.install {
+                // Durable in the WAL; its database is installed by the
+                // apply thread, in order with the entries after it.
+                let _ = self.apply.send(ApplyTask::Install { index, term });
+            }
+            last = Some(done.number);
+        }
+        if let Some(n) = last {
+            self.node.on_persist_ready(n);
+        }
     }
 
     fn send(&mut self, msgs: Vec<Message>) {
