@@ -43,7 +43,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # ("etcd" or "kvserver", or the path of another kvserver binary) serving
 # clients over SCHEME (http, or https with --auto-tls); waits until it
 # takes a put. Sets $ep (host:port), $url, $pid and $tls (what
-# benches/clientv3 needs for it).
+# benches/clientv3 needs for it), and what restart_killed needs.
 start_member() {
   local server=$1 scheme=${2:-http} port peer dir
   port=$(free_port); peer=$(free_port); dir="$work/$(basename "$server")-$RANDOM"
@@ -59,10 +59,13 @@ start_member() {
     ctl=(--insecure-transport=false --insecure-skip-tls-verify)
   fi
   case "$server" in
-    etcd) etcd "${args[@]}" >"$dir.log" 2>&1 & ;;
-    kvserver) "$kvserver" "${args[@]}" >"$dir.log" 2>&1 & ;;
-    *) "$server" "${args[@]}" >"$dir.log" 2>&1 & ;;
+    etcd) member_bin=etcd ;;
+    kvserver) member_bin=$kvserver ;;
+    *) member_bin=$server ;;
   esac
+  member_args=("${args[@]}")
+  member_log="$dir.log"
+  "$member_bin" "${member_args[@]}" >>"$member_log" 2>&1 &
   pid=$!
   pids+=("$pid")
   for _ in $(seq 1 100); do
@@ -76,6 +79,33 @@ start_member() {
   echo "$server did not start; see $dir.log" >&2
   exit 1
 }
+
+# restart_killed: SIGKILLs the member started last and starts it again on
+# the same data; returns once /health says it is healthy. Sets $pid and
+# $restart_s (seconds from the new process's start to healthy).
+restart_killed() {
+  kill -9 "$pid"
+  wait "$pid" 2>/dev/null || true
+  unset 'pids[-1]'
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$member_bin" "${member_args[@]}" >>"$member_log" 2>&1 &
+  pid=$!
+  pids+=("$pid")
+  for _ in $(seq 1 3000); do
+    if curl -sfk "$url/health" 2>/dev/null | grep -q '"health":"true"'; then
+      t1=$(date +%s.%N)
+      restart_s=$(python3 -c "print($t1 - $t0)")
+      return
+    fi
+    sleep 0.02
+  done
+  echo "$member_bin did not become healthy after a restart; see $member_log" >&2
+  exit 1
+}
+
+# rss_mib PID: the resident memory of process PID, MiB.
+rss_mib() { awk '/^VmRSS:/ {print $2 / 1024}' "/proc/$1/status"; }
 
 # stop_last: stops the member started last.
 stop_last() {

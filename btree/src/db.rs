@@ -489,6 +489,24 @@ impl Db {
         }
     }
 
+    /// Lets go of this process's mapping of the file's pages after a walk
+    /// over all of them (rebuilding an index at open): they stay in the
+    /// kernel's page cache, and the next read of a page maps it again with
+    /// a minor fault, so the process's resident memory reflects the pages
+    /// it keeps using rather than every page it ever read.
+    pub fn release_mapped_pages(&self) -> Result<()> {
+        let snap = self.snapshot();
+        // SAFETY: the mapping is shared and read-only. MADV_DONTNEED on a
+        // shared file mapping drops page-table entries only; a later read
+        // faults the same bytes back in from the file, which this call does
+        // not change. Slices readers hold stay valid and read the same.
+        unsafe {
+            snap.map
+                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+        }
+        .map_err(|e| Error::io(&self.shared.path, "madvise", e))
+    }
+
     /// Whether commits exist that are not yet durable.
     pub fn has_unsynced_commits(&self) -> bool {
         let w = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner());

@@ -85,6 +85,9 @@ pub struct NotLive;
 impl KeyHistory {
     fn current(&mut self) -> &mut Generation {
         if self.generations.is_empty() {
+            // Most keys have one life and few changes kept: room for
+            // exactly what is there (a Vec's first growth is to four).
+            self.generations.reserve_exact(1);
             self.generations.push(Generation::default());
         }
         let last = self.generations.len() - 1;
@@ -95,6 +98,7 @@ impl KeyHistory {
         let g = self.current();
         if g.revs.is_empty() {
             g.created = rev;
+            g.revs.reserve_exact(1);
         }
         g.revs.push(rev);
         g.version += 1;
@@ -105,6 +109,7 @@ impl KeyHistory {
             return Err(NotLive);
         }
         self.put(rev);
+        self.generations.reserve_exact(1);
         self.generations.push(Generation::default());
         Ok(())
     }
@@ -260,6 +265,7 @@ impl KeyIndex {
         let g = h.current();
         g.created = created;
         g.version = version;
+        g.revs.reserve_exact(1);
         g.revs.push(modified);
     }
 

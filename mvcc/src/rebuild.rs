@@ -111,6 +111,10 @@ pub(crate) fn load(db: &Db) -> Result<Shared> {
         }
         (consistent_index, term, finished, scheduled)
     };
+    // The walk read every record once; the pages it mapped need not stay
+    // resident (they remain in the page cache). Advice the kernel refuses
+    // changes nothing but memory use.
+    let _ = db.release_mapped_pages();
     // A compaction scheduled but not finished before a crash: the index
     // was rebuilt from every record, so compact it again and let the
     // physical steps run to the end.

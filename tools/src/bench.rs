@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use serde_json::json;
 use server::pb::etcdserverpb::kv_client::KvClient;
 use server::pb::etcdserverpb::watch_client::WatchClient;
@@ -98,17 +99,36 @@ enum Load {
     Soak(crate::soak::SoakArgs),
 }
 
-/// Latencies (in microseconds) and failures of a run.
-#[derive(Default)]
+/// A latency histogram: 1 µs to 10 minutes, three significant digits.
+pub(crate) fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("constant bounds are valid")
+}
+
+/// Latencies (in microseconds, an HDR histogram to 3 significant digits)
+/// and failures of a run.
 struct Tally {
-    micros: Vec<u64>,
+    micros: Histogram<u64>,
     errors: u64,
     first_error: Option<String>,
 }
 
+impl Default for Tally {
+    fn default() -> Tally {
+        Tally {
+            micros: latency_histogram(),
+            errors: 0,
+            first_error: None,
+        }
+    }
+}
+
 impl Tally {
+    fn record(&mut self, micros: u64) {
+        self.micros.saturating_record(micros.max(1));
+    }
     fn merge(&mut self, other: Tally) {
-        self.micros.extend(other.micros);
+        // Both have the same bounds, and values were clamped to them.
+        let _ = self.micros.add(&other.micros);
         self.errors += other.errors;
         if self.first_error.is_none() {
             self.first_error = other.first_error;
@@ -259,7 +279,7 @@ async fn request_load(args: &BenchArgs, channels: &[Channel], op: Op) -> (Durati
                         .map(drop),
                 };
                 match result {
-                    Ok(()) => tally.micros.push(t0.elapsed().as_micros() as u64),
+                    Ok(()) => tally.record(t0.elapsed().as_micros() as u64),
                     Err(e) => tally.failed(format!("{:?}: {}", e.code(), e.message())),
                 }
                 bar.inc(1);
@@ -348,18 +368,17 @@ async fn watch_load(
                     let _ = ready_tx.send(()).await;
                 }
                 let now = epoch.elapsed().as_micros() as u64;
-                seen.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .micros
-                    .extend(r.events.iter().map(|ev| {
-                        let sent = ev
-                            .kv
-                            .as_ref()
-                            .and_then(|kv| kv.value.get(..8))
-                            .and_then(|b| b.try_into().ok())
-                            .map_or(now, u64::from_be_bytes);
-                        now.saturating_sub(sent)
-                    }));
+                let mut tally = seen.lock().unwrap_or_else(|e| e.into_inner());
+                for ev in &r.events {
+                    let sent = ev
+                        .kv
+                        .as_ref()
+                        .and_then(|kv| kv.value.get(..8))
+                        .and_then(|b| b.try_into().ok())
+                        .map_or(now, u64::from_be_bytes);
+                    tally.record(now.saturating_sub(sent));
+                }
+                drop(tally);
                 let n = r.events.len() as u64;
                 if received.fetch_add(n, Ordering::Relaxed) + n >= expected {
                     return;
@@ -407,7 +426,7 @@ async fn watch_load(
     for t in put_tasks {
         match t.await {
             Ok(t) => tally.merge(Tally {
-                micros: Vec::new(),
+                micros: latency_histogram(),
                 ..t
             }),
             Err(e) => tally.failed(e),
@@ -435,14 +454,6 @@ async fn watch_load(
     Ok((elapsed, tally))
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 fn ms(micros: u64) -> f64 {
     micros as f64 / 1000.0
 }
@@ -451,24 +462,19 @@ fn report(
     name: &str,
     args: &BenchArgs,
     elapsed: Duration,
-    mut tally: Tally,
+    tally: Tally,
     fmt: Format,
 ) -> Result<(), Failure> {
-    tally.micros.sort_unstable();
-    let n = tally.micros.len() as u64;
+    let h = &tally.micros;
+    let n = h.len();
     let secs = elapsed.as_secs_f64().max(1e-9);
     let throughput = n as f64 / secs;
-    let avg = if n == 0 {
-        0.0
-    } else {
-        tally.micros.iter().sum::<u64>() as f64 / n as f64 / 1000.0
-    };
+    let avg = if n == 0 { 0.0 } else { h.mean() / 1000.0 };
     let pct: Vec<(f64, u64)> = [50.0, 90.0, 99.0, 99.9]
         .iter()
-        .map(|p| (*p, percentile(&tally.micros, *p)))
+        .map(|p| (*p, if n == 0 { 0 } else { h.value_at_percentile(*p) }))
         .collect();
-    let max = tally.micros.last().copied().unwrap_or(0);
-    let min = tally.micros.first().copied().unwrap_or(0);
+    let (min, max) = if n == 0 { (0, 0) } else { (h.min(), h.max()) };
     let summary = json!({
         "bench": name,
         "endpoints": args.endpoints, "conns": args.conns, "clients": args.clients,
@@ -494,10 +500,17 @@ fn report(
         println!("Response time histogram (ms):");
         let buckets = 10u64;
         let width = (max - min).max(1).div_ceil(buckets);
-        let mut counts = vec![0u64; buckets as usize];
-        for &m in &tally.micros {
-            counts[(((m - min) / width) as usize).min(buckets as usize - 1)] += 1;
-        }
+        let counts: Vec<u64> = (0..buckets)
+            .map(|i| {
+                let low = min + width * i;
+                let high = if i + 1 == buckets {
+                    max
+                } else {
+                    low + width - 1
+                };
+                h.count_between(low, high)
+            })
+            .collect();
         let most = counts.iter().copied().max().unwrap_or(1).max(1);
         for (i, c) in counts.iter().enumerate() {
             let upper = min + width * (i as u64 + 1);

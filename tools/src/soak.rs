@@ -41,7 +41,7 @@ use server::pb::etcdserverpb::{
 };
 use tonic::transport::Channel;
 
-use crate::bench::{connect, key_for, BenchArgs};
+use crate::bench::{connect, key_for, latency_histogram, BenchArgs};
 use crate::output::{print_json, Format};
 use crate::Failure;
 
@@ -112,12 +112,6 @@ impl Load {
             *first = Some(format!("{what}: {:?}: {}", e.code(), e.message()));
         }
     }
-}
-
-fn histogram() -> Result<Histogram<u64>, Failure> {
-    // 1 µs to 10 minutes, three significant digits.
-    Histogram::new_with_bounds(1, 600_000_000, 3)
-        .map_err(|e| Failure::from(format!("latency histogram: {e}")))
 }
 
 /// What a watcher has seen.
@@ -216,8 +210,8 @@ async fn soak(bench: &BenchArgs, args: &SoakArgs, fmt: Format) -> Result<(), Fai
     let streams = start_watchers(&channels, args, start_rev, &seen, &watch_failure).await?;
 
     let load = Arc::new(Load {
-        window: Mutex::new(histogram()?),
-        whole: Mutex::new(histogram()?),
+        window: Mutex::new(latency_histogram()),
+        whole: Mutex::new(latency_histogram()),
         ok: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         first_error: Mutex::new(None),
@@ -265,7 +259,7 @@ async fn soak(bench: &BenchArgs, args: &SoakArgs, fmt: Format) -> Result<(), Fai
         }
         let h = std::mem::replace(
             &mut *load.window.lock().unwrap_or_else(|e| e.into_inner()),
-            histogram()?,
+            latency_histogram(),
         );
         let secs = window_start.elapsed().as_secs_f64().max(1e-9);
         let ok = load.ok.load(Ordering::Relaxed);

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::record::{roll, Frame, Record};
-use crate::segment::{list_segments, remove_leftovers, scan, sync_dir, SegmentEnd, SegmentName};
+use crate::segment::{
+    list_segments, remove_leftovers, scan_each, sync_dir, SegmentEnd, SegmentName,
+};
 use crate::{Entry, HardState, Metadata, Options, SnapshotMarker};
 
 /// What recovery found.
@@ -115,14 +117,17 @@ pub(crate) fn recover(
         .rposition(|s| s.first_index <= snap.index)
         .ok_or_else(not_found)?;
 
-    let mut metadata: Option<Metadata> = None;
-    let mut hard_state: Option<HardState> = None;
-    let mut entries: Vec<Entry> = Vec::new();
-    let mut last_index = 0;
-    let mut snapshot_found = snap.index == 0;
-    // Entries at or below `base` are covered by a snapshot.
-    let mut base = snap.index;
-    let mut latest_snapshot: Option<SnapshotRecord> = None;
+    let mut replay = Replay {
+        dir,
+        marker: snap,
+        metadata: None,
+        hard_state: None,
+        entries: Vec::new(),
+        last_index: 0,
+        snapshot_found: snap.index == 0,
+        base: snap.index,
+        latest_snapshot: None,
+    };
     let mut rolling: Option<u32> = None;
     let mut torn_tail = None;
     let mut repaired = None;
@@ -131,21 +136,58 @@ pub(crate) fn recover(
     while i < segs.len() {
         let seg = segs[i].clone();
         let is_last = i + 1 == segs.len();
-        let buf = std::fs::read(&seg.path).map_err(|e| Error::io(&seg.path, "read", e))?;
-        let sc = scan(&buf, seg.seq);
+        let map = map_segment(&seg.path)?;
+        let buf: &[u8] = map.as_deref().unwrap_or(&[]);
         let corrupt = |offset: u64, reason: String| Error::Corrupt {
             segment: seg.path.clone(),
             offset,
             reason,
         };
+        // Frames are taken one at a time as they are decoded (a segment's
+        // records are never all in memory at once); the first must be the
+        // segment's chain record, continuing the checksum chain.
+        let mut frames = 0usize;
+        let mut failed: Option<Error> = None;
+        let mut r = 0u32;
+        let end = scan_each(buf, seg.seq, |f| {
+            if failed.is_some() {
+                return;
+            }
+            frames += 1;
+            if frames == 1 {
+                match &f.frame {
+                    Frame::Chain(c) if c.seq == seg.seq => {
+                        if rolling.is_some_and(|prev| prev != c.prev_rolling) {
+                            failed = Some(Error::ChainBroken {
+                                segment: seg.path.clone(),
+                            });
+                            return;
+                        }
+                        r = c.prev_rolling;
+                    }
+                    _ => {
+                        failed = Some(corrupt(
+                            0,
+                            "segment does not start with its chain record".into(),
+                        ));
+                        return;
+                    }
+                }
+            }
+            r = roll(r, f.crc);
+            if let Frame::Record(rec) = f.frame {
+                if let Err(e) = replay.take(rec, &seg.path) {
+                    failed = Some(e);
+                }
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
 
         // A last segment with no intact frame at all was being created when
         // the process died (its first batch never became durable).
-        if sc.frames.is_empty()
-            && is_last
-            && i > start
-            && !matches!(sc.end, SegmentEnd::Corrupt { .. })
-        {
+        if frames == 0 && is_last && i > start && !matches!(end, SegmentEnd::Corrupt { .. }) {
             std::fs::remove_file(&seg.path).map_err(|e| Error::io(&seg.path, "remove", e))?;
             sync_dir(dir)?;
             segs.pop();
@@ -153,126 +195,26 @@ pub(crate) fn recover(
             // so `resume_offset` already points at the end of its data.
             break;
         }
-        let chain = match sc.frames.first().map(|f| &f.frame) {
-            Some(Frame::Chain(c)) if c.seq == seg.seq => *c,
-            Some(_) => {
-                return Err(corrupt(
-                    0,
-                    "segment does not start with its chain record".into(),
-                ))
-            }
-            None => {
-                return Err(corrupt(
-                    0,
-                    match &sc.end {
-                        SegmentEnd::Torn { reason, .. } | SegmentEnd::Corrupt { reason, .. } => {
-                            reason.clone()
-                        }
-                        SegmentEnd::Clean { .. } => "empty segment".into(),
-                    },
-                ))
-            }
-        };
-        match rolling {
-            Some(r) if r != chain.prev_rolling => {
-                return Err(Error::ChainBroken {
-                    segment: seg.path.clone(),
-                })
-            }
-            _ => {}
-        }
-        let mut r = chain.prev_rolling;
-        for f in &sc.frames {
-            r = roll(r, f.crc);
-            let Frame::Record(rec) = &f.frame else {
-                continue;
-            };
-            match rec {
-                Record::Metadata {
-                    member_id,
-                    cluster_id,
-                } => {
-                    let found = Metadata {
-                        member_id: *member_id,
-                        cluster_id: *cluster_id,
-                    };
-                    match metadata {
-                        None => metadata = Some(found),
-                        Some(m) if m != found => {
-                            return Err(Error::ClusterMismatch {
-                                segment: seg.path.clone(),
-                                member: m.member_id,
-                                cluster: m.cluster_id,
-                                found_member: found.member_id,
-                                found_cluster: found.cluster_id,
-                            })
-                        }
-                        Some(_) => {}
+        if frames == 0 {
+            return Err(corrupt(
+                0,
+                match &end {
+                    SegmentEnd::Torn { reason, .. } | SegmentEnd::Corrupt { reason, .. } => {
+                        reason.clone()
                     }
-                }
-                Record::Entry { index, term, data } => {
-                    last_index = *index;
-                    if *index <= base {
-                        continue;
-                    }
-                    if let Some(pos) = entries.iter().position(|e| e.index >= *index) {
-                        entries.truncate(pos);
-                    }
-                    let expected = entries.last().map_or(base + 1, |e| e.index + 1);
-                    if *index != expected {
-                        return Err(Error::EntryGap {
-                            segment: seg.path.clone(),
-                            last: expected - 1,
-                            index: *index,
-                        });
-                    }
-                    entries.push(Entry {
-                        index: *index,
-                        term: *term,
-                        data: data.clone(),
-                    });
-                }
-                Record::HardState { term, vote, commit } => {
-                    hard_state = Some(HardState {
-                        term: *term,
-                        vote: *vote,
-                        commit: *commit,
-                    })
-                }
-                Record::Snapshot {
-                    index,
-                    term,
-                    conf_state,
-                } => {
-                    if *index == snap.index {
-                        if *term != snap.term {
-                            return Err(Error::SnapshotMismatch {
-                                dir: dir.to_path_buf(),
-                                index: *index,
-                                term: snap.term,
-                                found: *term,
-                            });
-                        }
-                        snapshot_found = true;
-                    }
-                    // A snapshot at or after the marker rebases the log:
-                    // entries it covers go, and the next entry may follow
-                    // it with a gap (a follower that installed a leader's
-                    // snapshot continues from its index).
-                    if *index >= snap.index && *index >= base {
-                        base = *index;
-                        entries.retain(|e| e.index > base);
-                        latest_snapshot = Some(SnapshotRecord {
-                            index: *index,
-                            term: *term,
-                            conf_state: conf_state.clone(),
-                        });
-                    }
-                }
-            }
+                    SegmentEnd::Clean { .. } => "empty segment".into(),
+                },
+            ));
         }
         rolling = Some(r);
-        match sc.end {
+        // What a repair would drop, measured before anything is written to
+        // the file: the mapping is let go first.
+        let data_end = match end {
+            SegmentEnd::Clean { .. } => 0,
+            _ => last_nonzero(buf),
+        };
+        drop(map);
+        match end {
             SegmentEnd::Clean { offset } => resume_offset = offset,
             SegmentEnd::Torn { offset, .. } if is_last => {
                 zero_tail(&seg.path, offset)?;
@@ -289,7 +231,7 @@ pub(crate) fn recover(
                 }
                 zero_tail(&seg.path, offset)?;
                 sync_dir(dir)?;
-                let dropped_bytes = last_nonzero(&buf).saturating_sub(offset);
+                let dropped_bytes = data_end.saturating_sub(offset);
                 repaired = Some(Repair {
                     segment: seg.path.clone(),
                     offset,
@@ -303,6 +245,15 @@ pub(crate) fn recover(
         }
         i += 1;
     }
+    let Replay {
+        metadata,
+        hard_state,
+        entries,
+        last_index,
+        snapshot_found,
+        latest_snapshot,
+        ..
+    } = replay;
     if !snapshot_found {
         return Err(not_found());
     }
@@ -337,6 +288,127 @@ pub(crate) fn recover(
         },
         resume,
     ))
+}
+
+/// Maps segment `path` to read it (None when it is empty): its pages come
+/// from the page cache and go with the mapping, instead of a heap buffer
+/// the size of the segment.
+fn map_segment(path: &Path) -> Result<Option<memmap2::Mmap>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(path, "stat", e))?
+        .len();
+    if len == 0 {
+        return Ok(None);
+    }
+    // SAFETY: the mapping is read-only and private, and nothing changes
+    // the file while it lives: the log's directory belongs to this process
+    // (the data dir is locked by its owner), no writer thread runs during
+    // recovery, and recovery itself writes to a segment (zeroing a tail)
+    // only after dropping its mapping (removing one leaves what a mapping
+    // reads unchanged).
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, "map", e))?;
+    Ok(Some(map))
+}
+
+/// What recovery has gathered from the records read so far.
+struct Replay<'a> {
+    dir: &'a Path,
+    marker: SnapshotMarker,
+    metadata: Option<Metadata>,
+    hard_state: Option<HardState>,
+    entries: Vec<Entry>,
+    last_index: u64,
+    snapshot_found: bool,
+    /// Entries at or below it are covered by a snapshot.
+    base: u64,
+    latest_snapshot: Option<SnapshotRecord>,
+}
+
+impl Replay<'_> {
+    /// Takes the next record, read from `segment`.
+    fn take(&mut self, rec: Record, segment: &Path) -> Result<()> {
+        match rec {
+            Record::Metadata {
+                member_id,
+                cluster_id,
+            } => {
+                let found = Metadata {
+                    member_id,
+                    cluster_id,
+                };
+                match self.metadata {
+                    None => self.metadata = Some(found),
+                    Some(m) if m != found => {
+                        return Err(Error::ClusterMismatch {
+                            segment: segment.to_path_buf(),
+                            member: m.member_id,
+                            cluster: m.cluster_id,
+                            found_member: found.member_id,
+                            found_cluster: found.cluster_id,
+                        })
+                    }
+                    Some(_) => {}
+                }
+            }
+            Record::Entry { index, term, data } => {
+                self.last_index = index;
+                if index <= self.base {
+                    return Ok(());
+                }
+                // A later entry reusing an index replaces it and all after
+                // it (entries are in index order: a binary search).
+                if self.entries.last().is_some_and(|e| e.index >= index) {
+                    let pos = self.entries.partition_point(|e| e.index < index);
+                    self.entries.truncate(pos);
+                }
+                let expected = self.entries.last().map_or(self.base + 1, |e| e.index + 1);
+                if index != expected {
+                    return Err(Error::EntryGap {
+                        segment: segment.to_path_buf(),
+                        last: expected - 1,
+                        index,
+                    });
+                }
+                self.entries.push(Entry { index, term, data });
+            }
+            Record::HardState { term, vote, commit } => {
+                self.hard_state = Some(HardState { term, vote, commit })
+            }
+            Record::Snapshot {
+                index,
+                term,
+                conf_state,
+            } => {
+                if index == self.marker.index {
+                    if term != self.marker.term {
+                        return Err(Error::SnapshotMismatch {
+                            dir: self.dir.to_path_buf(),
+                            index,
+                            term: self.marker.term,
+                            found: term,
+                        });
+                    }
+                    self.snapshot_found = true;
+                }
+                // A snapshot at or after the marker rebases the log:
+                // entries it covers go, and the next entry may follow it
+                // with a gap (a follower that installed a leader's
+                // snapshot continues from its index).
+                if index >= self.marker.index && index >= self.base {
+                    self.base = index;
+                    self.entries.retain(|e| e.index > index);
+                    self.latest_snapshot = Some(SnapshotRecord {
+                        index,
+                        term,
+                        conf_state,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn last_nonzero(buf: &[u8]) -> u64 {

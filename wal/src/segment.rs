@@ -163,10 +163,18 @@ pub struct Scan {
     pub end: SegmentEnd,
 }
 
-/// Scans segment `seq` held in `buf`.
+/// Scans segment `seq` held in `buf`, keeping every frame.
 pub fn scan(buf: &[u8], seq: u64) -> Scan {
-    let seed = segment_seed(seq);
     let mut frames = Vec::new();
+    let end = scan_each(buf, seq, |f| frames.push(f));
+    Scan { frames, end }
+}
+
+/// Scans segment `seq` held in `buf`, handing each intact frame to `visit`
+/// in order as it is decoded (recovery keeps only what it needs), and
+/// says how the segment ends.
+pub fn scan_each(buf: &[u8], seq: u64, mut visit: impl FnMut(ScannedFrame)) -> SegmentEnd {
+    let seed = segment_seed(seq);
     let mut at = 0usize;
     // Where the batch of the last intact frame began, and where that
     // frame ended.
@@ -191,7 +199,7 @@ pub fn scan(buf: &[u8], seq: u64) -> Scan {
                         || p.prev_end != data_end as u64
                         || p.prev_start != batch_start as u64);
                 if !misplaced {
-                    frames.push(ScannedFrame {
+                    visit(ScannedFrame {
                         offset: at as u64,
                         frame,
                         crc,
@@ -205,10 +213,7 @@ pub fn scan(buf: &[u8], seq: u64) -> Scan {
             }
             Decoded::End => {
                 if buf[at.min(buf.len())..].iter().all(|&b| b == 0) {
-                    return Scan {
-                        frames,
-                        end: SegmentEnd::Clean { offset: at as u64 },
-                    };
+                    return SegmentEnd::Clean { offset: at as u64 };
                 }
                 "zeros followed by data".to_string()
             }
@@ -220,7 +225,7 @@ pub fn scan(buf: &[u8], seq: u64) -> Scan {
                 continue;
             }
         }
-        let end = if acknowledged_data_follows(buf, at, seed) {
+        return if acknowledged_data_follows(buf, at, seed) {
             SegmentEnd::Corrupt {
                 offset: at as u64,
                 reason,
@@ -231,7 +236,6 @@ pub fn scan(buf: &[u8], seq: u64) -> Scan {
                 reason,
             }
         };
-        return Scan { frames, end };
     }
 }
 

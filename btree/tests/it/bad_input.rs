@@ -38,7 +38,17 @@ fn a_different_page_size_is_refused() {
         )
         .unwrap(),
     );
-    let err = Db::open(&path).unwrap_err();
+    // (A process another test spawns may share the file's lock briefly,
+    // between its fork and exec: wait that out, bounded.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let err = loop {
+        match Db::open(&path) {
+            Err(Error::Locked(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            other => break other.unwrap_err(),
+        }
+    };
     assert!(
         matches!(
             err,
