@@ -207,12 +207,14 @@ pub(crate) fn recover(
             ));
         }
         rolling = Some(r);
-        // What a repair would drop, measured before anything is written to
-        // the file: the mapping is let go first.
-        let data_end = match end {
-            SegmentEnd::Clean { .. } => 0,
-            _ => last_nonzero(buf),
+        // What a repair drops, measured (only when one will run) before
+        // anything is written to the file: the mapping is let go first.
+        let repairs = match end {
+            SegmentEnd::Clean { .. } => false,
+            SegmentEnd::Torn { .. } if is_last => false,
+            _ => opts.repair,
         };
+        let data_end = if repairs { last_nonzero(buf) } else { 0 };
         drop(map);
         match end {
             SegmentEnd::Clean { offset } => resume_offset = offset,
