@@ -12,12 +12,14 @@ use crate::store::Store;
 const HASH_INDEX_STEP: usize = 10_000;
 
 impl Store {
-    /// etcd's HashKV: a crc32 (Castagnoli) of the `key` bucket's records up
-    /// to `rev` (0: the current revision), counting at or below the
-    /// compacted revision only the records a compaction there keeps, so
-    /// the value is the same before and after the compaction runs and on
-    /// every member holding the same history. Returns (hash, current
-    /// revision, compacted revision).
+    /// etcd's HashKV as etcd 3.4 computes it: a crc32 (Castagnoli) of the
+    /// bucket's name and then the `key` bucket's records up to `rev` (0: the
+    /// current revision), counting at or below the compacted revision only
+    /// the records a compaction at `rev` would keep (each key's newest
+    /// revision at or below `rev`, unless a tombstone). The value is the
+    /// same before and after a compaction's records are removed, on every
+    /// member holding the same history, and on etcd holding it. Returns
+    /// (hash, current revision, compacted revision).
     pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64)> {
         let (current, compacted, keep, rx) = self.kept_for_hash(rev)?;
         let upto = if rev <= 0 { current } else { rev };
@@ -37,7 +39,7 @@ impl Store {
     }
 
     /// What HashKV needs from one moment: the current and compacted
-    /// revisions, the records a compaction at the compacted revision keeps,
+    /// revisions, the records a compaction at the hashed revision keeps,
     /// and a snapshot of the B+tree. The index is walked in steps, the
     /// store's lock released between them; a compaction landing meanwhile
     /// changes what is kept, so the walk starts over (and after a few
@@ -51,7 +53,7 @@ impl Store {
                 usize::MAX
             };
             attempt += 1;
-            let (current, compacted, rx, mut kept, mut after) = {
+            let (current, compacted, at, rx, mut kept, mut after) = {
                 let s = self.read_shared();
                 if rev > 0 && rev <= s.compacted {
                     return Err(Error::Compacted);
@@ -59,9 +61,17 @@ impl Store {
                 if rev > s.current {
                     return Err(Error::FutureRevision);
                 }
+                let at = if rev <= 0 { s.current } else { rev };
                 let mut kept = HashSet::new();
-                let after = s.index.kept_at_step(s.compacted, None, step, &mut kept);
-                (s.current, s.compacted, self.db.begin_read(), kept, after)
+                let after = s.index.kept_at_step(at, None, step, &mut kept);
+                (
+                    s.current,
+                    s.compacted,
+                    at,
+                    self.db.begin_read(),
+                    kept,
+                    after,
+                )
             };
             let mut stale = false;
             while let Some(from) = after.take() {
@@ -70,9 +80,7 @@ impl Store {
                     stale = true;
                     break;
                 }
-                after = s
-                    .index
-                    .kept_at_step(compacted, Some(&from), step, &mut kept);
+                after = s.index.kept_at_step(at, Some(&from), step, &mut kept);
             }
             if !stale {
                 return Ok((current, compacted, kept, rx));

@@ -516,6 +516,44 @@ fn hashes_agree_between_stores_with_the_same_history() {
     assert_ne!(a.hash_kv(0).unwrap().0, b.hash_kv(0).unwrap().0);
 }
 
+/// The values etcd 3.4.23 printed (`etcdctl endpoint hashkv --rev R`) for
+/// this history: put foo a, put foo b, put bar c, del foo, put baz d,
+/// put foo e, put bar f (revisions 2 to 8), then `compact 5`.
+#[test]
+fn hash_kv_equals_what_etcd_prints_for_the_same_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path().join("kv.db")).unwrap();
+    for (k, v) in [("foo", "a"), ("foo", "b"), ("bar", "c")] {
+        put(&s, k, v);
+    }
+    let mut a = s.apply().unwrap();
+    a.delete_range(b"foo", b"", false).unwrap();
+    a.commit(5).unwrap();
+    for (k, v) in [("baz", "d"), ("foo", "e"), ("bar", "f")] {
+        put(&s, k, v);
+    }
+    let mut a = s.apply().unwrap();
+    a.compact(5).unwrap();
+    a.commit(9).unwrap();
+    let etcd = [
+        (0, 4110620208u32),
+        (8, 4110620208),
+        (6, 1871049446),
+        (7, 3397066513),
+    ];
+    for (rev, want) in etcd {
+        assert_eq!(
+            s.hash_kv(rev).unwrap(),
+            (want, 8, 5),
+            "before the records go, at {rev}"
+        );
+    }
+    s.finish_compaction().unwrap();
+    for (rev, want) in etcd {
+        assert_eq!(s.hash_kv(rev).unwrap(), (want, 8, 5), "after, at {rev}");
+    }
+}
+
 #[test]
 fn leases_attach_keys_and_revoking_deletes_them_in_one_revision() {
     let dir = tempfile::tempdir().unwrap();
