@@ -28,10 +28,11 @@ if ! command -v protoc >/dev/null 2>&1; then
   # compiles etcd's protos with protoc (building kvserver itself does not).
   apt-get update -qq && apt-get install -y -qq protobuf-compiler libprotobuf-dev
 fi
-if ! command -v etcdctl >/dev/null 2>&1; then
+if ! command -v etcdctl >/dev/null 2>&1 || ! command -v etcd >/dev/null 2>&1; then
   # The server's cluster tests and the conformance suite drive the real
-  # etcdctl 3.4.
-  apt-get update -qq && apt-get install -y -qq etcd-client
+  # etcdctl 3.4; the HTTP comparisons and kvtool's migration tests run the
+  # real etcd 3.4.
+  apt-get update -qq && apt-get install -y -qq etcd-client etcd-server
 fi
 cargo --version
 
@@ -138,7 +139,7 @@ fi
 tail -1 "$fuzz_log"
 fuzz_secs=${FUZZ_SECONDS:-45}
 scratch=$(mktemp -d)
-targets=(btree_ops wal_recovery grpc_requests mvcc_model)
+targets=(btree_ops wal_recovery grpc_requests mvcc_model etcd_bbolt)
 # Two targets at a time (libFuzzer runs on one core; the machine has two).
 fuzz_one() {
   mkdir -p "$scratch/$1"

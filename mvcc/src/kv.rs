@@ -36,6 +36,8 @@ pub struct KeyValueHead {
     pub key: Vec<u8>,
     #[prost(int64, tag = "2")]
     pub create_revision: i64,
+    #[prost(int64, tag = "3")]
+    pub mod_revision: i64,
     #[prost(int64, tag = "4")]
     pub version: i64,
     #[prost(int64, tag = "6")]

@@ -21,6 +21,9 @@
 //! - [`lease`]: leases (grant, revoke deleting attached keys in one
 //!   revision, attach and detach on put, keep-alive, expiry, persistence).
 //!
+//! - [`import`]: a new store file written from another store's records
+//!   (etcd's backend shares the layout; `kvtool migrate`).
+//!
 //! - [`watch`]: watches from now or from the past, with no gap and no
 //!   duplicate, that never let a slow consumer hold up writes (synced /
 //!   unsynced / victim sets, as in etcd).
@@ -37,6 +40,7 @@ pub mod compact;
 pub mod error;
 pub mod hash;
 pub mod history;
+pub mod import;
 pub mod index;
 pub mod kv;
 pub mod lease;
@@ -54,6 +58,7 @@ pub use apply::{Apply, DeleteResult, PutRequest, PutResult};
 pub use buckets::AuthBucket;
 pub use error::{Error, Result};
 pub use history::{Event, EventKind};
+pub use import::{Import, ImportCounts, ImportMeta};
 pub use index::{KeyAt, KeyIndex, NotLive, RangeEnd, RangeWalk};
 pub use kv::KeyValue;
 pub use range::{RangeRequest, RangeResult, SortOrder, SortTarget};

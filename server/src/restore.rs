@@ -109,10 +109,26 @@ fn write_synced(dest: &Path, bytes: &[u8]) -> Result<(), RestoreError> {
         .map_err(io(dest, "write"))
 }
 
+/// What a new data directory's database is made from.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// A snapshot file (a database, optionally followed by its SHA-256).
+    Snapshot(&'a Path),
+    /// A database file, copied as it is (`kvtool migrate` builds one).
+    Database(&'a Path),
+}
+
 /// Creates `cfg.data_dir()` for member `cfg.name` of the cluster
 /// `cfg.initial_cluster` from `snapshot`. The data directory must not exist
 /// yet (or be empty).
 pub fn restore(cfg: &Config, snapshot: &Path) -> Result<Restored, RestoreError> {
+    restore_from(cfg, Source::Snapshot(snapshot))
+}
+
+/// [`restore`] from `source`. The data directory is written beside its
+/// final place and renamed there once complete, so a failure at any point
+/// leaves no data directory at all.
+pub fn restore_from(cfg: &Config, source: Source<'_>) -> Result<Restored, RestoreError> {
     let data_dir = cfg.data_dir();
     if data_dir.exists() {
         let empty = std::fs::read_dir(&data_dir)
@@ -123,22 +139,57 @@ pub fn restore(cfg: &Config, snapshot: &Path) -> Result<Restored, RestoreError> 
         }
     }
     let initial = initial_cluster(cfg)?;
+    let parent = match data_dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    crate::datadir::create_dir_synced(&parent)?;
+    let file_name = data_dir
+        .file_name()
+        .map_or_else(|| "data".into(), |n| n.to_string_lossy().into_owned());
+    let scratch = parent.join(format!(".{file_name}.restoring-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
     let made = restore_into(
-        snapshot,
-        &data_dir,
+        source,
+        &scratch,
         &initial.members,
         &initial.me,
         initial.cluster_id,
-    );
+    )
+    .and_then(|r| {
+        if data_dir.exists() {
+            std::fs::remove_dir(&data_dir).map_err(io(&data_dir, "remove the empty directory"))?;
+        }
+        std::fs::rename(&scratch, &data_dir).map_err(io(&data_dir, "rename into place"))?;
+        std::fs::File::open(&parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&parent, "fsync"))?;
+        Ok(Restored {
+            data_dir: data_dir.clone(),
+            ..r
+        })
+    });
     if made.is_err() {
         // Leave nothing half made behind.
-        let _ = std::fs::remove_dir_all(&data_dir);
+        let _ = std::fs::remove_dir_all(&scratch);
     }
     made
 }
 
+/// Copies a database file to `dest`, fsynced.
+fn copy_database(src: &Path, dest: &Path) -> Result<(), RestoreError> {
+    let mut from = std::fs::File::open(src).map_err(io(src, "open"))?;
+    let mut to = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)
+        .map_err(io(dest, "create"))?;
+    std::io::copy(&mut from, &mut to).map_err(io(dest, "write"))?;
+    to.sync_all().map_err(io(dest, "fsync"))
+}
+
 fn restore_into(
-    snapshot: &Path,
+    source: Source<'_>,
     data_dir: &Path,
     members: &[Member],
     me: &Member,
@@ -148,7 +199,13 @@ fn restore_into(
     let snap_dir = crate::datadir::snap_dir(&data_dir);
     crate::datadir::create_dir_synced(&snap_dir)?;
     let db = db_path(&data_dir);
-    let hash_checked = extract_database(snapshot, &db)?;
+    let hash_checked = match source {
+        Source::Snapshot(snapshot) => extract_database(snapshot, &db)?,
+        Source::Database(file) => {
+            copy_database(file, &db)?;
+            false
+        }
+    };
 
     // Reading the database through the store checks that it is one, and
     // gives the point the new raft log starts from.

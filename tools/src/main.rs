@@ -1,8 +1,9 @@
 //! kvtool: what an operator of kvserver reaches for.
 //!
 //! Offline commands read a member's files directly and never change one
-//! unless the command says so (`defrag`, `snapshot restore`): `inspect db`,
-//! `check db`, `defrag`, `wal dump`, `snapshot status`. Online commands
+//! unless the command says so (`defrag`, `snapshot restore`, `migrate`):
+//! `inspect db`, `check db`, `defrag`, `wal dump`, `snapshot status`, and
+//! `migrate from-etcd`, which reads etcd's own database files. Online commands
 //! speak the plain etcd v3 gRPC API, so they work against real etcd too:
 //! `snapshot save` and `bench`.
 //!
@@ -13,6 +14,7 @@
 
 mod bench;
 mod db;
+mod migrate;
 mod output;
 mod snapshot;
 mod soak;
@@ -74,6 +76,18 @@ enum Command {
     },
     /// Load generator for the etcd v3 API (kvserver or etcd).
     Bench(bench::BenchArgs),
+    /// Move to kvserver from another store, history included.
+    Migrate {
+        #[command(subcommand)]
+        what: MigrateWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum MigrateWhat {
+    /// New kvserver data directories from an etcd 3.x data directory or
+    /// snapshot file: every revision, leases, users and roles.
+    FromEtcd(migrate::FromEtcdArgs),
 }
 
 #[derive(Subcommand)]
@@ -144,6 +158,9 @@ fn main() -> ExitCode {
             SnapshotWhat::Restore(args) => snapshot::restore(&args, fmt),
         },
         Command::Bench(args) => bench::run(&args, fmt),
+        Command::Migrate {
+            what: MigrateWhat::FromEtcd(args),
+        } => migrate::from_etcd(&args, fmt),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

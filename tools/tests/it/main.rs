@@ -6,7 +6,9 @@
 //! member runs).
 
 mod bench;
+mod bolt_file;
 mod db;
+mod migrate;
 mod snapshot;
 mod waldump;
 
