@@ -25,7 +25,7 @@ use crate::revision::Revision;
 use crate::store::Store;
 
 /// Bytes of records buffered before they are written in one transaction.
-const BATCH_BYTES: usize = 32 << 20;
+const BATCH_BYTES: usize = 8 << 20;
 
 /// The store's own state, written by [`Import::finish`].
 #[derive(Debug, Clone, Copy, Default)]

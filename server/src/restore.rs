@@ -116,6 +116,9 @@ pub enum Source<'a> {
     Snapshot(&'a Path),
     /// A database file, copied as it is (`kvtool migrate` builds one).
     Database(&'a Path),
+    /// A database file moved into the data directory (it must be on the
+    /// same file system).
+    MoveDatabase(&'a Path),
 }
 
 /// Creates `cfg.data_dir()` for member `cfg.name` of the cluster
@@ -203,6 +206,10 @@ fn restore_into(
         Source::Snapshot(snapshot) => extract_database(snapshot, &db)?,
         Source::Database(file) => {
             copy_database(file, &db)?;
+            false
+        }
+        Source::MoveDatabase(file) => {
+            std::fs::rename(file, &db).map_err(io(&db, "move the database here"))?;
             false
         }
     };

@@ -164,6 +164,9 @@ fn lock_shared(file: &std::fs::File, path: &Path) -> Result<(), String> {
     }
 }
 
+/// Bytes of etcd's database read between releases of its mapped pages.
+const RELEASE_EVERY: u64 = 64 << 20;
+
 /// A directory removed when dropped.
 struct Scratch(PathBuf);
 
@@ -193,10 +196,12 @@ fn copy_records(
     etcd: &EtcdBackend<'_>,
     import: &mut mvcc::Import,
     bar: &indicatif::ProgressBar,
+    release_pages: &dyn Fn(),
 ) -> Result<Found, String> {
     use server::pb::authpb;
     let mut found = Found::default();
     let mut read_before = 0;
+    let mut released_at = 0;
     for name in etcd.bucket_names() {
         let mut entries = etcd
             .entries(name.as_bytes())
@@ -205,9 +210,15 @@ fn copy_records(
         while let Some(e) = entries.next() {
             let e = e.map_err(|e| e.to_string())?;
             n += 1;
-            if n.is_multiple_of(4096) {
-                bar.set_position(read_before + entries.bytes_read());
+            if n.is_multiple_of(1024) {
+                let read = read_before + entries.bytes_read();
+                bar.set_position(read);
                 bar.set_message(format!("{} revisions", import.counts().revisions));
+                // Pages read once need not stay resident.
+                if read - released_at >= RELEASE_EVERY {
+                    release_pages();
+                    released_at = read;
+                }
             }
             let known = matches!(
                 name.as_str(),
@@ -327,7 +338,15 @@ pub fn from_etcd(args: &FromEtcdArgs, fmt: Format) -> Result<(), Failure> {
 
     let bar = progress(etcd.bolt.size(), "reading etcd's database");
     let mut import = mvcc::Import::create(&new_db)?;
-    let found = copy_records(&etcd, &mut import, &bar).map_err(|e| {
+    let release = || {
+        // SAFETY: the map is a read-only view of a file nothing here
+        // writes (and etcd cannot while the lock is held); dropping its
+        // pages only makes later reads fault them in again from the page
+        // cache with the same contents, so the slices borrowed from it stay
+        // valid.
+        let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+    };
+    let found = copy_records(&etcd, &mut import, &bar, &release).map_err(|e| {
         bar.finish_and_clear();
         format!("{}: {e}", db_path.display())
     })?;
@@ -355,7 +374,7 @@ pub fn from_etcd(args: &FromEtcdArgs, fmt: Format) -> Result<(), Failure> {
     drop(file);
 
     let mut written = Vec::new();
-    for t in &targets {
+    for (i, t) in targets.iter().enumerate() {
         use clap::Parser;
         let cfg = server::config::Config::try_parse_from([
             "kvserver".to_string(),
@@ -370,7 +389,13 @@ pub fn from_etcd(args: &FromEtcdArgs, fmt: Format) -> Result<(), Failure> {
             "--initial-advertise-peer-urls".into(),
             t.peer_urls.clone(),
         ])?;
-        let r = server::restore::restore_from(&cfg, server::restore::Source::Database(&new_db));
+        // The last member takes the new database itself, the others a copy.
+        let source = if i + 1 == targets.len() {
+            server::restore::Source::MoveDatabase(&new_db)
+        } else {
+            server::restore::Source::Database(&new_db)
+        };
+        let r = server::restore::restore_from(&cfg, source);
         match r {
             Ok(r) => written.push(r),
             Err(e) => {
