@@ -17,6 +17,10 @@ use crate::lease::{LeaseRecord, Lessor};
 use crate::revision::Revision;
 use crate::store::Shared;
 
+/// Bytes of records the index rebuild walks between releases of the
+/// pages it mapped.
+const RELEASE_EVERY: usize = 64 << 20;
+
 /// Reads a store's state from its database: creates missing buckets,
 /// rebuilds the key index and the leases, and picks up an unfinished
 /// compaction.
@@ -51,8 +55,19 @@ pub(crate) fn load(db: &Db) -> Result<Shared> {
         let finished = be_u64(meta.get(COMPACTED_REVISION)?) as i64;
         let scheduled = be_u64(meta.get(SCHEDULED_COMPACTION)?) as i64;
         let keys = rx.open_bucket(KEY_BUCKET)?;
+        let mut walked = 0usize;
         for item in keys.range(b"", None) {
             let (k, v) = item?;
+            // The walk reads each record once: the pages it mapped (the
+            // kernel maps pages around each one touched, so a large
+            // value's whole run) are let go of as it goes, not only at
+            // the end, so resident memory stays bounded whatever the
+            // file's size. They stay in the page cache.
+            walked += k.len() + v.len();
+            if walked >= RELEASE_EVERY {
+                walked = 0;
+                let _ = db.release_mapped_pages();
+            }
             let Some((rev, tombstone)) = Revision::from_key(k) else {
                 return Err(Error::Corrupt {
                     rev: Revision::default(),

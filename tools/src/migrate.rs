@@ -167,6 +167,22 @@ fn lock_shared(file: &std::fs::File, path: &Path) -> Result<(), String> {
 /// Bytes of etcd's database read between releases of its mapped pages.
 const RELEASE_EVERY: u64 = 64 << 20;
 
+/// Drops the pages of etcd's database this process has read from its
+/// resident memory (they stay in the page cache).
+fn release_pages(map: &memmap2::Mmap) {
+    // SAFETY: the map is a read-only view of a file nothing here writes
+    // (and etcd cannot while the lock is held); dropping its pages only
+    // makes later reads fault them in again from the page cache with the
+    // same contents, so the slices borrowed from it stay valid.
+    let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+}
+
+/// [`release_pages`] for `len` bytes at `offset`.
+fn release_range(map: &memmap2::Mmap, offset: usize, len: usize) {
+    // SAFETY: as for `release_pages`.
+    let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len) };
+}
+
 /// A directory removed when dropped.
 struct Scratch(PathBuf);
 
@@ -312,7 +328,13 @@ pub fn from_etcd(args: &FromEtcdArgs, fmt: Format) -> Result<(), Failure> {
     let mut hash_checked = false;
     if !is_data_dir && data.len() as u64 % page_size == 32 {
         let (db, sum) = data.split_at(data.len() - 32);
-        if Sha256::digest(db).as_slice() != sum {
+        // In steps, each step's pages let go of once hashed.
+        let mut hasher = Sha256::new();
+        for (i, chunk) in db.chunks(RELEASE_EVERY as usize).enumerate() {
+            hasher.update(chunk);
+            release_range(&map, i * RELEASE_EVERY as usize, chunk.len());
+        }
+        if hasher.finalize().as_slice() != sum {
             return Err(format!(
                 "{}: the SHA-256 at the end of the snapshot does not match its contents",
                 db_path.display()
@@ -338,14 +360,7 @@ pub fn from_etcd(args: &FromEtcdArgs, fmt: Format) -> Result<(), Failure> {
 
     let bar = progress(etcd.bolt.size(), "reading etcd's database");
     let mut import = mvcc::Import::create(&new_db)?;
-    let release = || {
-        // SAFETY: the map is a read-only view of a file nothing here
-        // writes (and etcd cannot while the lock is held); dropping its
-        // pages only makes later reads fault them in again from the page
-        // cache with the same contents, so the slices borrowed from it stay
-        // valid.
-        let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
-    };
+    let release = || release_pages(&map);
     let found = copy_records(&etcd, &mut import, &bar, &release).map_err(|e| {
         bar.finish_and_clear();
         format!("{}: {e}", db_path.display())

@@ -69,6 +69,13 @@ fn the_bbolt_reader_walks_branch_overflow_and_inline_pages() {
     );
     assert!(db.bucket(b"none").unwrap().is_none());
 
+    // A torn meta 0: meta 1 (the older transaction) is used.
+    let mut torn = layered_file();
+    torn[16 + 48] ^= 1;
+    let db = Bbolt::open(&torn).unwrap();
+    assert_eq!((db.meta().page, db.meta().txid), (1, 3));
+    assert_eq!(db.entries(db.bucket(b"big").unwrap().unwrap()).count(), 90);
+
     // A child past the end of the database, and a page reached twice.
     let mut bad = layered_file();
     let child = 4 * bolt_file::PS + 16 + 16 + 8;
