@@ -1,5 +1,6 @@
 //! Integration tests of the mvcc crate, one binary with a module per area.
 
+mod import;
 mod index_model;
 mod install;
 mod long_reads;
