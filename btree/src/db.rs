@@ -150,6 +150,11 @@ pub(crate) fn sync_parent_dir(path: &Path) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
+    fail::fail_point!("btree::fsync_dir", |_| Err(Error::io(
+        dir,
+        "fsync directory",
+        std::io::Error::from_raw_os_error(libc::EIO)
+    )));
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(dir, "fsync directory", e))

@@ -75,6 +75,7 @@ impl Store {
             };
             let mut stale = false;
             while let Some(from) = after.take() {
+                fail::fail_point!("mvcc::hash_step");
                 let s = self.read_shared();
                 if s.compacted != compacted {
                     stale = true;

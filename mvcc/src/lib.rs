@@ -68,5 +68,5 @@ pub use store::{Limits, Store};
 pub use txn::{
     Compare, CompareResult, CompareTarget, RequestOp, ResponseOp, TxnRequest, TxnResult,
 };
-pub use watch::{WatchError, WatchRequest, WatchResponse};
+pub use watch::{WatchError, WatchRequest, WatchResponse, MAX_WATCHERS_PER_STREAM};
 pub use watch_stream::{spawn_watch_syncer, WatchStream, WatchSyncer};

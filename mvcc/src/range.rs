@@ -174,6 +174,7 @@ impl Store {
             (at, s.current, self.db.begin_read(), walk, done)
         };
         while !done {
+            fail::fail_point!("mvcc::range_step");
             let s = self.read_shared();
             // A compaction past `at` between steps has taken revisions
             // the rest of the walk needs from the index.

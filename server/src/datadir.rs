@@ -86,6 +86,9 @@ pub fn sync_parent(path: &Path) -> Result<(), DataDirError> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
+    fail::fail_point!("datadir::fsync_dir", |_| Err(
+        io(parent, "fsync directory")(std::io::Error::from_raw_os_error(libc::EIO))
+    ));
     std::fs::File::open(parent)
         .and_then(|d| d.sync_all())
         .map_err(io(parent, "fsync directory"))

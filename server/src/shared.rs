@@ -40,6 +40,8 @@ pub struct RaftStatus {
     pub lease_term: AtomicU64,
     /// The term of the last entry applied.
     pub applied_term: AtomicU64,
+    /// Entries raft holds in memory (its log since the last trim).
+    pub log_entries: AtomicU64,
 }
 
 /// Handlers waiting for their proposal to be applied, by request ID (the

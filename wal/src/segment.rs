@@ -72,6 +72,11 @@ pub fn remove_leftovers(dir: &Path) -> Result<()> {
 }
 
 pub fn sync_dir(dir: &Path) -> Result<()> {
+    fail::fail_point!("wal::fsync_dir", |arg| Err(Error::io(
+        dir,
+        "fsync directory",
+        crate::injected(arg)
+    )));
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(dir, "fsync directory", e))

@@ -6,6 +6,14 @@ use std::sync::Arc;
 
 use mvcc::{Error, PutRequest, RangeRequest, Store};
 
+/// Held by each test here: a failpoint one arms must meet only its own
+/// walks.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn put_batch(s: &Store, keys: impl Iterator<Item = String>) {
     let mut a = s.apply().unwrap();
     for k in keys {
@@ -32,6 +40,7 @@ fn everything(rev: i64, count_only: bool) -> RangeRequest {
 
 #[test]
 fn a_range_over_many_keys_is_one_revision_while_writes_go_on() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let s = Arc::new(crate::open_store(&dir.path().join("kv.db")));
     // 35,000 keys: several steps of the index walk.
@@ -85,6 +94,7 @@ fn a_range_over_many_keys_is_one_revision_while_writes_go_on() {
 
 #[test]
 fn hash_kv_over_many_keys_is_the_same_in_steps_and_after_compaction() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let s = crate::open_store(&dir.path().join("kv.db"));
     for b in 0..25 {
@@ -102,4 +112,66 @@ fn hash_kv_over_many_keys_is_the_same_in_steps_and_after_compaction() {
     s.finish_compaction().unwrap();
     let (after, _, _) = s.hash_kv(at).unwrap();
     assert_eq!(before, after);
+}
+
+/// Arms `point` (a point between two steps of a long read) to put a key
+/// from another thread, once, and wait for it: were the walk holding the
+/// store's lock there, the put could not land and the read fails. Returns
+/// the revisions of the puts that landed.
+#[cfg(feature = "failpoints")]
+fn put_between_steps(point: &'static str, s: &Arc<Store>) -> Arc<std::sync::Mutex<Vec<i64>>> {
+    let landed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (s, out) = (s.clone(), landed.clone());
+    let once = AtomicBool::new(false);
+    fail::cfg_callback(point, move || {
+        if once.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s = s.clone();
+        std::thread::spawn(move || {
+            put_batch(&s, std::iter::once(format!("between/{point}")));
+            let _ = tx.send(s.current_revision());
+        });
+        let rev = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("a put waited for the whole walk at {point}"));
+        out.lock().unwrap().push(rev);
+    })
+    .unwrap();
+    landed
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn writes_land_between_the_steps_of_a_long_range_and_hash_kv() {
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(crate::open_store(&dir.path().join("kv.db")));
+    for b in 0..25 {
+        put_batch(&s, (0..1000).map(|i| format!("k/{b:02}/{i:04}")));
+    }
+    let at = s.current_revision();
+    let (hash_before, _, _) = s.hash_kv(at).unwrap();
+
+    let landed = put_between_steps("mvcc::range_step", &s);
+    let r = s.range(&everything(0, false)).unwrap();
+    fail::remove("mvcc::range_step");
+    let landed = landed.lock().unwrap().clone();
+    assert_eq!(landed.len(), 1, "the walk took more than one step");
+    // The put landed while the range walked, and the range is still the
+    // key space at the revision it started at.
+    assert!(landed[0] > r.revision);
+    assert_eq!(r.revision, at);
+    assert_eq!(r.kvs.len(), 25_000);
+
+    let landed = put_between_steps("mvcc::hash_step", &s);
+    let (hash, _, _) = s.hash_kv(at).unwrap();
+    fail::remove("mvcc::hash_step");
+    assert_eq!(landed.lock().unwrap().len(), 1);
+    assert_eq!(
+        hash, hash_before,
+        "HashKV at {at} changed with a put after it"
+    );
+    assert_eq!(s.current_revision(), at + 2);
 }

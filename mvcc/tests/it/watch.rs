@@ -639,3 +639,30 @@ fn an_expired_lease_revoked_deletes_its_keys_and_watchers_see_it() {
         .unwrap();
     assert_eq!(left.count, 0);
 }
+
+#[test]
+fn a_stream_holds_at_most_its_bound_of_watchers() {
+    let (_d, s) = open();
+    let (ws, _rx) = s.watch_stream(16);
+    let bound = mvcc::MAX_WATCHERS_PER_STREAM;
+    for n in 0..bound {
+        assert_eq!(ws.watch(&watch_req("k", "", 0)), Ok(n as i64));
+    }
+    assert_eq!(
+        ws.watch(&watch_req("k", "", 0)),
+        Err(WatchError::TooManyWatchers)
+    );
+    // The bound is the stream's: another stream still watches, and a
+    // cancel frees a place.
+    let (other, _orx) = s.watch_stream(16);
+    assert_eq!(other.watch(&watch_req("k", "", 0)), Ok(0));
+    assert!(ws.cancel(7));
+    assert_eq!(
+        ws.watch(&WatchRequest {
+            watch_id: 7,
+            ..watch_req("k", "", 0)
+        }),
+        Ok(7)
+    );
+    assert_eq!(s.watcher_count().0, bound + 1);
+}

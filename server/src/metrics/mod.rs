@@ -110,6 +110,7 @@ pub struct Metrics {
     /// Pages each B+tree commit writes.
     pub pages_written: Histogram,
     pub free_pages: IntGauge,
+    raft_log_entries: IntGauge,
     /// Time of each `fsync` that makes applied batches durable.
     pub backend_sync: Histogram,
     defrag_running: IntGauge,
@@ -403,6 +404,10 @@ impl Metrics {
                 "kvserver_backend_free_pages",
                 "Pages of the database file free for reuse after the last commit.",
             )?,
+            raft_log_entries: r.gauge(
+                "kvserver_raft_log_entries",
+                "Entries of the raft log this member holds in memory.",
+            )?,
             backend_sync: r.histogram(
                 "kvserver_backend_sync_duration_seconds",
                 "The latency distribution of the fsyncs that make applied batches durable.",
@@ -530,6 +535,8 @@ impl Metrics {
         self.proposals_committed
             .set(s.raft.commit_index.load(Ordering::Relaxed) as i64);
         self.proposals_applied.set(s.applied_index() as i64);
+        self.raft_log_entries
+            .set(s.raft.log_entries.load(Ordering::Relaxed) as i64);
         let (size, in_use) = s.store.db_size();
         self.db_size.set(size as i64);
         self.db_size_in_use.set(in_use as i64);

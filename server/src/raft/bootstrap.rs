@@ -328,6 +328,7 @@ pub fn start(
         reads_in_flight: Vec::new(),
         next_read: 0,
         catchup_entries: cfg.experimental_snapshot_catchup_entries,
+        log_floor: 0,
         housekeeping: crate::raft::housekeeping::Housekeeping::new(cfg)?,
         last_leader: 0,
         last_housekeeping: Instant::now(),

@@ -175,7 +175,7 @@ impl Shared {
             caller,
         }
         .encode_to_vec();
-        if data.len() > self.max_request_bytes + ENVELOPE_BYTES {
+        if data.len() > self.max_request_bytes.saturating_add(ENVELOPE_BYTES) {
             return Err(ServerError::TooLarge);
         }
         // etcd's back-pressure: a member whose applying lags what raft

@@ -82,6 +82,9 @@ pub struct RaftLoop {
     pub(crate) reads_in_flight: Vec<ReadBatch>,
     pub(crate) next_read: u64,
     pub(crate) catchup_entries: u64,
+    /// Entries before this are dropped from raft's in-memory log whoever
+    /// is behind (the last raft snapshot less the catch-up entries).
+    pub(crate) log_floor: u64,
     pub(crate) housekeeping: Housekeeping,
     pub(crate) last_leader: u64,
     pub(crate) last_housekeeping: Instant,
@@ -151,6 +154,7 @@ impl RaftLoop {
             if self.last_housekeeping.elapsed() >= Duration::from_millis(100) {
                 self.last_housekeeping = Instant::now();
                 self.housekeep();
+                self.trim_log();
             }
             self.start_reads();
             self.propose_held_conf();
@@ -651,18 +655,55 @@ impl RaftLoop {
         }
     }
 
-    /// Drops raft's in-memory log up to `index` less the catch-up entries
-    /// a slow follower may still need.
+    /// A raft snapshot at `index` was recorded: nothing before it less the
+    /// catch-up entries is kept for anyone, however far behind.
     fn compact_log(&mut self, index: u64) {
-        let target = index.saturating_sub(self.catchup_entries);
-        let applied = self.node.raft.raft_log.applied;
+        self.log_floor = self
+            .log_floor
+            .max(index.saturating_sub(self.catchup_entries));
+        self.trim_log();
+    }
+
+    /// Drops the in-memory entries no one needs: those applied here and
+    /// matched by every follower this leader tracks, less the catch-up
+    /// entries (`--experimental-snapshot-catchup-entries`). A follower
+    /// behind keeps the leader's entries from its match on, back to the
+    /// last raft snapshot's floor as before, so it catches up from entries
+    /// as with etcd; a member alone, or whose followers keep up, holds
+    /// about the catch-up entries, not everything since the last snapshot
+    /// (up to `--snapshot-count`, 100,000). Restarts read the WAL, not this.
+    pub(crate) fn trim_log(&mut self) {
+        let raft = &self.node.raft;
+        let mut keep = raft.raft_log.applied;
+        if self.is_leader() {
+            for (id, pr) in raft.prs().iter() {
+                if *id != raft.id {
+                    keep = keep.min(pr.matched);
+                }
+            }
+        }
         let store = self.node.store().clone();
-        let mut core = store.wl();
-        let target = target.min(applied).min(core.hard_state().commit);
-        if target > 0 {
-            if let Err(e) = core.compact(target) {
+        let first = raft::Storage::first_index(&store).unwrap_or(0);
+        let target = keep
+            .saturating_sub(self.catchup_entries)
+            .max(self.log_floor)
+            .min(raft.raft_log.applied)
+            .min(store.rl().hard_state().commit);
+        // Each step moves what is kept to the front of raft's vector: not
+        // for fewer than TRIM_STEP entries at a time.
+        if target >= first + TRIM_STEP || (target > first && target == self.log_floor) {
+            if let Err(e) = store.wl().compact(target) {
                 tracing::warn!("compacting the raft log at {target}: {e}");
             }
         }
+        let first = raft::Storage::first_index(&store).unwrap_or(0);
+        let last = raft::Storage::last_index(&store).unwrap_or(0);
+        self.shared
+            .raft
+            .log_entries
+            .store((last + 1).saturating_sub(first), Ordering::Relaxed);
     }
 }
+
+/// Fewest entries dropped from raft's in-memory log at a time.
+const TRIM_STEP: u64 = 1024;

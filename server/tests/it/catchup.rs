@@ -166,3 +166,84 @@ async fn a_broken_snapshot_transfer_is_retried_and_never_half_installed() {
         l.hash_kv(rev).await.unwrap().hash()
     );
 }
+
+/// Raft's in-memory log as `kvserver_raft_log_entries` reports it.
+async fn log_entries(c: &Cluster, i: usize) -> f64 {
+    crate::metrics::v(
+        &crate::metrics::scrape(&c.members[i].endpoint()).await,
+        "kvserver_raft_log_entries",
+    )
+}
+
+/// Waits until member `i` holds at most `most` entries in memory.
+async fn wait_log_at_most(c: &Cluster, i: usize, most: f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let held = log_entries(c, i).await;
+        if held <= most {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "member {i} still holds {held} entries in memory (at most {most} wanted)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_in_memory_log_keeps_what_a_follower_needs_and_no_more() {
+    // Catch-up entries 10, and the in-memory log is trimmed 1,024 entries
+    // at a time: nobody behind, no member holds more than 1,034. The raft
+    // snapshot (--snapshot-count, 100,000 by default) is far away.
+    let most = 10.0 + 1024.0;
+    let mut c = Cluster::start(3, &["--experimental-snapshot-catchup-entries", "10"]).await;
+    let leader = c.leader(Duration::from_secs(10)).await;
+    let behind = (leader + 1) % 3;
+    let mut l = c.client(leader).await;
+    for i in 0..1500 {
+        l.put(format!("a{}", i % 100), "v", None).await.unwrap();
+    }
+    for i in 0..3 {
+        wait_log_at_most(&c, i, most).await;
+    }
+    // A follower down: the leader keeps every entry since its match.
+    c.kill(behind);
+    for i in 0..1500 {
+        l.put(format!("b{}", i % 100), "v", None).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = log_entries(&c, leader).await;
+    assert!(
+        held >= 1500.0,
+        "the leader dropped entries its follower needs: it holds {held}"
+    );
+    // Back, it catches up from those entries, not from a snapshot, and
+    // the leader lets them go.
+    c.restart(behind);
+    c.wait_serving(behind).await;
+    let mut b = c.client(behind).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b.get("b99", None).await.unwrap().count() != 1 {
+        assert!(Instant::now() < deadline, "the follower did not catch up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(c.members[behind].data_dir.with_extension("log")).unwrap();
+    assert!(
+        !log.contains("installed the leader's snapshot"),
+        "the follower needed a snapshot:\n{}",
+        c.log_tail(behind)
+    );
+    wait_log_at_most(&c, leader, most).await;
+    let rev = l
+        .get("b99", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    assert_eq!(
+        b.hash_kv(rev).await.unwrap().hash(),
+        l.hash_kv(rev).await.unwrap().hash()
+    );
+}

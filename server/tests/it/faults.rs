@@ -21,6 +21,48 @@ async fn arm(c: &Cluster, i: usize, point: &str, actions: &str) {
     assert_eq!(a.status, 200, "arming {point}: {}", a.body);
 }
 
+/// Disarms failpoint `point` on member `i`.
+async fn disarm(c: &Cluster, i: usize, point: &str) {
+    let a = request(
+        &c.members[i].endpoint(),
+        "DELETE",
+        &format!("/failpoints/{point}"),
+        "",
+    )
+    .await;
+    assert_eq!(a.status, 200, "disarming {point}: {}", a.body);
+}
+
+/// Puts through member `i` until one is refused at once with etcd's "too
+/// many requests"; none may be acknowledged meanwhile. (A probe that is
+/// taken waits for an answer that cannot come: it is given up after a
+/// while and the next one asked. A loaded machine may take long to get
+/// the test's proposals in.)
+async fn until_refused_as_too_many(c: &Cluster, i: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut probe = c.client(i).await;
+    loop {
+        let asked = std::time::Instant::now();
+        let answer = tokio::time::timeout(Duration::from_secs(2), probe.put("k/probe", "v", None));
+        match answer.await {
+            Err(_) => {}
+            Ok(Err(e)) => {
+                let (code, msg) = crate::status(e);
+                if code == tonic::Code::ResourceExhausted {
+                    assert_eq!(msg, "etcdserver: too many requests");
+                    assert!(asked.elapsed() < Duration::from_secs(1));
+                    return;
+                }
+            }
+            Ok(Ok(_)) => panic!("a put was acknowledged while they could not be"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no put was refused as too many"
+        );
+    }
+}
+
 /// Puts `key` through member `i` with a bound on the wait; Ok only if the
 /// put was acknowledged.
 async fn put(c: &Cluster, i: usize, key: &str) -> Result<(), String> {
@@ -242,40 +284,9 @@ async fn a_member_whose_applying_lags_refuses_writes_at_once_and_recovers() {
         .collect();
     // Once more than 5000 entries wait to be applied, a put is refused at
     // once with etcd's error.
-    // (A probe that is taken waits for an apply that cannot come: it is
-    // given up after a while and the next one asked. A loaded machine may
-    // take long to get the 5,500 proposals in.)
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let mut probe = c.client(0).await;
-    loop {
-        let asked = std::time::Instant::now();
-        let answer = tokio::time::timeout(Duration::from_secs(2), probe.put("k/probe", "v", None));
-        match answer.await {
-            Err(_) => {}
-            Ok(Err(e)) => {
-                let (code, msg) = crate::status(e);
-                if code == tonic::Code::ResourceExhausted {
-                    assert_eq!(msg, "etcdserver: too many requests");
-                    assert!(asked.elapsed() < Duration::from_secs(1));
-                    break;
-                }
-            }
-            Ok(Ok(_)) => panic!("a put was acknowledged while applying was paused"),
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no put was refused as too many"
-        );
-    }
+    until_refused_as_too_many(&c, 0).await;
     // Applying resumes: the member catches up and serves writes again.
-    let a = request(
-        &c.members[0].endpoint(),
-        "DELETE",
-        "/failpoints/apply::entries",
-        "",
-    )
-    .await;
-    assert_eq!(a.status, 200);
+    disarm(&c, 0, "apply::entries").await;
     let mut acked = vec!["k/first".to_string()];
     for (n, w) in waiting.into_iter().enumerate() {
         if w.await.unwrap().is_ok() {

@@ -68,11 +68,17 @@ async fn honoured_flags_take_effect() {
             "--proxy",
             "off",
             "--enable-pprof=false",
+            // No limit at all, as etcd takes it: the envelope added to it
+            // must not overflow.
+            "--max-request-bytes",
+            "18446744073709551615",
         ],
     )
     .await;
     let mut c = s.client().await;
     c.put("k", "v", None).await.unwrap();
+    // Above the default 1.5 MiB, accepted under that limit.
+    c.put("big", vec![7u8; 2 << 20], None).await.unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         text.contains("serving clients"),

@@ -95,3 +95,70 @@ async fn a_client_pinging_too_often_is_told_too_many_pings_and_disconnected() {
     let mut c = s.client().await;
     c.put("k", "v", None).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_pings_an_idle_client_and_drops_it_when_no_answer_comes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let s = crate::Server::start_with(
+        &dir.path().join("m"),
+        &[
+            "--grpc-keepalive-interval",
+            "300ms",
+            "--grpc-keepalive-timeout",
+            "400ms",
+        ],
+    )
+    .await;
+
+    // A client that opens a connection and then never answers: the
+    // server's PING comes after the interval, and the connection ends
+    // once the timeout passes without its acknowledgement.
+    let mut tcp = tokio::net::TcpStream::connect(&s.endpoint).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(0x4, b""));
+    tcp.write_all(&hello).await.unwrap();
+    let opened = std::time::Instant::now();
+    let mut pinged = None;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let mut head = [0u8; 9];
+            if tcp.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0; len];
+            if tcp.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            // PING without ACK: the server asking.
+            if head[3] == 0x6 && head[4] & 1 == 0 && pinged.is_none() {
+                pinged = Some(opened.elapsed());
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection outlived 10 s unanswered");
+    let pinged = pinged.expect("the server pinged before ending the connection");
+    assert!(
+        pinged >= Duration::from_millis(250),
+        "pinged after {pinged:?}"
+    );
+    let lasted = opened.elapsed();
+    assert!(
+        lasted >= pinged + Duration::from_millis(350),
+        "ended {lasted:?} in, the ping at {pinged:?}"
+    );
+
+    // A client that answers (as every HTTP/2 client does) keeps its
+    // connection across many intervals.
+    let tcp = tokio::net::TcpStream::connect(&s.endpoint).await.unwrap();
+    let (_send, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !conn.is_finished(),
+        "an answering client lost its connection"
+    );
+    conn.abort();
+}

@@ -13,7 +13,7 @@ use crate::http::request;
 use crate::{free_port, Server};
 
 /// One scrape of `addr`'s `/metrics`.
-async fn scrape(addr: &str) -> Scrape {
+pub(crate) async fn scrape(addr: &str) -> Scrape {
     let a = request(addr, "GET", "/metrics", "").await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(
@@ -39,7 +39,7 @@ fn value(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         })
 }
 
-fn v(s: &Scrape, name: &str) -> f64 {
+pub(crate) fn v(s: &Scrape, name: &str) -> f64 {
     value(s, name, &[]).unwrap_or_else(|| panic!("{name} is missing"))
 }
 
