@@ -97,7 +97,7 @@ BENCH_QUICK=1 cargo test --workspace --benches "${features[@]}"
 
 # The one-minute soak (benches/soak.sh; run it for hours by hand): the
 # test build's binaries, a mixed load, judged on errors, missed watch
-# events and memory growth.
+# events, memory growth and latency drift.
 step "soak, one minute (benches/soak.sh)"
 KVSERVER="$root/target/debug/kvserver" KVTOOL="$root/target/debug/kvtool" \
   SOAK_ARGS="--window 10s --compact-every 10s" benches/soak.sh 60s

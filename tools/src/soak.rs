@@ -20,9 +20,12 @@
 //! not see exactly one put event per acknowledged put (checked once the
 //! load stops and the watchers catch up), when a watch stream ends or is
 //! cancelled, or when the member's anonymous memory at the end exceeds
-//! what it was after the first window by more than `--max-rss-growth`.
-//! Latency is reported, never judged: on a shared machine a timing
-//! verdict would be noise.
+//! what it was after the first window by more than `--max-rss-growth`,
+//! or when latency drifts: the median of the windows' p99 over the second
+//! half of the run exceeds `--max-latency-drift` times that of the first
+//! half (taken as at least 1 ms, so that noise on a fast member is not a
+//! drift). Medians over halves see a trend, not one slow window; the
+//! bound is loose because client and member share the machine's cores.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,6 +82,37 @@ pub struct SoakArgs {
     /// of the first window to the end of the run (needs --pid).
     #[arg(long, default_value_t = 64)]
     max_rss_growth: u64,
+    /// Most growth of the windows' median p99 latency, second half of the
+    /// run over the first, as a factor (0: latency not judged; judged from
+    /// four windows on).
+    #[arg(long, default_value_t = 5.0, value_parser = drift_factor)]
+    max_latency_drift: f64,
+}
+
+fn drift_factor(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f.is_finite() && f >= 0.0 => Ok(f),
+        _ => Err(format!("{s:?} is not a factor of 0 or more")),
+    }
+}
+
+/// The drift of the windows' p99 latency (ms): the median over the second
+/// half of `windows` over that of the first (taken as at least 1 ms); None
+/// with fewer than four windows.
+fn latency_drift(windows: &[serde_json::Value]) -> Option<f64> {
+    if windows.len() < 4 {
+        return None;
+    }
+    let median = |ws: &[serde_json::Value]| {
+        let mut p99: Vec<f64> = ws
+            .iter()
+            .filter_map(|w| w["latency_ms"]["p99"].as_f64())
+            .collect();
+        p99.sort_by(f64::total_cmp);
+        p99.get(p99.len() / 2).copied().unwrap_or(0.0)
+    };
+    let (first, second) = windows.split_at(windows.len() / 2);
+    Some(median(second) / median(first).max(1.0))
 }
 
 /// What the clients tally, shared.
@@ -339,6 +373,7 @@ async fn soak(bench: &BenchArgs, args: &SoakArgs, fmt: Format) -> Result<(), Fai
         (Some(b), Some(_)) => Some((last.anon_kib as f64 - b.anon_kib as f64) / 1024.0),
         _ => None,
     };
+    let drift = latency_drift(&windows);
     let summary = json!({
         "bench": "soak",
         "seconds": elapsed.as_secs_f64(),
@@ -352,6 +387,7 @@ async fn soak(bench: &BenchArgs, args: &SoakArgs, fmt: Format) -> Result<(), Fai
         "put_events_seen": seen.iter().map(|s| s.puts).collect::<Vec<_>>(),
         "delete_events_seen": seen.first().map_or(0, |s| s.deletes),
         "anon_growth_mib": growth_mib,
+        "p99_drift": drift,
         "windows": windows,
     });
     if fmt == Format::Simple {
@@ -394,6 +430,14 @@ async fn soak(bench: &BenchArgs, args: &SoakArgs, fmt: Format) -> Result<(), Fai
             failures.push(format!(
                 "the member's anonymous memory grew by {g:.1} MiB after the first window (limit {} MiB)",
                 args.max_rss_growth
+            ));
+        }
+    }
+    if let Some(d) = drift {
+        if args.max_latency_drift > 0.0 && d > args.max_latency_drift {
+            failures.push(format!(
+                "p99 latency drifted: the second half's median window p99 is {d:.1}x the first half's (limit {}x)",
+                args.max_latency_drift
             ));
         }
     }
@@ -731,4 +775,41 @@ async fn start_watchers(
         }));
     }
     Ok(tasks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn windows(p99: &[f64]) -> Vec<serde_json::Value> {
+        p99.iter()
+            .map(|p| json!({ "latency_ms": { "p99": p } }))
+            .collect()
+    }
+
+    #[test]
+    fn latency_drift_compares_the_halves_medians_not_one_window() {
+        assert_eq!(latency_drift(&windows(&[2.0, 2.0, 2.0])), None);
+        // One slow window in the second half is not a drift.
+        assert_eq!(
+            latency_drift(&windows(&[2.0, 2.0, 2.0, 2.0, 40.0, 2.0])),
+            Some(1.0)
+        );
+        // A trend is.
+        assert_eq!(
+            latency_drift(&windows(&[2.0, 3.0, 2.0, 12.0, 14.0, 16.0])),
+            Some(7.0)
+        );
+        // A first half under 1 ms counts as 1 ms.
+        assert_eq!(latency_drift(&windows(&[0.1, 0.1, 3.0, 3.0])), Some(3.0));
+    }
+
+    #[test]
+    fn a_drift_factor_is_finite_and_not_negative() {
+        assert_eq!(drift_factor("2.5"), Ok(2.5));
+        assert_eq!(drift_factor("0"), Ok(0.0));
+        for bad in ["-1", "inf", "NaN", "x"] {
+            assert!(drift_factor(bad).is_err(), "{bad}");
+        }
+    }
 }

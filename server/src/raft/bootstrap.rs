@@ -464,7 +464,16 @@ const INITIAL_INDEX: u64 = 1;
 /// Writes the member list of a new cluster into the database (every
 /// member writes the same list, as the state at raft index `index`).
 fn seed_members(store: &mvcc::Store, members: &[Member], index: u64) -> Result<(), mvcc::Error> {
+    let left = store.members()?;
     let mut batch = store.apply()?;
+    // A first start that failed after seeding (a directory not fsynced,
+    // the WAL not made) and is tried again with other flags: the list it
+    // left is replaced, not added to.
+    for (id, _) in left {
+        if !members.iter().any(|m| m.id == id) {
+            batch.set_member(id, None)?;
+        }
+    }
     for m in members {
         batch.set_member(m.id, Some(&m.encode()))?;
     }

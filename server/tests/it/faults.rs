@@ -301,6 +301,68 @@ async fn a_member_whose_applying_lags_refuses_writes_at_once_and_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_with_its_proposal_queue_full_refuses_writes_at_once_and_recovers() {
+    // A long election timeout makes the request timeout (5 s plus two
+    // elections) long: the proposals filling the queue are not given up
+    // before it is full, on a machine slow to get them all in.
+    let c = Cluster::start(1, &["--election-timeout", "30000"]).await;
+    put(&c, 0, "k/first").await.unwrap();
+    // The raft thread stops at its next Ready: proposals queue up here,
+    // none is committed.
+    arm(&c, 0, "raft::ready", "pause").await;
+    let full = server::raft::MAX_PENDING_PROPOSALS;
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(c.client(0).await);
+    }
+    let waiting: Vec<_> = (0..full)
+        .map(|n| {
+            let mut cl = clients[n % clients.len()].clone();
+            tokio::spawn(async move { cl.put(format!("k/{n}"), "v", None).await })
+        })
+        .collect();
+    let endpoint = c.members[0].endpoint();
+    let deadline = std::time::Instant::now() + Duration::from_secs(50);
+    loop {
+        let pending = crate::http::metric(&endpoint, "etcd_server_proposals_pending").await;
+        if pending >= full as f64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {pending} of {full} proposals got in"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // One more is refused at once with etcd's error.
+    let mut probe = c.client(0).await;
+    let asked = std::time::Instant::now();
+    let refused = tokio::time::timeout(Duration::from_secs(5), probe.put("k/probe", "v", None))
+        .await
+        .expect("the put beyond the bound is answered at once");
+    let (code, msg) = crate::status(refused.expect_err("the put beyond the bound is refused"));
+    assert_eq!(code, tonic::Code::ResourceExhausted);
+    assert_eq!(msg, "etcdserver: too many requests");
+    assert!(asked.elapsed() < Duration::from_secs(1));
+    // Raft goes on: every waiting put is acknowledged and held.
+    disarm(&c, 0, "raft::ready").await;
+    let mut acked = vec!["k/first".to_string()];
+    for (n, w) in waiting.into_iter().enumerate() {
+        w.await.unwrap().unwrap_or_else(|e| panic!("k/{n}: {e}"));
+        acked.push(format!("k/{n}"));
+    }
+    put(&c, 0, "k/last").await.unwrap();
+    let have = keys(&c, 0, "k/").await;
+    assert!(
+        !have.contains(&"k/probe".to_string()),
+        "the refused put was applied"
+    );
+    for k in &acked {
+        assert!(have.contains(k), "{k} lost");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_io_error_under_the_memory_map_ends_the_member_with_one_line() {
     let mut c = Cluster::start(1, &[]).await;
     let mut cl = c.client(0).await;

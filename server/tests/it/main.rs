@@ -108,10 +108,13 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             // Status needs no permission: this works with auth enabled.
-            if let Ok(mut c) = Client::connect([self.endpoint.as_str()], None).await {
-                if c.status().await.is_ok() {
-                    return;
-                }
+            // Bounded: a member without a leader may never answer.
+            let ready = tokio::time::timeout(Duration::from_secs(2), async {
+                let mut c = Client::connect([self.endpoint.as_str()], None).await?;
+                c.status().await
+            });
+            if let Ok(Ok(_)) = ready.await {
+                return;
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 panic!("kvserver exited at start: {status}");

@@ -2,7 +2,7 @@
 //! applied is refused with a clear error (never silent loss), and a member
 //! of another cluster is refused by its would-be peers.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::cluster::Cluster;
@@ -10,19 +10,46 @@ use crate::Server;
 
 /// Starts kvserver on `data_dir` expecting it to fail; returns its stderr.
 fn start_fails(data_dir: &std::path::Path) -> String {
+    start_fails_with(data_dir, &[])
+}
+
+/// [`start_fails`] with environment variables `env`. A kvserver that has
+/// not exited within 30 s is killed and fails the test.
+fn start_fails_with(data_dir: &std::path::Path, env: &[(&str, &str)]) -> String {
     let peer = format!("http://127.0.0.1:{}", crate::free_port());
     let client = format!("http://127.0.0.1:{}", crate::free_port());
-    let out = Command::new(env!("CARGO_BIN_EXE_kvserver"))
+    let log = data_dir.with_extension("failed.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvserver"))
         .args(["--name", "n1", "--data-dir"])
         .arg(data_dir)
         .args(["--listen-client-urls", &client])
         .args(["--listen-peer-urls", &peer])
         .args(["--initial-advertise-peer-urls", &peer])
         .args(["--initial-cluster", &format!("n1={peer}")])
-        .output()
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success(), "kvserver started");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "kvserver did not exit: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "kvserver started: {stderr}");
+    stderr
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -104,4 +131,42 @@ async fn a_member_of_another_cluster_is_refused() {
         .iter()
         .filter(|x| !x.client_urls().is_empty());
     assert_eq!(started.count(), 2);
+}
+
+/// A first start fsyncs each directory it creates (the data dir's parent,
+/// `member/`, `member/wal/`, `member/snap/`): a failed one stops the
+/// start with one line naming the directory, and the next start on the
+/// same data dir goes on cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_fsyncs_each_directory_it_makes_and_a_failed_one_is_retried_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("datadir::fsync_dir", std::path::PathBuf::new()),
+        ("wal::fsync_dir", std::path::PathBuf::from("member")),
+        ("btree::fsync_dir", std::path::PathBuf::from("member/snap")),
+    ];
+    for (point, sub) in cases {
+        let case = dir.path().join(point.replace("::", "-"));
+        std::fs::create_dir(&case).unwrap();
+        let data = case.join("data");
+        let stderr = start_fails_with(&data, &[("FAILPOINTS", &format!("{point}=return"))]);
+        let want = if sub.as_os_str().is_empty() {
+            case.clone()
+        } else {
+            data.join(&sub)
+        };
+        let line = format!("{}: fsync directory", want.display());
+        assert!(
+            stderr.contains(&line),
+            "{point}: wants {line:?} in {stderr}"
+        );
+        let server = Server::start(&data).await;
+        let mut cl = server.client().await;
+        tokio::time::timeout(Duration::from_secs(10), cl.put("k", point, None))
+            .await
+            .unwrap_or_else(|_| panic!("{point}: the restarted member takes no write"))
+            .unwrap();
+        let got = cl.get("k", None).await.unwrap();
+        assert_eq!(got.kvs()[0].value(), point.as_bytes());
+    }
 }

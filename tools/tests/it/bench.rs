@@ -147,6 +147,8 @@ async fn a_soak_checks_every_watch_event_and_samples_the_member() {
     assert_eq!(j["errors"], 0, "{j}");
     assert!(j["ok"].as_u64().unwrap() > 100, "{j}");
     assert!(j["compactions"].as_u64().unwrap() >= 2, "{j}");
+    // Three windows: too few for the latency to be judged.
+    assert!(j["p99_drift"].is_null(), "{j}");
     let expected = j["put_events_expected"].as_u64().unwrap();
     assert!(expected > 10, "{j}");
     let seen = j["put_events_seen"].as_array().unwrap();
