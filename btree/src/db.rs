@@ -145,6 +145,35 @@ pub(crate) fn map_file(path: &Path, file: &File) -> Result<Arc<Mmap>> {
     Ok(Arc::new(map))
 }
 
+/// How long a lock held elsewhere is waited for before the open fails.
+/// A process that forks (any thread of it spawning a child) lends the
+/// child its open files, this database's locked one among them, until the
+/// child's exec closes them: a handle just dropped in the parent can stay
+/// locked for that moment.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Takes `file`'s lock: shared for a read-only handle, else exclusive.
+fn lock(file: &File, read_only: bool, path: &Path) -> Result<()> {
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    loop {
+        let locked = if read_only {
+            file.try_lock_shared()
+        } else {
+            file.try_lock()
+        };
+        match locked {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Locked(path.to_path_buf()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(path, "lock", e)),
+        }
+    }
+}
+
 pub(crate) fn sync_parent_dir(path: &Path) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -256,16 +285,7 @@ impl Db {
             .truncate(false)
             .open(&path)
             .map_err(|e| Error::io(&path, "open", e))?;
-        let locked = if opts.read_only {
-            file.try_lock_shared()
-        } else {
-            file.try_lock()
-        };
-        match locked {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked(path)),
-            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, "lock", e)),
-        }
+        lock(&file, opts.read_only, &path)?;
         let io_file = file.try_clone().map_err(|e| Error::io(&path, "dup", e))?;
         let io: Box<dyn PageIo> = match &opts.io {
             Some(factory) => factory(io_file),
