@@ -1,7 +1,9 @@
 //! Joining a running cluster (`--initial-cluster-state existing`): the new
 //! member asks the peers in `--initial-cluster` for the member list, finds
 //! itself in it by its peer URLs (it must have been added with
-//! `etcdctl member add` first) and takes its ID and the cluster's from it.
+//! `etcdctl member add` first; a peer that has not applied the addition
+//! yet is passed over, for up to `ASK_FOR`) and takes its ID and the
+//! cluster's from it.
 //! Its raft configuration and key space then come with the leader's
 //! snapshot.
 
@@ -37,6 +39,8 @@ pub async fn fetch(cfg: &Config, dialer: &crate::tls::Dialer) -> Result<Joined, 
         .collect();
     let deadline = Instant::now() + ASK_FOR;
     let mut last_error = String::from("no other member in --initial-cluster");
+    // The member list of the last peer that answered without this member.
+    let mut not_listed: Option<String> = None;
     loop {
         for url in &urls {
             let Some(mut client) = Transport::client_for(dialer, std::slice::from_ref(url)) else {
@@ -63,11 +67,15 @@ pub async fn fetch(cfg: &Config, dialer: &crate::tls::Dialer) -> Result<Joined, 
                 theirs == mine
             });
             let Some(me) = me else {
+                // This peer may not have applied the member's addition yet:
+                // the others are asked, and this one again, until the
+                // deadline.
                 let list: Vec<String> = members
                     .iter()
                     .map(|m| format!("{:x}={}", m.id, m.peer_urls.join(",")))
                     .collect();
-                return Err(StartError::NotAMember(mine.join(","), list.join(", ")));
+                not_listed = Some(list.join(", "));
+                continue;
             };
             if r.removed.contains(&me.id) {
                 return Err(StartError::Fatal(
@@ -86,7 +94,10 @@ pub async fn fetch(cfg: &Config, dialer: &crate::tls::Dialer) -> Result<Joined, 
             });
         }
         if Instant::now() >= deadline {
-            return Err(StartError::NoPeerAnswered(last_error));
+            return Err(match not_listed {
+                Some(list) => StartError::NotAMember(mine.join(","), list),
+                None => StartError::NoPeerAnswered(last_error),
+            });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
