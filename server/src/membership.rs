@@ -7,6 +7,11 @@
 //! token; the cluster ID is the first 8 bytes of the SHA-1 of the sorted
 //! member IDs (8 bytes big-endian each). So a cluster started from the same
 //! flags has the same IDs under etcd and kvserver.
+//!
+//! A member added at run time gets etcd's hash of its URLs and the time,
+//! drawn again (the attempt number joins the hash) while the ID is one the
+//! cluster has used, or has fewer than 16 hex digits: etcdctl prints an
+//! added member's ID as `%16x`, which pads a short one with spaces.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::RwLock;
@@ -75,6 +80,28 @@ pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
     let mut b = urls.concat().into_bytes();
     b.extend_from_slice(token.as_bytes());
     sha1_u64(&b)
+}
+
+/// The smallest ID with 16 hex digits.
+const FULL_WIDTH: u64 = 1 << 60;
+
+/// How many draws an ID for a member added at run time gets (each has 15
+/// chances in 16 of 16 digits); if none is both, any unused one will do.
+const DRAWS: u32 = 64;
+
+/// The ID for a member added at run time with these URLs, at `nanos`
+/// (nanoseconds since the epoch): one that `used` says the cluster has not
+/// had, with 16 hex digits.
+pub fn runtime_member_id(peer_urls: &[String], nanos: u128, used: impl Fn(u64) -> bool) -> u64 {
+    let draws: Vec<u64> = (0..DRAWS)
+        .map(|attempt| member_id(peer_urls, &format!("{nanos}.{attempt}")))
+        .filter(|&id| id != 0)
+        .collect();
+    let unused = || draws.iter().copied().filter(|&id| !used(id));
+    unused()
+        .find(|&id| id >= FULL_WIDTH)
+        .or_else(|| unused().next())
+        .unwrap_or(u64::MAX)
 }
 
 /// etcd's cluster ID for a new cluster of these members.
@@ -226,6 +253,16 @@ impl Membership {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .contains(&id)
+    }
+
+    /// Whether `id` is a member's or was one.
+    pub fn has_used(&self, id: u64) -> bool {
+        self.is_removed(id)
+            || self
+                .members
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&id)
     }
 
     pub fn removed(&self) -> Vec<u64> {
@@ -435,6 +472,24 @@ mod tests {
             member_id(&["http://a:1".into(), "http://b:1".into()], "u")
         );
         assert_eq!(cluster_id(&[1, 2, 3]), cluster_id(&[3, 1, 2]));
+    }
+
+    #[test]
+    fn a_runtime_id_has_16_hex_digits_and_is_not_one_used() {
+        let urls = vec!["http://127.0.0.1:2380".to_string()];
+        let mut short = 0;
+        for nanos in 0..2000u128 {
+            let first = member_id(&urls, &format!("{nanos}.0"));
+            short += usize::from(first < FULL_WIDTH);
+            let id = runtime_member_id(&urls, nanos, |_| false);
+            assert_eq!(format!("{id:16x}").len(), 16);
+            assert!(!format!("{id:16x}").starts_with(' '), "{id:x}");
+            assert_ne!(runtime_member_id(&urls, nanos, |i| i == id), id);
+        }
+        // The first draw is short about one time in 16: the rule is what
+        // keeps the width.
+        assert!(short > 50, "{short}");
+        assert_ne!(runtime_member_id(&urls, 7, |_| true), 0);
     }
 
     #[test]

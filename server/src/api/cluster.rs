@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 use super::Rpc;
 use crate::apply::Applied;
 use crate::error::ServerError;
-use crate::membership::{check_peer_urls, member_id, Member};
+use crate::membership::{check_peer_urls, runtime_member_id, Member};
 use crate::pb::etcdserverpb as pb;
 use crate::pb::kvserverpb::{member_change::Kind, request::Op, MemberChange};
 use crate::shared::Shared;
@@ -190,10 +190,10 @@ async fn promote_at_leader(s: &Arc<Shared>, id: u64) -> Result<Vec<Member>, Stat
     }
 }
 
-fn now_unix() -> u64 {
+fn now_nanos() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_nanos())
 }
 
 #[tonic::async_trait]
@@ -206,8 +206,7 @@ impl pb::cluster_server::Cluster for Cluster {
         check_peer_urls(&r.peer_ur_ls)?;
         let mut urls = r.peer_ur_ls;
         urls.sort();
-        // etcd's ID for a member added at run time: its URLs and the time.
-        let id = member_id(&urls, &now_unix().to_string());
+        let id = runtime_member_id(&urls, now_nanos(), |id| s.members.has_used(id));
         may_add(s, r.is_learner)?;
         let member = pb::Member {
             id,
