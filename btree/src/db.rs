@@ -380,24 +380,11 @@ impl Db {
         let used = self.snapshot().meta.high_water * ps;
         let free_pages = w.freelist.free_count() as u64 * ps;
         let tail = w.file_len.saturating_sub(used);
-        let short = free_pages + tail < reserve
-            && self.grow_exactly(w, used + reserve - free_pages).is_err();
+        let short =
+            free_pages + tail < reserve && self.grow(w, used + reserve - free_pages).is_err();
         self.shared
             .space_short
             .store(short, std::sync::atomic::Ordering::Release);
-    }
-
-    /// Grows the file to `needed` bytes (rounded up to whole pages) with
-    /// allocated blocks.
-    fn grow_exactly(&self, w: &mut Writer, needed: u64) -> Result<()> {
-        let path = &self.shared.path;
-        let ps = self.shared.page_size as u64;
-        let len = needed.div_ceil(ps) * ps;
-        w.io.allocate(w.file_len, len)
-            .map_err(|e| Error::io(path, "allocate file", e))?;
-        w.file_len = len;
-        w.map = map_file(path, &w.file)?;
-        Ok(())
     }
 
     /// Grows the file to hold `needed` bytes with allocated blocks: by the

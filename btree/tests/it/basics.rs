@@ -451,3 +451,36 @@ fn online_defragmentation_shrinks_the_file_while_writers_and_readers_go_on() {
     assert_eq!(dump(&db), after);
     assert_clean(&db);
 }
+
+#[test]
+fn keeping_a_reserve_grows_the_file_in_steps_not_a_page_per_commit() {
+    // Every growth is an fallocate and a fresh mapping of the whole file
+    // (its pages faulted in again): a member keeping the NOSPACE reserve
+    // did both on every commit once the data passed the first size.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let db = Db::open_with(
+        &path,
+        btree::Options {
+            reserve_bytes: 1 << 20,
+            ..btree::Options::default()
+        },
+    )
+    .unwrap();
+    let mut tx = db.begin_write().unwrap();
+    tx.create_bucket(b"b").unwrap();
+    tx.commit().unwrap();
+    let value = vec![5u8; 1000];
+    let mut sizes = std::collections::BTreeSet::new();
+    for i in 0..3000 {
+        let mut tx = db.begin_write().unwrap();
+        tx.put(b"b", &key(i), &value).unwrap();
+        tx.commit().unwrap();
+        sizes.insert(std::fs::metadata(&path).unwrap().len());
+    }
+    let last = *sizes.last().unwrap();
+    assert!(last >= 4 << 20, "3 MB of values in {last} bytes");
+    assert!(sizes.len() <= 12, "{} sizes: {sizes:?}", sizes.len());
+    assert!(!db.space_short());
+    assert_clean(&db);
+}
