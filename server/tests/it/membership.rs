@@ -489,10 +489,31 @@ async fn refused_membership_changes_carry_etcds_errors() {
         (fp, "etcdserver: can only promote a learner member".into())
     );
     c.add_member(0, true).await;
-    let other = format!("http://127.0.0.1:{}", crate::free_port());
-    let opts = etcd_client::MemberAddOptions::new().with_is_learner();
+    // A URL no member has (the learner's port is not bound, so the kernel
+    // may hand it out again), and, as `add_member` does, the member's
+    // health check given time if a busy machine made a peer reconnect.
+    let taken: Vec<String> = cl
+        .member_list()
+        .await
+        .unwrap()
+        .members()
+        .iter()
+        .flat_map(|m| m.peer_urls().to_vec())
+        .collect();
+    let other = std::iter::repeat_with(|| format!("http://127.0.0.1:{}", crate::free_port()))
+        .find(|u| !taken.contains(u))
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let opts = etcd_client::MemberAddOptions::new().with_is_learner();
+        let e = err(cl.member_add([other.clone()], Some(opts)).await.map(|_| ()));
+        if e.1 != "etcdserver: unhealthy cluster" || std::time::Instant::now() > deadline {
+            break e;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
     assert_eq!(
-        err(cl.member_add([other.clone()], Some(opts)).await.map(|_| ())),
+        refused,
         (fp, "etcdserver: too many learner members in cluster".into())
     );
 
