@@ -96,14 +96,10 @@ const DRAWS: u32 = 64;
 /// (nanoseconds since the epoch): one that `used` says the cluster has not
 /// had, with 16 hex digits.
 pub fn runtime_member_id(peer_urls: &[String], nanos: u128, used: impl Fn(u64) -> bool) -> u64 {
-    let draws: Vec<u64> = (0..DRAWS)
-        .map(|attempt| member_id(peer_urls, &format!("{nanos}.{attempt}")))
-        .filter(|&id| id != 0)
-        .collect();
-    let unused = || draws.iter().copied().filter(|&id| !used(id));
-    unused()
-        .find(|&id| id >= FULL_WIDTH)
-        .or_else(|| unused().next())
+    let draws = || (0..DRAWS).map(|attempt| member_id(peer_urls, &format!("{nanos}.{attempt}")));
+    draws()
+        .find(|&id| id >= FULL_WIDTH && !used(id))
+        .or_else(|| draws().find(|&id| id != 0 && !used(id)))
         .unwrap_or(u64::MAX)
 }
 

@@ -180,19 +180,9 @@ impl Cluster {
         let peer_port = free_port();
         let peer = format!("{}://127.0.0.1:{peer_port}", self.peer_scheme);
         let mut cl = self.client(via).await;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let resp = loop {
-            let opts = learner.then(|| etcd_client::MemberAddOptions::new().with_is_learner());
-            match cl.member_add([peer.clone()], opts).await {
-                Ok(r) => break r,
-                Err(e)
-                    if e.to_string().contains("unhealthy cluster") && Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(300)).await
-                }
-                Err(e) => panic!("member add through m{}: {e}", via + 1),
-            }
-        };
+        let resp = member_add_when_healthy(&mut cl, &peer, learner)
+            .await
+            .unwrap_or_else(|e| panic!("member add through m{}: {e}", via + 1));
         let id = resp.member().expect("the added member").id();
         let name = format!("m{}", self.members.len() + 1);
         let initial_cluster = resp
@@ -443,6 +433,26 @@ impl Drop for Cluster {
         for i in 0..self.members.len() {
             self.resume(i);
             self.kill(i);
+        }
+    }
+}
+
+/// etcd's MemberAdd of `peer`, tried again for up to 30 s while the member
+/// answers "unhealthy cluster" (its peers connected for less than 5 s, or
+/// one reconnected on a busy machine); any other answer is returned.
+pub async fn member_add_when_healthy(
+    cl: &mut Client,
+    peer: &str,
+    learner: bool,
+) -> Result<etcd_client::MemberAddResponse, etcd_client::Error> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let opts = learner.then(|| etcd_client::MemberAddOptions::new().with_is_learner());
+        match cl.member_add([peer.to_string()], opts).await {
+            Err(e) if e.to_string().contains("unhealthy cluster") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(300)).await
+            }
+            r => return r,
         }
     }
 }
