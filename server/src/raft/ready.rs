@@ -112,8 +112,8 @@ impl RaftLoop {
         if let Err(e) = self.run_inner(rx) {
             // The log failed: stop here rather than acknowledge anything
             // not durable. The member stops with this error (main exits
-            // non-zero, a supervisor restarts it, the WAL recovers).
-            tracing::error!("the raft thread stops: {e}");
+            // non-zero, a supervisor restarts it, the WAL recovers); main
+            // logs why, once.
             let _ = self.apply.send(ApplyTask::Stop);
             self.shared.fail(format!("the raft thread stopped: {e}"));
         }

@@ -4,6 +4,7 @@
 //! stops the member with nothing after it acknowledged, the cluster goes
 //! on without it, and a restart recovers to a consistent state.
 
+use std::path::Path;
 use std::time::Duration;
 
 use crate::cluster::Cluster;
@@ -216,12 +217,13 @@ async fn a_failed_wal_write_or_fdatasync_acknowledges_nothing_after_it() {
         let code = c.wait_exit(0, Duration::from_secs(10)).await;
         assert_eq!(code, Some(1), "{point}: {}", c.log_tail(0));
         let log = c.log(0);
-        let stops: Vec<&str> = log
-            .lines()
-            .filter(|l| l.contains("the raft thread stops"))
-            .collect();
+        let stops: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
         assert_eq!(stops.len(), 1, "{point}: {}", c.log_tail(0));
-        assert!(stops[0].contains(says), "{point}: {}", stops[0]);
+        assert!(
+            stops[0].contains("the raft thread stopped") && stops[0].contains(says),
+            "{point}: {}",
+            stops[0]
+        );
         recovers(&mut c, &acked, point).await;
     }
 }
@@ -425,28 +427,57 @@ async fn an_io_error_under_the_memory_map_ends_the_member_with_one_line() {
 /// A tmpfs of a fixed size, mounted on `disk` in a fresh directory (the
 /// tests run as root, as CI does); unmounted when dropped. The member's
 /// log, beside its data dir, stays on the real disk.
+/// A tmpfs of a fixed size, unmounted when dropped.
 struct SmallDisk {
-    dir: tempfile::TempDir,
+    mount_point: std::path::PathBuf,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl SmallDisk {
+    /// A fresh, empty one.
     fn mount(mib: u64) -> SmallDisk {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("disk")).unwrap();
+        let mount_point = dir.path().join("disk");
+        std::fs::create_dir(&mount_point).unwrap();
+        SmallDisk::mount_at(&mount_point, mib);
+        SmallDisk {
+            mount_point,
+            _dir: Some(dir),
+        }
+    }
+
+    /// One mounted over the directory `dir`, holding what `dir` held.
+    fn mount_over(dir: &Path, mib: u64) -> SmallDisk {
+        let aside = dir.with_extension("aside");
+        std::fs::rename(dir, &aside).unwrap();
+        std::fs::create_dir(dir).unwrap();
+        SmallDisk::mount_at(dir, mib);
+        let disk = SmallDisk {
+            mount_point: dir.to_path_buf(),
+            _dir: None,
+        };
+        for entry in std::fs::read_dir(&aside).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+        std::fs::remove_dir_all(&aside).unwrap();
+        disk
+    }
+
+    fn mount_at(dir: &Path, mib: u64) {
         let status = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(dir.path().join("disk"))
+            .arg(dir)
             .status()
             .expect("mount(8)");
         assert!(
             status.success(),
             "mounting a {mib} MiB tmpfs failed: the full-disk tests need root"
         );
-        SmallDisk { dir }
     }
 
     fn path(&self) -> std::path::PathBuf {
-        self.dir.path().join("disk")
+        self.mount_point.clone()
     }
 }
 
@@ -454,18 +485,49 @@ impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount")
             .arg("-l")
-            .arg(self.path())
+            .arg(&self.mount_point)
             .status();
     }
 }
 
+/// The WAL and the database share one small disk: the WAL, which
+/// preallocates its segments ahead, runs out first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_disk_raises_nospace_keeps_reads_and_recovers_after_defrag() {
-    use etcd_client::{AlarmAction, AlarmOptions, AlarmType, CompactionOptions, DeleteOptions};
     let disk = SmallDisk::mount(224);
     // The data dir is the mount point: the test's log lies beside it, on
     // the real disk.
     let mut server = crate::Server::start(&disk.path()).await;
+    let db = server::datadir::db_path(&disk.path());
+    nospace_then_recovery(
+        &mut server,
+        "the WAL cannot preallocate its next segment",
+        &db,
+    )
+    .await;
+    drop(disk);
+}
+
+/// Only the database's directory is on a small disk (the WAL has room):
+/// the file cannot grow to keep its reserve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_that_cannot_grow_raises_nospace_keeps_reads_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("m");
+    let mut server = crate::Server::start(&data).await;
+    server.terminate();
+    let db = server::datadir::db_path(&data);
+    let disk = SmallDisk::mount_over(db.parent().unwrap(), 48);
+    server.restart().await;
+    nospace_then_recovery(&mut server, "the database cannot keep its reserve", &db).await;
+    drop(disk);
+}
+
+/// Puts 512 KiB values until the member refuses one for want of space,
+/// saying `what` filled; then checks reads, a restart on the full disk,
+/// and recovery by delete, compaction, defragmentation and disarm.
+async fn nospace_then_recovery(server: &mut crate::Server, what: &str, db: &Path) {
+    use etcd_client::{AlarmAction, AlarmOptions, AlarmType, CompactionOptions, DeleteOptions};
     let mut cl = server.client().await;
     let value = "x".repeat(512 * 1024);
     let mut acked = Vec::new();
@@ -485,7 +547,7 @@ async fn a_full_disk_raises_nospace_keeps_reads_and_recovers_after_defrag() {
     assert_eq!(msg, "etcdserver: mvcc: database space exceeded");
     assert!(acked.len() > 10, "only {} puts fit", acked.len());
     let log = server.log();
-    assert!(log.contains("the disk is full"), "{log}");
+    assert!(log.contains(&format!("the disk is full: {what}")), "{log}");
     // Reads go on; the alarm names this member.
     let r = cl.get(acked[0].as_str(), None).await.unwrap();
     assert_eq!(r.kvs()[0].value().len(), value.len());
@@ -544,8 +606,7 @@ async fn a_full_disk_raises_nospace_keeps_reads_and_recovers_after_defrag() {
     }
     assert!(server.is_running());
     server.terminate();
-    let db = btree::Db::open(server::datadir::db_path(&disk.path())).unwrap();
-    assert!(db.check().is_clean());
+    crate::kvtool_check_db(db);
 }
 
 /// Raises this process's open-file limit (children inherit it) so that

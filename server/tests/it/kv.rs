@@ -60,6 +60,15 @@ async fn puts_and_ranges_follow_etcds_revision_rules() {
         .await
         .unwrap();
     assert_eq!((r.kvs().len(), r.count(), r.more()), (2, 3, true));
+    // A limit far beyond the key space is no limit (nothing is sized by it).
+    let r = c
+        .get(
+            "",
+            Some(GetOptions::new().with_all_keys().with_limit(i64::MAX)),
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.kvs().len(), r.count(), r.more()), (3, 3, false));
     let r = c
         .get(
             "",
@@ -225,9 +234,11 @@ async fn compaction_and_bad_requests_get_etcds_errors() {
     );
     let e = c.get("", None).await.unwrap_err();
     assert_eq!(status(e).1, "etcdserver: key is not provided");
-    // Over --max-request-bytes (1.5 MiB): refused before it is proposed.
+    // Over --max-request-bytes (1.5 MiB): refused before it is proposed
+    // (raft's log does not grow), a put as a transaction.
+    let index_before = c.status().await.unwrap().raft_index();
     let big = vec![7u8; 1800 * 1024];
-    let e = c.put("big", big, None).await.unwrap_err();
+    let e = c.put("big", big.clone(), None).await.unwrap_err();
     assert_eq!(
         status(e),
         (
@@ -235,6 +246,16 @@ async fn compaction_and_bad_requests_get_etcds_errors() {
             "etcdserver: request is too large".into()
         )
     );
+    let txn = Txn::new().and_then([TxnOp::put("big", big, None)]);
+    let e = c.txn(txn).await.unwrap_err();
+    assert_eq!(
+        status(e),
+        (
+            Code::InvalidArgument,
+            "etcdserver: request is too large".into()
+        )
+    );
+    assert_eq!(c.status().await.unwrap().raft_index(), index_before);
     // Over gRPC's limit (1.5 MiB + 512 KiB): refused as etcd's gRPC
     // server refuses it, before it is decoded.
     let big = vec![7u8; 2 * 1024 * 1024];

@@ -36,6 +36,40 @@ use std::time::{Duration, Instant};
 
 use etcd_client::Client;
 
+/// Runs `kvtool check db` (what an operator runs) on the database file
+/// `db` and fails the test unless it exits 0, saying the file is clean.
+/// The binary sits beside kvserver's (`cargo test --workspace` builds it);
+/// it is built when missing.
+pub fn kvtool_check_db(db: &Path) {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let kvtool = Path::new(env!("CARGO_BIN_EXE_kvserver")).with_file_name("kvtool");
+    {
+        let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+        if !kvtool.exists() {
+            let built = Command::new(env!("CARGO"))
+                .args(["build", "-q", "-p", "tools", "--bin", "kvtool"])
+                .status()
+                .expect("cargo build kvtool");
+            assert!(built.success(), "building kvtool failed");
+        }
+    }
+    let out = Command::new(&kvtool)
+        .args(["check", "db"])
+        .arg(db)
+        .output()
+        .expect("run kvtool");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "kvtool check db {}: {text}",
+        db.display()
+    );
+}
+
 /// A kvserver process on free loopback ports; killed when dropped.
 pub struct Server {
     child: Option<Child>,
