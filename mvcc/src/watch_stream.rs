@@ -63,6 +63,7 @@ pub fn spawn_watch_syncer(
             let mut last_progress = std::time::Instant::now();
             while !stop_flag.load(std::sync::atomic::Ordering::Relaxed) {
                 let Some(store) = weak.upgrade() else { break };
+                fail::fail_point!("mvcc::watch_syncer");
                 let behind = match store.sync_watchers(512, 1000) {
                     Ok(b) => b,
                     Err(e) => {

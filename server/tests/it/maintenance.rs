@@ -305,3 +305,58 @@ async fn snapshot_streams_are_bounded_and_their_copies_removed_at_restart() {
     assert!(sizes.iter().all(|s| *s == sizes[0]), "{sizes:?}");
     assert_eq!(snapshot_copies(&data), 0);
 }
+
+/// A Snapshot copies the database from a read snapshot of it: while the
+/// copy is held up, writes are applied and answered as usual, and the
+/// stream then delivers a whole, checked database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_go_on_while_a_snapshot_is_being_copied() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let server = Server::start(&data).await;
+    let mut c = server.client().await;
+    c.put("before", "1", None).await.unwrap();
+    let point = "/failpoints/btree::compact_bucket";
+    let armed = crate::http::request(&server.endpoint, "PUT", point, "pause").await;
+    assert_eq!(armed.status, 200, "{}", armed.body);
+    let ep = server.endpoint.clone();
+    let snapshot = tokio::spawn(async move {
+        let mut c = etcd_client::Client::connect([ep], None).await.unwrap();
+        let mut stream = c.snapshot().await.unwrap();
+        let mut bytes = Vec::new();
+        while let Some(r) = stream.message().await.unwrap() {
+            bytes.extend_from_slice(r.blob());
+        }
+        bytes
+    });
+    // The copy has begun (its file exists) and is held at the failpoint.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while snapshot_copies(&data) == 0 {
+        assert!(Instant::now() < deadline, "the snapshot's copy never began");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..20 {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            c.put(format!("during/{i}"), "v", None),
+        )
+        .await
+        .expect("a put waited for the snapshot's copy")
+        .unwrap();
+    }
+    let r = c.get("during/19", None).await.unwrap();
+    assert_eq!(r.kvs().len(), 1);
+    assert!(!snapshot.is_finished(), "the copy was not held up");
+    let off = crate::http::request(&server.endpoint, "DELETE", point, "").await;
+    assert_eq!(off.status, 200, "{}", off.body);
+    let bytes = tokio::time::timeout(Duration::from_secs(30), snapshot)
+        .await
+        .expect("the snapshot did not finish once let go")
+        .unwrap();
+    let (body, digest) = bytes.split_at(bytes.len() - 32);
+    assert_eq!(Sha256::digest(body).as_slice(), digest);
+    let file = dir.path().join("snapshot.db");
+    std::fs::write(&file, body).unwrap();
+    crate::kvtool_check_db(&file);
+}

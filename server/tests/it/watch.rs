@@ -226,3 +226,113 @@ async fn a_client_chosen_watch_id_must_be_positive() {
     assert_eq!(r.watch_id(), 7);
     assert_eq!(summary(&r)[0].1, "k");
 }
+
+/// A client that reads nothing from its watch stream: its watcher falls
+/// behind and is set aside (a victim), while puts go on answering and a
+/// watcher on another connection sees every event in order; once read, the
+/// slow one has missed nothing either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watcher_that_reads_nothing_holds_up_neither_writes_nor_other_watchers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("d")).await;
+    let prefix = || Some(WatchOptions::new().with_prefix());
+    let mut slow_client = server.client().await;
+    let mut slow = slow_client.watch("s/", prefix()).await.unwrap();
+    created(&mut slow).await;
+    let mut fast_client = server.client().await;
+    let mut fast = fast_client.watch("s/", prefix()).await.unwrap();
+    created(&mut fast).await;
+    // 3,000 events of 1 KiB: far more than the slow stream's HTTP/2 window
+    // and the server's channels hold.
+    let n = 3000;
+    let mut c = server.client().await;
+    let writer = tokio::spawn(async move {
+        let value = "v".repeat(1024);
+        for i in 0..n {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                c.put(format!("s/{i:05}"), value.as_str(), None),
+            )
+            .await
+            .expect("a put held up by a slow watcher")
+            .unwrap();
+        }
+    });
+    async fn read_all(stream: &mut WatchStream, n: usize) {
+        let mut seen = 0;
+        while seen < n {
+            let r = next_events(stream).await;
+            assert!(!r.canceled(), "{r:?}");
+            for e in r.events() {
+                assert_eq!(e.kv().unwrap().key_str().unwrap(), format!("s/{seen:05}"));
+                seen += 1;
+            }
+        }
+    }
+    read_all(&mut fast, n).await;
+    writer.await.unwrap();
+    // The slow one was set aside, as etcd's gauge of slow watchers says.
+    let metrics = crate::http::request(&server.endpoint, "GET", "/metrics", "")
+        .await
+        .body;
+    let slow_watchers = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_slow_watcher_total "))
+        .expect("the slow-watcher gauge");
+    assert_eq!(slow_watchers, "1", "{metrics}");
+    read_all(&mut slow, n).await;
+}
+
+/// One stream holds at most `MAX_WATCHERS_PER_STREAM` watchers; one more
+/// is refused (created and canceled with the reason), the others go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_stream_holds_at_most_its_bound_of_watchers() {
+    let bound = mvcc::MAX_WATCHERS_PER_STREAM;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("d")).await;
+    let mut c = server.client().await;
+    let (mut sender, mut answers) = c.watch("k", None).await.unwrap().split();
+    // The creations go out without waiting for their answers, which are
+    // read meanwhile, as a client creating many watches does. (One that
+    // stops reading while it floods a stream with small messages is cut
+    // off by h2's flood protection, GOAWAY ENHANCE_YOUR_CALM, once its
+    // unread frames pass half the connection window.)
+    let creating = tokio::spawn(async move {
+        for _ in 1..=bound {
+            sender.watch("k", None).await.unwrap();
+        }
+        sender
+    });
+    let mut ids = std::collections::HashSet::new();
+    let refused = loop {
+        let r = tokio::time::timeout(Duration::from_secs(30), answers.message())
+            .await
+            .expect("an answer within 30 s")
+            .unwrap()
+            .unwrap();
+        assert!(r.created(), "{r:?}");
+        if r.canceled() {
+            break r;
+        }
+        assert!(ids.insert(r.watch_id()), "watch ID {} twice", r.watch_id());
+    };
+    let _sender = creating.await.unwrap();
+    assert_eq!(ids.len(), bound);
+    assert_eq!(
+        refused.cancel_reason(),
+        format!("mvcc: too many watchers on one watch stream (at most {bound})")
+    );
+    // The watchers it has still see events.
+    c.put("k", "v", None).await.unwrap();
+    let r = loop {
+        let r = tokio::time::timeout(Duration::from_secs(5), answers.message())
+            .await
+            .expect("events within 5 s")
+            .unwrap()
+            .unwrap();
+        if !r.events().is_empty() {
+            break r;
+        }
+    };
+    assert_eq!(summary(&r)[0].1, "k");
+}
