@@ -8,8 +8,11 @@
 # Each load runs twice: with benches/clientv3 (etcd's Go client, what
 # Kubernetes uses; the headline figures) and with `kvtool bench` (names
 # ending in -kvtool). Beside every throughput: the server's CPU time per
-# request (user + system, from /proc/<pid>/stat), since the load generator
-# shares the machine's cores with it.
+# request (user + system, from /proc/<pid>/stat) and the load generator's
+# own (its whole process, from getrusage), since the two share the
+# machine's cores. "ceiling" is the ratio kvserver would reach if it used
+# no CPU at all while both runs were CPU-bound: (etcd's CPU + the
+# generator's against etcd) / the generator's against kvserver.
 #
 # Then the restart: RESTART_KEYS (default 200,000) keys of 256 B are put,
 # the member's RSS is read, it is SIGKILLed and started again on the same
@@ -102,19 +105,23 @@ for (n, _) in rows:
         names.append(n)
 med = statistics.median
 print()
-print("| load | etcd req/s | kvserver req/s | ratio | etcd p99 ms | kvserver p99 ms | etcd CPU µs/req | kvserver CPU µs/req | CPU ratio |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+def client_us(r):
+    return r.get("cpu_seconds", 0.0) * 1e6 / max(r["total"], 1)
+print("| load | etcd req/s | kvserver req/s | ratio | etcd p99 ms | kvserver p99 ms | etcd CPU µs/req | kvserver CPU µs/req | CPU ratio | client CPU µs/req (etcd / kvserver) | ceiling |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for n in names:
     e, k = rows.get((n, "etcd"), []), rows.get((n, "kvserver"), [])
     et, kt = med(r["per_second"] for r in e), med(r["per_second"] for r in k)
     ep, kp = med(r["latency_ms"]["p99"] for r in e), med(r["latency_ms"]["p99"] for r in k)
     ec, kc = med(cpu[(n, "etcd")]), med(cpu[(n, "kvserver")])
-    print(f"| {n} | {et:.0f} | {kt:.0f} | {kt / et:.2f}x | {ep:.2f} | {kp:.2f} | {ec:.0f} | {kc:.0f} | {kc / ec:.2f}x |")
+    ce, ck = med(client_us(r) for r in e), med(client_us(r) for r in k)
+    ceiling = f"{(ec + ce) / ck:.2f}x" if ck > 0 else "-"
+    print(f"| {n} | {et:.0f} | {kt:.0f} | {kt / et:.2f}x | {ep:.2f} | {kp:.2f} | {ec:.0f} | {kc:.0f} | {kc / ec:.2f}x | {ce:.0f} / {ck:.0f} | {ceiling} |")
 if restart:
     e, k = restart["etcd"], restart["kvserver"]
     for i, what, unit in ((0, "restart after SIGKILL to healthy", "s"), (1, "RSS after the loads", "MiB"), (2, "RSS after the restart", "MiB")):
         ev, kv = med(r[i] for r in e), med(r[i] for r in k)
-        print(f"| {what} | {ev:.2f} {unit} | {kv:.2f} {unit} | {kv / ev:.2f}x | | | | | |")
+        print(f"| {what} | {ev:.2f} {unit} | {kv:.2f} {unit} | {kv / ev:.2f}x | | | | | | | |")
 errs = {s: sum(r["errors"] for (n, s2), rs in rows.items() if s2 == s for r in rs) for s in ("etcd", "kvserver")}
 print(f"\n(medians of {len(restart.get('etcd', []))} rounds each; errors: etcd {errs['etcd']}, kvserver {errs['kvserver']})")
 PY

@@ -1,6 +1,7 @@
 // A load generator on etcd's own Go client (clientv3, the client
 // Kubernetes uses), so that kvserver and etcd are measured as Go clients
-// see them. Prints one JSON line like `kvtool bench -w json`.
+// see them. Prints one JSON line like `kvtool bench -w json`, with the
+// generator's own CPU time (`cpu_seconds`).
 //
 // Built by benches/common.sh against Debian's golang-etcd-server-dev:
 //
@@ -23,6 +24,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/clientv3"
@@ -120,8 +122,16 @@ func main() {
 		i := int(p * float64(len(all)-1))
 		return float64(all[i].Microseconds()) / 1000
 	}
+	// The generator's own CPU time (the whole process, user + system): it
+	// shares the machine's cores with the server it measures.
+	var ru syscall.Rusage
+	cpuSeconds := 0.0
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		cpuSeconds = float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
+	}
 	out, _ := json.Marshal(map[string]interface{}{
-		"total":      *total,
+		"cpu_seconds": cpuSeconds,
+		"total":       *total,
 		"errors":     errors,
 		"seconds":    elapsed.Seconds(),
 		"per_second": float64(len(all)) / elapsed.Seconds(),

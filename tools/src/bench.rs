@@ -454,6 +454,23 @@ async fn watch_load(
     Ok((elapsed, tally))
 }
 
+/// This process's CPU time so far (user + system), seconds: the load
+/// generator shares the machine's cores with the server it measures.
+fn own_cpu_seconds() -> f64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one rusage into the buffer it is given,
+    // which is large enough and zero-initialised; it is read only on
+    // success.
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) } == 0;
+    if !ok {
+        return 0.0;
+    }
+    // SAFETY: initialised above (zeroed, then filled by getrusage).
+    let ru = unsafe { ru.assume_init() };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
+}
+
 fn ms(micros: u64) -> f64 {
     micros as f64 / 1000.0
 }
@@ -480,6 +497,7 @@ fn report(
         "endpoints": args.endpoints, "conns": args.conns, "clients": args.clients,
         "total": args.total(), "ok": n, "errors": tally.errors,
         "seconds": secs, "per_second": throughput,
+        "cpu_seconds": own_cpu_seconds(),
         "latency_ms": {
             "avg": avg, "min": ms(min), "p50": ms(pct[0].1), "p90": ms(pct[1].1),
             "p99": ms(pct[2].1), "p99.9": ms(pct[3].1), "max": ms(max),
