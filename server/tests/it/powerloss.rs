@@ -6,7 +6,8 @@
 //! cache back), as a power cut would leave the files. The restarted member
 //! must hold every acknowledged put at its revision, and its database must
 //! pass `kvtool check db`. `POWERLOSS_SECONDS` (default 20) bounds
-//! the run; CI uses the default.
+//! the run; CI uses the default. The same journals stand for a disk that
+//! failed an fdatasync of the WAL and lost what it held.
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
@@ -98,6 +99,13 @@ fn cut_the_power(data: &Path, rng: &mut impl Rng) -> (usize, usize) {
     let all = rng.random_bool(0.5);
     let mut seeds: Vec<bool> = (0..100_000).map(|_| rng.random_bool(0.5)).collect();
     let mut lose = move || all || seeds.pop().unwrap_or(true);
+    undo_unsynced(data, &mut lose)
+}
+
+/// Undoes each write that the journals of the member's database and WAL
+/// list as not yet durable when `lose()` says so, and removes the
+/// journals; returns (listed, undone).
+fn undo_unsynced(data: &Path, mut lose: impl FnMut() -> bool) -> (usize, usize) {
     let db = server::datadir::db_path(data);
     let db_journal = server::raft::bootstrap::journal_of(&db);
     let (mut listed, mut undone) = power_cut(&db_journal, &db, &mut lose);
@@ -202,5 +210,77 @@ async fn power_cuts_under_load_lose_no_acknowledged_put() {
     assert!(
         undone > 0,
         "no power cut lost anything: the test tests nothing"
+    );
+}
+
+/// The WAL's fdatasync fails and the disk has lost what it was asked to
+/// make durable (the journal still lists those writes, and they are undone
+/// before the restart): nothing after the failure is acknowledged, the
+/// member stops by itself, and it restarts with every acknowledged put at
+/// its revision and none of the refused ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_wal_sync_that_lost_its_writes_loses_no_acknowledged_put() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let env = [(server::raft::bootstrap::POWER_CUT_ENV, "1")];
+    let mut server = Server::start_with_env(&data, &[], &env).await;
+    let mut c = server.client().await;
+    let mut acked = HashMap::new();
+    for n in 0..50 {
+        let key = format!("f/{n:02}");
+        let r = c.put(key.as_str(), "v", None).await.unwrap();
+        acked.insert(key, r.header().unwrap().revision());
+    }
+    let point = "/failpoints/wal::journal_sync";
+    let armed = crate::http::request(&server.endpoint, "PUT", point, "return(EIO)").await;
+    assert_eq!(armed.status, 200, "{}", armed.body);
+    let late: Vec<_> = (0..8)
+        .map(|t| {
+            let ep = server.endpoint.clone();
+            tokio::spawn(async move {
+                let mut c = etcd_client::Client::connect([ep], None).await.ok()?;
+                c.put(format!("late/{t}"), "v", None).await.ok().map(|_| t)
+            })
+        })
+        .collect();
+    for l in late {
+        assert_eq!(
+            l.await.unwrap(),
+            None,
+            "a put after the failed sync was acknowledged"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "the member goes on after its WAL failed to sync"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (listed, undone) = undo_unsynced(&data, || true);
+    assert!(
+        undone > 0 && undone == listed,
+        "the failed sync lost nothing ({undone} of {listed}): the test tests nothing"
+    );
+    crate::kvtool_check_db(&server::datadir::db_path(&data));
+    server.restart().await;
+    let mut c = server.client().await;
+    for (k, rev) in &acked {
+        let r = c.get(k.as_str(), None).await.unwrap();
+        assert_eq!(
+            r.kvs().first().map(|kv| kv.mod_revision()),
+            Some(*rev),
+            "acknowledged {k} at revision {rev} lost or moved"
+        );
+    }
+    let r = c
+        .get("late/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert!(
+        r.kvs().is_empty(),
+        "a refused put was applied: {:?}",
+        r.kvs()
     );
 }
