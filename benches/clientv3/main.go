@@ -132,10 +132,10 @@ func main() {
 	out, _ := json.Marshal(map[string]interface{}{
 		"cpu_seconds": cpuSeconds,
 		"total":       *total,
-		"errors":     errors,
-		"seconds":    elapsed.Seconds(),
-		"per_second": float64(len(all)) / elapsed.Seconds(),
-		"latency_ms": map[string]float64{"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1)},
+		"errors":      errors,
+		"seconds":     elapsed.Seconds(),
+		"per_second":  float64(len(all)) / elapsed.Seconds(),
+		"latency_ms":  map[string]float64{"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1)},
 	})
 	fmt.Println(string(out))
 }

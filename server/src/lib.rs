@@ -283,6 +283,7 @@ pub async fn run_with_state(
     shared.stop();
     shared.transport.stop();
     let removed = shared.removed.load(std::sync::atomic::Ordering::Acquire);
+    let failure = shared.failure.clone();
     drop(shared);
     let joined = tokio::task::spawn_blocking(move || threads.join());
     // A member stopping on a failure does not wait forever for threads
@@ -296,6 +297,8 @@ pub async fn run_with_state(
         None => joined.await,
     };
     joined.map_err(|_| StartError::Panicked("shutdown"))??;
+    // A vital thread that failed while the member was stopping.
+    let failed = failed.or_else(|| failure.lock().unwrap_or_else(|e| e.into_inner()).clone());
     match failed {
         Some(_) if removed => Ok(()),
         Some(why) => Err(StartError::Fatal(why)),

@@ -158,7 +158,10 @@ pub struct Shared {
     pub(crate) commands: Mutex<Option<std::sync::mpsc::Sender<Command>>>,
     /// Set when a thread of the member hit an error it cannot go on from
     /// (a failed WAL write, say); [`crate::run`] then stops and returns it.
-    pub failure: Mutex<Option<String>>,
+    /// Shared with `run`, which reads it again once the threads have
+    /// stopped (a failure during a clean shutdown still ends the process
+    /// with its error).
+    pub failure: Arc<Mutex<Option<String>>>,
     pub failed: tokio::sync::Notify,
     /// This member was removed from the cluster: it stops, and `run`
     /// returns without an error (as etcd, which exits 0).

@@ -283,7 +283,7 @@ pub fn start(
         election_timeout: Duration::from_millis(cfg.election_timeout),
         strict_reconfig_check: cfg.strict_reconfig_check,
         commands: Mutex::new(Some(tx.clone())),
-        failure: Mutex::new(None),
+        failure: Arc::new(Mutex::new(None)),
         failed: tokio::sync::Notify::new(),
         removed: AtomicBool::new(false),
         metrics: metrics.clone(),

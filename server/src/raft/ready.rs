@@ -109,17 +109,21 @@ type ConfReply = std::sync::mpsc::Sender<Result<ConfState, raft::Error>>;
 
 impl RaftLoop {
     pub fn run(&mut self, rx: Receiver<Command>) {
-        if let Err(e) = self.run_inner(rx) {
+        // `rx` lives until the failure is recorded: the apply thread, if
+        // it waits on this thread, learns that raft stopped only after
+        // this thread's cause is the one kept.
+        if let Err(e) = self.run_inner(&rx) {
             // The log failed: stop here rather than acknowledge anything
             // not durable. The member stops with this error (main exits
             // non-zero, a supervisor restarts it, the WAL recovers); main
             // logs why, once.
-            let _ = self.apply.send(ApplyTask::Stop);
             self.shared.fail(format!("the raft thread stopped: {e}"));
+            let _ = self.apply.send(ApplyTask::Stop);
         }
+        drop(rx);
     }
 
-    fn run_inner(&mut self, rx: Receiver<Command>) -> Result<(), StartError> {
+    fn run_inner(&mut self, rx: &Receiver<Command>) -> Result<(), StartError> {
         let mut next_tick = Instant::now() + self.tick;
         'outer: loop {
             let wait = next_tick.saturating_duration_since(Instant::now());

@@ -39,17 +39,25 @@ use etcd_client::Client;
 /// Runs `kvtool check db` (what an operator runs) on the database file
 /// `db` and fails the test unless it exits 0, saying the file is clean.
 /// The binary sits beside kvserver's (`cargo test --workspace` builds it);
-/// it is built when missing.
+/// when missing it is built there, with the same profile.
 pub fn kvtool_check_db(db: &Path) {
     static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let kvtool = Path::new(env!("CARGO_BIN_EXE_kvserver")).with_file_name("kvtool");
+    let kvserver = Path::new(env!("CARGO_BIN_EXE_kvserver"));
+    let kvtool = kvserver.with_file_name("kvtool");
     {
         let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
         if !kvtool.exists() {
-            let built = Command::new(env!("CARGO"))
+            let profile_dir = kvserver.parent().expect("the profile's directory");
+            let target_dir = profile_dir.parent().expect("the target directory");
+            let mut build = Command::new(env!("CARGO"));
+            build
                 .args(["build", "-q", "-p", "tools", "--bin", "kvtool"])
-                .status()
-                .expect("cargo build kvtool");
+                .arg("--target-dir")
+                .arg(target_dir);
+            if profile_dir.file_name().is_some_and(|p| p == "release") {
+                build.arg("--release");
+            }
+            let built = build.status().expect("cargo build kvtool");
             assert!(built.success(), "building kvtool failed");
         }
     }

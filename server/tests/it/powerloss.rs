@@ -239,7 +239,12 @@ async fn a_failed_wal_sync_that_lost_its_writes_loses_no_acknowledged_put() {
             let ep = server.endpoint.clone();
             tokio::spawn(async move {
                 let mut c = etcd_client::Client::connect([ep], None).await.ok()?;
-                c.put(format!("late/{t}"), "v", None).await.ok().map(|_| t)
+                let put = c.put(format!("late/{t}"), "v", None);
+                tokio::time::timeout(Duration::from_secs(15), put)
+                    .await
+                    .expect("a put after the failed sync was neither answered nor refused")
+                    .ok()
+                    .map(|_| t)
             })
         })
         .collect();
