@@ -109,9 +109,9 @@ type ConfReply = std::sync::mpsc::Sender<Result<ConfState, raft::Error>>;
 
 impl RaftLoop {
     pub fn run(&mut self, rx: Receiver<Command>) {
-        // `rx` lives until the failure is recorded: the apply thread, if
-        // it waits on this thread, learns that raft stopped only after
-        // this thread's cause is the one kept.
+        // `rx` lives to the end of this function, after the failure is
+        // recorded: the apply thread, if it waits on this thread, learns
+        // that raft stopped only once this thread's cause is the one kept.
         if let Err(e) = self.run_inner(&rx) {
             // The log failed: stop here rather than acknowledge anything
             // not durable. The member stops with this error (main exits
@@ -120,7 +120,6 @@ impl RaftLoop {
             self.shared.fail(format!("the raft thread stopped: {e}"));
             let _ = self.apply.send(ApplyTask::Stop);
         }
-        drop(rx);
     }
 
     fn run_inner(&mut self, rx: &Receiver<Command>) -> Result<(), StartError> {

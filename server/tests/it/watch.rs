@@ -307,11 +307,7 @@ async fn a_watch_stream_holds_at_most_its_bound_of_watchers() {
     });
     let mut ids = std::collections::HashSet::new();
     let refused = loop {
-        let r = tokio::time::timeout(Duration::from_secs(30), answers.message())
-            .await
-            .expect("an answer within 30 s")
-            .unwrap()
-            .unwrap();
+        let r = answer(&mut answers, 30).await;
         assert!(r.created(), "{r:?}");
         window.add_permits(1);
         if r.canceled() {
@@ -328,14 +324,20 @@ async fn a_watch_stream_holds_at_most_its_bound_of_watchers() {
     // The watchers it has still see events.
     c.put("k", "v", None).await.unwrap();
     let r = loop {
-        let r = tokio::time::timeout(Duration::from_secs(5), answers.message())
-            .await
-            .expect("events within 5 s")
-            .unwrap()
-            .unwrap();
+        let r = answer(&mut answers, 5).await;
         if !r.events().is_empty() {
             break r;
         }
     };
     assert_eq!(summary(&r)[0].1, "k");
+}
+
+/// The next answer on the receiving half of a split watch stream, at most
+/// `secs` seconds away.
+async fn answer(answers: &mut etcd_client::WatchResponseStream, secs: u64) -> WatchResponse {
+    tokio::time::timeout(Duration::from_secs(secs), answers.message())
+        .await
+        .unwrap_or_else(|_| panic!("a watch answer within {secs} s"))
+        .expect("the stream is open")
+        .expect("an answer")
 }
