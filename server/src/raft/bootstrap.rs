@@ -334,6 +334,7 @@ pub fn start(
         last_housekeeping: Instant::now(),
         proposed: std::collections::VecDeque::new(),
         held_conf: std::collections::VecDeque::new(),
+        held_forwarded: std::collections::VecDeque::new(),
         handoff: None,
         removed: false,
         pending_removal: None,

@@ -29,6 +29,9 @@ use crate::shared::Shared;
 /// Proposals held while no leader is known, at most.
 const MAX_BACKLOG: usize = 10_000;
 
+/// Forwarded configuration changes a leader holds, at most.
+const MAX_HELD_FORWARDED: usize = 64;
+
 /// A ReadIndex request not answered within this is asked again (a message
 /// to the leader may have been lost).
 const READ_RETRY: Duration = Duration::from_millis(500);
@@ -94,6 +97,10 @@ pub struct RaftLoop {
     /// Configuration changes held by this leader until the one before
     /// them is applied (raft would turn them into empty entries).
     pub(crate) held_conf: std::collections::VecDeque<(u64, ConfChange)>,
+    /// Configuration changes a follower forwarded, held by this leader in
+    /// the same way (with when they came: after the request timeout the
+    /// follower has given up on them).
+    pub(crate) held_forwarded: std::collections::VecDeque<(Box<Message>, Instant)>,
     /// A leader that removed itself hands leadership to this voter, asking
     /// again until it has (a follower that has not yet applied the
     /// removal refuses to campaign).
@@ -161,6 +168,7 @@ impl RaftLoop {
             }
             self.start_reads();
             self.propose_held_conf();
+            self.step_held_forwarded();
             self.hand_off();
             self.on_ready()?;
             self.fail_lost_proposals();
@@ -257,10 +265,16 @@ impl RaftLoop {
             Command::Step(m) => {
                 if m.get_msg_type() == MessageType::MsgPropose {
                     // A forwarded configuration change must see the
-                    // previous one as applied if it is.
+                    // previous one as applied if it is, and waits here
+                    // until it is (raft would turn it into an empty entry
+                    // and the follower's request would time out).
                     self.advance_applied();
                 }
-                if let Err(e) = self.node.step(*m) {
+                if self.conf_change_must_wait(&m) {
+                    if self.held_forwarded.len() < MAX_HELD_FORWARDED {
+                        self.held_forwarded.push_back((m, Instant::now()));
+                    }
+                } else if let Err(e) = self.node.step(*m) {
                     tracing::debug!("raft message dropped: {e}");
                 }
             }
@@ -336,6 +350,43 @@ impl RaftLoop {
     /// Proposes the configuration changes held, one at a time on a leader
     /// (the next once the one before is applied); a follower forwards them
     /// all to the leader.
+    /// Whether `m`, a proposal, carries a configuration change that this
+    /// leader must hold until the one before it is applied.
+    fn conf_change_must_wait(&self, m: &Message) -> bool {
+        let r = &self.node.raft;
+        m.get_msg_type() == MessageType::MsgPropose
+            && self.is_leader()
+            && r.pending_conf_index > r.raft_log.applied
+            && m.get_entries().iter().any(|e| {
+                matches!(
+                    e.get_entry_type(),
+                    EntryType::EntryConfChange | EntryType::EntryConfChangeV2
+                )
+            })
+    }
+
+    /// Steps the forwarded configuration changes held, in order, once the
+    /// one before each is applied; those held past the request timeout
+    /// are dropped (their follower has answered its client).
+    fn step_held_forwarded(&mut self) {
+        let timeout = self.shared.request_timeout;
+        while let Some((m, at)) = self.held_forwarded.front() {
+            if at.elapsed() >= timeout {
+                self.held_forwarded.pop_front();
+                continue;
+            }
+            if self.conf_change_must_wait(m) {
+                return;
+            }
+            let Some((m, _)) = self.held_forwarded.pop_front() else {
+                return;
+            };
+            if let Err(e) = self.node.step(*m) {
+                tracing::debug!("raft message dropped: {e}");
+            }
+        }
+    }
+
     fn propose_held_conf(&mut self) {
         while let Some((id, _)) = self.held_conf.front() {
             let id = *id;
