@@ -91,7 +91,30 @@ pub struct Server {
     pub env: Vec<(String, String)>,
 }
 
+/// A loopback port free now, taken below the kernel's ephemeral range
+/// (32768 and up by default) and never handed out twice by this process:
+/// a member killed and restarted on its ports finds them still free, since
+/// neither the kernel (for another test's connection or port-0 bind) nor
+/// this function gives them to anyone else meanwhile.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Each test binary starts at its own place in 20000..32000.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 6_000) as u16,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    );
+    for _ in 0..12_000 {
+        let mut port = NEXT.fetch_add(1, Ordering::AcqRel);
+        if port >= 32_000 {
+            port = 20_000 + port % 12_000;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
